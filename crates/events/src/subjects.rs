@@ -1,0 +1,131 @@
+//! Every subject and stream name of the shop is built here and nowhere else.
+//!
+//! Event subjects are `events.<domain>.<verb>.<key>`; the key (order id or sku)
+//! is always a valid token because ids are restricted to `[A-Za-z0-9_-]`.
+
+use std::time::Duration;
+
+use crate::events::EventKind;
+
+/// The three event domains, one stream each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Domain {
+    Orders,
+    Inventory,
+    Payments,
+}
+
+impl Domain {
+    pub const ALL: [Domain; 3] = [Domain::Orders, Domain::Inventory, Domain::Payments];
+
+    pub fn token(self) -> &'static str {
+        match self {
+            Domain::Orders => "orders",
+            Domain::Inventory => "inventory",
+            Domain::Payments => "payments",
+        }
+    }
+
+    pub fn stream(self) -> &'static str {
+        match self {
+            Domain::Orders => ORDERS_STREAM,
+            Domain::Inventory => INVENTORY_STREAM,
+            Domain::Payments => PAYMENTS_STREAM,
+        }
+    }
+
+    /// The wildcard subject the domain's stream captures.
+    pub fn wildcard(self) -> String {
+        format!("events.{}.>", self.token())
+    }
+}
+
+pub const ORDERS_STREAM: &str = "ORDERS";
+pub const INVENTORY_STREAM: &str = "INVENTORY";
+pub const PAYMENTS_STREAM: &str = "PAYMENTS";
+pub const DEADLETTER_STREAM: &str = "DEADLETTER";
+
+/// How a stream is configured, as plain data; the runtime turns it into a JetStream config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub name: &'static str,
+    pub subjects: Vec<String>,
+    pub description: &'static str,
+    pub max_age: Duration,
+    pub duplicate_window: Duration,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The event streams plus the dead-letter stream. `event_max_age` defaults to 7 days.
+pub fn stream_specs(event_max_age: Duration) -> Vec<StreamSpec> {
+    let mut specs: Vec<StreamSpec> = Domain::ALL
+        .iter()
+        .map(|d| StreamSpec {
+            name: d.stream(),
+            subjects: vec![d.wildcard()],
+            description: match d {
+                Domain::Orders => "Order lifecycle events (checkout and upstream storefronts)",
+                Domain::Inventory => "Stock reservation, release, sale and replenishment events",
+                Domain::Payments => "Payment capture, decline and refund events",
+            },
+            max_age: event_max_age,
+            duplicate_window: Duration::from_secs(120),
+        })
+        .collect();
+    specs.push(StreamSpec {
+        name: DEADLETTER_STREAM,
+        subjects: vec!["deadletter.>".to_owned()],
+        description: "Events a service could not process, with reason, origin and original bytes",
+        max_age: 30 * DAY,
+        duplicate_window: Duration::from_secs(120),
+    });
+    specs
+}
+
+/// Default retention of the event streams.
+pub const DEFAULT_EVENT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// `events.<domain>.<verb>.<key>`.
+pub fn event_subject(kind: EventKind, key: &str) -> String {
+    format!("events.{}.{}.{}", kind.domain(), kind.verb(), key)
+}
+
+/// `events.<domain>.<verb>.*`: every event of one kind, for consumer filters.
+pub fn event_filter(kind: EventKind) -> String {
+    format!("events.{}.{}.*", kind.domain(), kind.verb())
+}
+
+/// `events.*.*.<key>`: every event about one order (or sku), for `nats stream view` and traces.
+pub fn events_about(key: &str) -> String {
+    format!("events.*.*.{key}")
+}
+
+/// Splits an event subject into its kind and key, or `None` if it is not one.
+pub fn parse_event_subject(subject: &str) -> Option<(EventKind, &str)> {
+    let mut parts = subject.split('.');
+    let (events, domain, verb, key) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if events != "events" || parts.next().is_some() || key.is_empty() {
+        return None;
+    }
+    let kind = EventKind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.domain() == domain && k.verb() == verb)?;
+    Some((kind, key))
+}
+
+/// `deadletter.<service>.<stream>`: where a service parks what it could not process.
+pub fn deadletter_subject(service: &str, stream: &str) -> String {
+    format!("deadletter.{service}.{stream}")
+}
+
+/// Every dead letter of one service.
+pub fn deadletter_filter(service: &str) -> String {
+    format!("deadletter.{service}.>")
+}
+
+/// A micro-service endpoint subject, for example `checkout.orders.get`.
+pub fn endpoint(service: &str, group: &str, name: &str) -> String {
+    format!("{service}.{group}.{name}")
+}
