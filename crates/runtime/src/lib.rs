@@ -1,1 +1,12 @@
-//! placeholder
+//! Domain-free machinery shared by every shop service.
+//!
+//! Connecting, declaring streams and consumers, the consumer loop (decode, then
+//! handle, then ack/nak/term), the sled inbox and outbox written in one
+//! transaction, the outbox relay, dead-lettering, the NATS micro-service
+//! scaffold, telemetry, crash points and shutdown live here, written once.
+//! Nothing in this crate knows what an order is.
+
+pub mod error;
+pub mod streams;
+
+pub use error::RuntimeError;
