@@ -6,7 +6,18 @@
 //! scaffold, telemetry, crash points and shutdown live here, written once.
 //! Nothing in this crate knows what an order is.
 
+pub mod connect;
+pub mod consumer;
+pub mod crashpoint;
+pub mod deadletter;
 pub mod error;
+pub mod host;
+pub mod micro;
+pub mod outbox;
+pub mod shutdown;
+pub mod stats;
+pub mod store;
 pub mod streams;
+pub mod telemetry;
 
 pub use error::RuntimeError;

@@ -1,0 +1,51 @@
+//! Connecting to NATS: retries the first connection with a readable message while NATS is away.
+
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions};
+
+use crate::shutdown::Shutdown;
+use crate::RuntimeError;
+
+/// Connects to `url`, retrying with backoff until it answers or shutdown is requested.
+///
+/// After the first connection async-nats reconnects on its own; what it
+/// cannot do is wait for a server that was never up, which is what a
+/// service started before its broker needs.
+pub async fn connect(url: &str, name: &str, shutdown: &Shutdown) -> Result<Client, RuntimeError> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let options = ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(2))
+            .event_callback(|event| async move {
+                tracing::info!(%event, "NATS connection event");
+            });
+        match options.connect(url).await {
+            Ok(client) => {
+                if attempt > 1 {
+                    tracing::info!(url, attempt, "connected to NATS");
+                }
+                return Ok(client);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    url,
+                    attempt,
+                    error = %e,
+                    "NATS is unreachable; retrying in {delay:?} (is nats-server running? try `make run`)"
+                );
+            }
+        }
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.requested() => {
+                return Err(RuntimeError::Connect(format!("gave up connecting to {url}: shutdown requested")));
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,366 @@
+//! The consumer loop: pull a batch, decode, apply each event in its own transaction,
+//! flush once for the batch (group commit), then ack; dead-letter what cannot be processed.
+//!
+//! Ack decisions live here and nowhere else:
+//! - applied or already applied (inbox hit): ack, after the flush;
+//! - refused by the domain or undecodable: dead letter, then term;
+//! - a transient fault: nak with a growing delay, and dead letter on the last delivery
+//!   so that nothing is dropped silently when `max_deliver` runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+
+use crate::crashpoint;
+use crate::deadletter::{self, DeadLetter};
+use crate::outbox::RelayWaker;
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+use crate::store::{Applied, ApplyError, Store, Tx, TxResult};
+use crate::RuntimeError;
+
+/// A message as a handler sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub subject: &'a str,
+    pub headers: Option<&'a HeaderMap>,
+    pub payload: &'a [u8],
+    pub stream_sequence: u64,
+    pub delivered: i64,
+}
+
+/// A service's reaction to the events of one consumer.
+pub trait EventHandler: Send + Sync + 'static {
+    type Event: Send;
+
+    /// Decodes and checks a message; `Err(reason)` dead-letters it.
+    fn decode(&self, message: &Incoming<'_>) -> Result<Self::Event, String>;
+
+    /// The id the inbox deduplicates on.
+    fn event_id<'e>(&self, event: &'e Self::Event) -> &'e str;
+
+    /// A span carrying the event's identity (order id, type, id, causation id).
+    fn span(&self, event: &Self::Event) -> tracing::Span;
+
+    /// Applies the event inside the transaction; `reject(..)` dead-letters it.
+    fn apply(&self, event: &Self::Event, tx: &Tx<'_>) -> TxResult<()>;
+
+    /// Runs after a batch is durable, for example to wake a worker.
+    fn after_commit(&self) {}
+}
+
+/// How a durable consumer is declared and driven.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: String,
+    /// Durable name: the service's name, so `nats consumer info ORDERS checkout` reads well.
+    pub durable: String,
+    pub description: String,
+    pub filter_subjects: Vec<String>,
+    pub deadletter_subject: String,
+    pub max_deliver: i64,
+    pub ack_wait: Duration,
+    pub backoff: Vec<Duration>,
+    pub max_ack_pending: i64,
+    /// Most messages handled in one group commit.
+    pub batch: usize,
+}
+
+impl ConsumerSpec {
+    pub fn new(
+        stream: &str,
+        durable: &str,
+        filter_subjects: Vec<String>,
+        deadletter_subject: String,
+    ) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+            description: format!("{durable} reading {stream}"),
+            filter_subjects,
+            deadletter_subject,
+            max_deliver: 10,
+            ack_wait: Duration::from_secs(30),
+            // Redelivery after an ack timeout (a crash or a hang) backs off instead of hammering.
+            backoff: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+            ],
+            max_ack_pending: 4096,
+            batch: 256,
+        }
+    }
+}
+
+/// What a consumer loop needs from its service.
+#[derive(Clone)]
+pub struct ConsumerCtx {
+    pub js: jetstream::Context,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+    pub waker: RelayWaker,
+    pub service: String,
+}
+
+/// The delay before a nak'd message comes back: 250 ms doubling, at most 30 s.
+pub fn nak_delay(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 8) as u32 - 1;
+    (Duration::from_millis(250) * 2u32.pow(exp)).min(Duration::from_secs(30))
+}
+
+async fn declare(
+    ctx: &ConsumerCtx,
+    spec: &ConsumerSpec,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, RuntimeError> {
+    let stream = ctx
+        .js
+        .get_stream(&spec.stream)
+        .await
+        .map_err(RuntimeError::js)?;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            description: Some(spec.description.clone()),
+            filter_subjects: spec.filter_subjects.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            max_deliver: spec.max_deliver,
+            ack_wait: spec.ack_wait,
+            backoff: spec.backoff.clone(),
+            max_ack_pending: spec.max_ack_pending,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            RuntimeError::JetStream(format!(
+                "declaring consumer {} on {}: {e}",
+                spec.durable, spec.stream
+            ))
+        })
+}
+
+/// Declares the consumer and processes its messages until shutdown.
+///
+/// Batches already pulled are finished before it returns, so a graceful stop
+/// loses nothing; messages prefetched but not started are redelivered later.
+pub async fn run_consumer<H: EventHandler>(
+    ctx: ConsumerCtx,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    mut shutdown: Shutdown,
+) {
+    let mut retry = Duration::from_millis(200);
+    while !shutdown.is_requested() {
+        let consumer = match declare(&ctx, &spec).await {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.stats.record_error(e.to_string());
+                tracing::warn!(error = %e, "consumer not ready; retrying in {retry:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = shutdown.requested() => return,
+                }
+                retry = (retry * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        retry = Duration::from_millis(200);
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(spec.batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                ctx.stats.record_error(e.to_string());
+                tracing::warn!(error = %e, "cannot pull; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = shutdown.requested() => return,
+                }
+                continue;
+            }
+        };
+        let mut chunks = messages.ready_chunks(spec.batch);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.requested() => return,
+                chunk = chunks.next() => match chunk {
+                    None => break,
+                    Some(items) => {
+                        let mut batch = Vec::with_capacity(items.len());
+                        let mut broken = false;
+                        for item in items {
+                            match item {
+                                Ok(m) => batch.push(m),
+                                Err(e) => {
+                                    ctx.stats.record_error(format!("pull: {e}"));
+                                    tracing::debug!(error = %e, stream = %spec.stream, "pull stream error");
+                                    broken = true;
+                                }
+                            }
+                        }
+                        process_batch(&ctx, &spec, handler.as_ref(), batch).await;
+                        if broken {
+                            // Re-declare: the consumer may be gone after a broker restart without its store.
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+type Parked = (jetstream::Message, String);
+
+async fn process_batch<H: EventHandler>(
+    ctx: &ConsumerCtx,
+    spec: &ConsumerSpec,
+    handler: &H,
+    batch: Vec<jetstream::Message>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut to_ack = Vec::with_capacity(batch.len());
+    let mut parked: Vec<Parked> = Vec::new();
+    let mut committed = 0u64;
+    for message in batch {
+        let (seq, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
+            Err(_) => (0, 1),
+        };
+        if delivered > 1 {
+            ctx.stats.add_redelivered();
+        }
+        let incoming = Incoming {
+            subject: message.subject.as_str(),
+            headers: message.headers.as_ref(),
+            payload: &message.payload,
+            stream_sequence: seq,
+            delivered,
+        };
+        let event = match handler.decode(&incoming) {
+            Ok(event) => event,
+            Err(reason) => {
+                parked.push((message, reason));
+                continue;
+            }
+        };
+        let span = handler.span(&event);
+        let outcome = span.in_scope(|| {
+            ctx.store.apply(Some(handler.event_id(&event)), |tx| {
+                handler.apply(&event, tx)
+            })
+        });
+        match outcome {
+            Ok(Applied::Done(())) => {
+                committed += 1;
+                to_ack.push(message);
+                crashpoint::hit(crashpoint::MID_GROUP_COMMIT);
+            }
+            Ok(Applied::Duplicate) => {
+                ctx.stats.add_duplicate();
+                span.in_scope(|| tracing::debug!("duplicate event skipped"));
+                to_ack.push(message);
+            }
+            Err(ApplyError::Rejected(reason)) => parked.push((message, reason)),
+            Err(ApplyError::Failed(e)) => {
+                ctx.stats.record_error(e.to_string());
+                if delivered >= spec.max_deliver {
+                    parked.push((
+                        message,
+                        format!("gave up after {delivered} deliveries: {e}"),
+                    ));
+                } else {
+                    span.in_scope(
+                        || tracing::warn!(error = %e, delivered, "transient failure; nak"),
+                    );
+                    ctx.stats.add_nak();
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(nak_delay(delivered))))
+                        .await;
+                }
+            }
+        }
+    }
+
+    if committed > 0 {
+        if let Err(e) = ctx.store.flush().await {
+            // Not durable: let JetStream redeliver; the inbox makes the retry exact.
+            ctx.stats.record_error(e.to_string());
+            tracing::error!(error = %e, "group commit flush failed; nak batch");
+            for m in to_ack {
+                ctx.stats.add_nak();
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            return;
+        }
+        ctx.stats.add_group_commit();
+        crashpoint::hit(crashpoint::AFTER_COMMIT_BEFORE_ACK);
+        ctx.waker.wake();
+        handler.after_commit();
+    }
+    ctx.stats.add_processed(committed);
+    for m in to_ack {
+        // A lost ack only means a redelivery, which the inbox absorbs.
+        if let Err(e) = m.ack().await {
+            tracing::debug!(error = %e, "ack failed");
+        }
+    }
+    for (message, reason) in parked {
+        park(ctx, spec, message, &reason).await;
+    }
+}
+
+async fn park(ctx: &ConsumerCtx, spec: &ConsumerSpec, message: jetstream::Message, reason: &str) {
+    let (seq, delivered) = match message.info() {
+        Ok(info) => (info.stream_sequence, info.delivered),
+        Err(_) => (0, 1),
+    };
+    let letter = DeadLetter {
+        deadletter_subject: &spec.deadletter_subject,
+        service: &ctx.service,
+        consumer: &spec.durable,
+        stream: &spec.stream,
+        stream_sequence: seq,
+        delivered,
+        subject: message.subject.as_str(),
+        headers: message.headers.as_ref(),
+        payload: &message.payload,
+        reason,
+    };
+    match deadletter::publish(&ctx.js, &letter).await {
+        Ok(dlq_seq) => {
+            ctx.stats.add_dead_lettered();
+            tracing::warn!(
+                subject = %message.subject,
+                stream = %spec.stream,
+                stream_sequence = seq,
+                deadletter_sequence = dlq_seq,
+                %reason,
+                "event dead-lettered"
+            );
+            let _ = message.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            ctx.stats
+                .record_error(format!("dead-lettering failed: {e}"));
+            tracing::error!(error = %e, "cannot dead-letter; nak");
+            ctx.stats.add_nak();
+            let _ = message
+                .ack_with(AckKind::Nak(Some(nak_delay(delivered))))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Hosts one service: connect, declare streams, open the store, run consumers,
+//! workers, the relay and the micro service, then shut down in the right order.
+//!
+//! Graceful shutdown: stop pulling and finish the batches in flight, stop the
+//! workers, drain the outbox, flush sled, drain the NATS connection.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::Client;
+
+use crate::connect::connect;
+use crate::consumer::{run_consumer, ConsumerCtx, ConsumerSpec, EventHandler};
+use crate::deadletter::DeadLetterBook;
+use crate::outbox::{run_relay, RelayWaker};
+use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::stats::Stats;
+use crate::store::{Store, TreeId};
+use crate::streams::{declare_streams, StreamDecl};
+use crate::RuntimeError;
+
+/// What a host needs to know about its service.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub service: String,
+    pub nats_url: String,
+    /// The service's own sled directory.
+    pub data_dir: PathBuf,
+    pub streams: Vec<StreamDecl>,
+    pub trees: Vec<&'static str>,
+}
+
+/// A running service's shared parts.
+pub struct Host {
+    pub service: String,
+    pub client: Client,
+    pub js: jetstream::Context,
+    pub store: Arc<Store>,
+    /// Handles of the trees named in [`HostConfig::trees`], in order.
+    pub trees: Vec<TreeId>,
+    pub stats: Arc<Stats>,
+    pub waker: RelayWaker,
+    pub dead_letters: DeadLetterBook,
+    shutdown: Shutdown,
+    // Workers and consumers stop on the service's shutdown; the relay stops last, on its own.
+    inner_trigger: ShutdownTrigger,
+    inner: Shutdown,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    relay: Option<tokio::task::JoinHandle<()>>,
+}
+
+const DEADLETTER_TREE: &str = "deadletters";
+
+impl Host {
+    /// Connects (retrying while NATS is away), declares streams, opens the store, starts the relay.
+    pub async fn start(config: HostConfig, shutdown: Shutdown) -> Result<Host, RuntimeError> {
+        let client = connect(&config.nats_url, &config.service, &shutdown).await?;
+        let js = jetstream::new(client.clone());
+        declare_streams(&js, &config.streams).await?;
+        let mut names = config.trees.clone();
+        names.push(DEADLETTER_TREE);
+        let (store, mut trees) = Store::open(&config.data_dir, &names)?;
+        let dead_letter_tree = trees
+            .pop()
+            .ok_or_else(|| RuntimeError::Config("no trees".into()))?;
+        let store = Arc::new(store);
+        let stats = Arc::new(Stats::default());
+        let waker = RelayWaker::default();
+        let (inner_trigger, inner) = Shutdown::new();
+        let relay = tokio::spawn(run_relay(
+            js.clone(),
+            store.clone(),
+            waker.clone(),
+            stats.clone(),
+            inner.clone(),
+        ));
+        if store.outbox_len() > 0 {
+            tracing::info!(backlog = store.outbox_len(), service = %config.service, "draining outbox left by the previous run");
+            waker.wake();
+        }
+        let dead_letters = DeadLetterBook {
+            js: js.clone(),
+            store: store.clone(),
+            tree: dead_letter_tree,
+            service: config.service.clone(),
+            stream: "DEADLETTER".to_owned(),
+        };
+        Ok(Host {
+            service: config.service,
+            client,
+            js,
+            store,
+            trees,
+            stats,
+            waker,
+            dead_letters,
+            shutdown,
+            inner_trigger,
+            inner,
+            consumers: Vec::new(),
+            workers: Vec::new(),
+            relay: Some(relay),
+        })
+    }
+
+    /// The service-level shutdown, for workers that watch it themselves.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    pub fn consumer_ctx(&self) -> ConsumerCtx {
+        ConsumerCtx {
+            js: self.js.clone(),
+            store: self.store.clone(),
+            stats: self.stats.clone(),
+            waker: self.waker.clone(),
+            service: self.service.clone(),
+        }
+    }
+
+    /// Runs a durable consumer until shutdown.
+    pub fn consume<H: EventHandler>(&mut self, spec: ConsumerSpec, handler: Arc<H>) {
+        tracing::info!(
+            service = %self.service,
+            stream = %spec.stream,
+            consumer = %spec.durable,
+            filters = ?spec.filter_subjects,
+            "listening"
+        );
+        self.consumers.push(tokio::spawn(run_consumer(
+            self.consumer_ctx(),
+            spec,
+            handler,
+            self.shutdown.clone(),
+        )));
+    }
+
+    /// Runs a background worker; it must return soon after the shutdown it was given fires.
+    pub fn spawn_worker<F>(&mut self, worker: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.workers.push(tokio::spawn(worker));
+    }
+
+    /// Waits for shutdown, then stops everything in order within `grace`.
+    pub async fn serve(mut self, grace: Duration) -> Result<(), RuntimeError> {
+        let mut shutdown = self.shutdown.clone();
+        shutdown.requested().await;
+        tracing::info!(service = %self.service, "shutting down");
+        let deadline = tokio::time::Instant::now() + grace;
+        for handle in self.consumers.drain(..).chain(self.workers.drain(..)) {
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                tracing::warn!(service = %self.service, "a task did not stop within the grace period");
+            }
+        }
+        self.inner_trigger.fire();
+        if let Some(relay) = self.relay.take() {
+            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(5), relay).await;
+        }
+        self.store.flush().await?;
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await {
+            tracing::debug!(error = %e, "drain timed out");
+        }
+        let _ = &self.inner;
+        tracing::info!(service = %self.service, outbox = self.store.outbox_len(), "stopped");
+        Ok(())
+    }
+}

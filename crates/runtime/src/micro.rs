@@ -1,0 +1,146 @@
+//! The NATS micro-service scaffold (ADR-32): registration, JSON endpoints, typed errors, STATS data.
+//!
+//! Endpoints take JSON and answer JSON. Errors set `Nats-Service-Error` and
+//! `Nats-Service-Error-Code` (400 bad input, 404 unknown, 500 internal) with a
+//! description a person can act on.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::service::{self, Service, ServiceExt};
+use async_nats::Client;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+use crate::store::Store;
+use crate::RuntimeError;
+
+/// An endpoint's refusal, mapped to a service error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: u16,
+    pub description: String,
+}
+
+impl ApiError {
+    pub fn bad_request(description: impl Into<String>) -> ApiError {
+        ApiError {
+            code: 400,
+            description: description.into(),
+        }
+    }
+    pub fn not_found(description: impl Into<String>) -> ApiError {
+        ApiError {
+            code: 404,
+            description: description.into(),
+        }
+    }
+    pub fn internal(description: impl Into<String>) -> ApiError {
+        ApiError {
+            code: 500,
+            description: description.into(),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
+pub type ApiResult = Result<serde_json::Value, ApiError>;
+
+/// Parses a JSON request body, or explains what is wrong with it.
+pub fn parse_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request JSON: {e}")))
+}
+
+/// Serialises a reply.
+pub fn reply<T: Serialize>(value: &T) -> ApiResult {
+    serde_json::to_value(value).map_err(|e| ApiError::internal(format!("cannot encode reply: {e}")))
+}
+
+/// Identity of a micro service as `nats micro info` shows it.
+#[derive(Debug, Clone)]
+pub struct MicroSpec {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Registers the service; its STATS `data` carries the consumer counters.
+pub async fn start_service(
+    client: &Client,
+    spec: &MicroSpec,
+    stats: Arc<Stats>,
+    store: Arc<Store>,
+) -> Result<Service, RuntimeError> {
+    client
+        .service_builder()
+        .description(&spec.description)
+        .metadata(spec.metadata.clone())
+        .stats_handler(move |_endpoint, _stats| {
+            serde_json::to_value(stats.snapshot(store.outbox_len(), store.inbox_len()))
+                .unwrap_or_default()
+        })
+        .start(&spec.name, &spec.version)
+        .await
+        .map_err(|e| RuntimeError::Service(e.to_string()))
+}
+
+/// Adds an endpoint on `subject` named `name` and serves it until shutdown.
+pub async fn serve_endpoint<F, Fut>(
+    service: &Service,
+    name: &str,
+    subject: &str,
+    handler: F,
+    mut shutdown: Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, RuntimeError>
+where
+    F: Fn(Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ApiResult> + Send + 'static,
+{
+    let mut endpoint = service
+        .endpoint_builder()
+        .name(name)
+        .add(subject)
+        .await
+        .map_err(|e| RuntimeError::Service(format!("endpoint {subject}: {e}")))?;
+    let handler = Arc::new(handler);
+    Ok(tokio::spawn(async move {
+        loop {
+            let request = tokio::select! {
+                _ = shutdown.requested() => break,
+                r = endpoint.next() => match r { Some(r) => r, None => break },
+            };
+            let handler = handler.clone();
+            // Each request on its own task: a slow query must not hold up the others.
+            tokio::spawn(async move {
+                let response = match handler(request.message.payload.clone()).await {
+                    Ok(value) => Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())),
+                    Err(e) => Err(service::error::Error {
+                        status: e.description,
+                        code: e.code as usize,
+                    }),
+                };
+                if let Err(e) = request.respond(response).await {
+                    tracing::debug!(error = %e, "cannot respond");
+                }
+            });
+        }
+        let _ = endpoint.stop().await;
+    }))
+}

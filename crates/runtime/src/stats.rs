@@ -1,0 +1,79 @@
+//! Counters a service exposes through its micro-service STATS: processed, redelivered, dead-lettered…
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Live counters, shared by the consumer loops and the relay of one service.
+#[derive(Debug, Default)]
+pub struct Stats {
+    processed: AtomicU64,
+    duplicates: AtomicU64,
+    redelivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    naks: AtomicU64,
+    published: AtomicU64,
+    group_commits: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A point-in-time copy of [`Stats`], as JSON in STATS `data`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub events_processed: u64,
+    pub events_duplicate: u64,
+    pub events_redelivered: u64,
+    pub events_dead_lettered: u64,
+    pub events_nacked: u64,
+    pub events_published: u64,
+    pub group_commits: u64,
+    pub outbox_backlog: u64,
+    pub inbox_size: u64,
+    pub last_error: Option<String>,
+}
+
+impl Stats {
+    pub fn add_processed(&self, n: u64) {
+        self.processed.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_redelivered(&self) {
+        self.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_nak(&self) {
+        self.naks.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_published(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_group_commit(&self) {
+        self.group_commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_error(&self, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+    }
+
+    pub fn snapshot(&self, outbox_backlog: usize, inbox_size: usize) -> StatsSnapshot {
+        StatsSnapshot {
+            events_processed: self.processed.load(Ordering::Relaxed),
+            events_duplicate: self.duplicates.load(Ordering::Relaxed),
+            events_redelivered: self.redelivered.load(Ordering::Relaxed),
+            events_dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            events_nacked: self.naks.load(Ordering::Relaxed),
+            events_published: self.published.load(Ordering::Relaxed),
+            group_commits: self.group_commits.load(Ordering::Relaxed),
+            outbox_backlog: outbox_backlog as u64,
+            inbox_size: inbox_size as u64,
+            last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The sled side of exactly-once effects: state, inbox and outbox written in one transaction.
+//!
+//! A consumed event is applied at most once because its id goes into the
+//! inbox in the same transaction as the state change and the outgoing events;
+//! the outgoing events reach NATS at least once because they sit in the outbox
+//! until the relay got their PubAck. Together: effects happen exactly once.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Db, IVec, Transactional, Tree};
+
+use crate::outbox::OutboxMessage;
+use crate::RuntimeError;
+
+const INBOX: &str = "inbox";
+const OUTBOX: &str = "outbox";
+
+/// A handle on one of the service's own trees, handed out by [`Store::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeId(usize);
+
+/// Why a transaction was aborted on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxAbort {
+    /// The input cannot be applied; the caller dead-letters it with this reason.
+    Reject(String),
+    /// A stored record does not decode: a bug or disk damage, never the input's fault.
+    Corrupt(String),
+}
+
+pub type TxResult<T> = Result<T, ConflictableTransactionError<TxAbort>>;
+
+/// Aborts the transaction because the input cannot be applied.
+pub fn reject<T>(reason: impl Into<String>) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(TxAbort::Reject(
+        reason.into(),
+    )))
+}
+
+/// What happened to a unit of work.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied<T> {
+    Done(T),
+    /// The inbox already held this event id: nothing was done again.
+    Duplicate,
+}
+
+/// Why a unit of work did not commit.
+#[derive(Debug)]
+pub enum ApplyError {
+    Rejected(String),
+    Failed(RuntimeError),
+}
+
+/// The transactional view handed to domain glue: typed reads and writes plus `publish`.
+pub struct Tx<'a> {
+    view: &'a [TransactionalTree],
+}
+
+impl Tx<'_> {
+    fn tree(&self, id: TreeId) -> &TransactionalTree {
+        &self.view[id.0]
+    }
+
+    pub fn get(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<IVec>> {
+        Ok(self.tree(tree).get(key)?)
+    }
+
+    pub fn insert(&self, tree: TreeId, key: &[u8], value: &[u8]) -> TxResult<()> {
+        self.tree(tree).insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<()> {
+        self.tree(tree).remove(key)?;
+        Ok(())
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<T>> {
+        match self.get(tree, key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                ConflictableTransactionError::Abort(TxAbort::Corrupt(format!(
+                    "record {} does not decode: {e}",
+                    String::from_utf8_lossy(key)
+                )))
+            }),
+        }
+    }
+
+    pub fn put_json<T: Serialize>(&self, tree: TreeId, key: &[u8], value: &T) -> TxResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            ConflictableTransactionError::Abort(TxAbort::Corrupt(format!("cannot encode: {e}")))
+        })?;
+        self.insert(tree, key, &bytes)
+    }
+
+    /// Queues a message in the outbox; the relay publishes it after the commit.
+    pub fn publish(&self, message: &OutboxMessage) -> TxResult<()> {
+        let outbox = &self.view[1];
+        let key = outbox.generate_id()?.to_be_bytes();
+        outbox.insert(&key, message.encode())?;
+        Ok(())
+    }
+}
+
+/// A service's sled database: inbox, outbox and the service's own trees.
+pub struct Store {
+    db: Db,
+    trees: Vec<Tree>,
+    names: Vec<String>,
+    // sled 0.34's flush_async deadlocks with many concurrent callers (sled #1308);
+    // flushing through one lock in a blocking thread avoids it.
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("trees", &self.names).finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the database at `dir` with the service's own trees.
+    pub fn open(dir: &Path, tree_names: &[&str]) -> Result<(Store, Vec<TreeId>), RuntimeError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RuntimeError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        let mut names = vec![INBOX.to_owned(), OUTBOX.to_owned()];
+        names.extend(tree_names.iter().map(|n| (*n).to_owned()));
+        let trees = names
+            .iter()
+            .map(|n| db.open_tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = (2..names.len()).map(TreeId).collect();
+        Ok((
+            Store {
+                db,
+                trees,
+                names,
+                flush_lock: Arc::new(tokio::sync::Mutex::new(())),
+            },
+            ids,
+        ))
+    }
+
+    /// Runs `work` in one transaction with the inbox, outbox and service trees.
+    ///
+    /// With a `dedupe_key`, the work runs only if that key is not in the inbox
+    /// yet, and the key is recorded in the same transaction. The closure may run
+    /// more than once when sled retries a conflicting transaction, so it must be pure.
+    pub fn apply<T>(
+        &self,
+        dedupe_key: Option<&str>,
+        work: impl Fn(&Tx<'_>) -> TxResult<T>,
+    ) -> Result<Applied<T>, ApplyError> {
+        let stamp = now_ms().to_be_bytes();
+        let result = self.trees.as_slice().transaction(|view| {
+            let inbox = &view[0];
+            if let Some(key) = dedupe_key {
+                if inbox.get(key.as_bytes())?.is_some() {
+                    return Ok(Applied::Duplicate);
+                }
+                inbox.insert(key.as_bytes(), &stamp)?;
+            }
+            let tx = Tx { view };
+            work(&tx).map(Applied::Done)
+        });
+        match result {
+            Ok(applied) => Ok(applied),
+            Err(TransactionError::Abort(TxAbort::Reject(reason))) => {
+                Err(ApplyError::Rejected(reason))
+            }
+            Err(TransactionError::Abort(TxAbort::Corrupt(reason))) => {
+                Err(ApplyError::Failed(RuntimeError::Corrupt(reason)))
+            }
+            Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(e.into())),
+        }
+    }
+
+    /// Makes every committed transaction durable (the group-commit flush).
+    pub async fn flush(&self) -> Result<(), RuntimeError> {
+        let _guard = self.flush_lock.lock().await;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| RuntimeError::Transaction(format!("flush task failed: {e}")))??;
+        Ok(())
+    }
+
+    /// Flushes without an async runtime, for shutdown paths and tests.
+    pub fn flush_blocking(&self) -> Result<(), RuntimeError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A service tree, for reads and scans outside transactions.
+    pub fn tree(&self, id: TreeId) -> &Tree {
+        &self.trees[id.0]
+    }
+
+    /// Reads one JSON record outside a transaction.
+    pub fn read_json<T: DeserializeOwned>(
+        &self,
+        id: TreeId,
+        key: &[u8],
+    ) -> Result<Option<T>, RuntimeError> {
+        match self.tree(id).get(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| RuntimeError::Corrupt(e.to_string())),
+        }
+    }
+
+    /// Whether an event id was already processed.
+    pub fn inbox_contains(&self, key: &str) -> Result<bool, RuntimeError> {
+        Ok(self.trees[0].contains_key(key.as_bytes())?)
+    }
+
+    /// Number of processed event ids remembered.
+    pub fn inbox_len(&self) -> usize {
+        self.trees[0].len()
+    }
+
+    /// The oldest outbox entries, in the order they were written.
+    pub fn outbox_batch(&self, max: usize) -> Result<Vec<(IVec, OutboxMessage)>, RuntimeError> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        for item in self.trees[1].iter().take(max) {
+            let (key, value) = item?;
+            let message = OutboxMessage::decode(&value)
+                .ok_or_else(|| RuntimeError::Corrupt("outbox entry does not decode".into()))?;
+            out.push((key, message));
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_remove(&self, key: &[u8]) -> Result<(), RuntimeError> {
+        self.trees[1].remove(key)?;
+        Ok(())
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.trees[1].len()
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
