@@ -15,8 +15,10 @@ use crate::events::EventKind;
 #[schemars(title = "Shop CloudEvent envelope")]
 pub struct CloudEventEnvelope {
     /// Always `1.0`.
+    #[schemars(extend("const" = "1.0"))]
     pub specversion: String,
     /// Unique event id (UUIDv7 for events the shop produces); also sent as `Nats-Msg-Id`. At most 128 printable ASCII characters.
+    #[schemars(regex(pattern = r"^[!-~]{1,128}$"))]
     pub id: String,
     /// The producer, for example `checkout` or `storefront`.
     pub source: String,
@@ -28,8 +30,10 @@ pub struct CloudEventEnvelope {
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub subject: String,
     /// RFC 3339 timestamp.
+    #[schemars(extend("format" = "date-time"))]
     pub time: String,
     /// Always `application/json`.
+    #[schemars(extend("const" = "application/json"))]
     pub datacontenttype: String,
     /// The order id, carried through the whole saga.
     pub correlationid: Option<String>,
@@ -37,7 +41,7 @@ pub struct CloudEventEnvelope {
     pub causationid: Option<String>,
     /// W3C trace context.
     pub traceparent: Option<String>,
-    /// The event's payload; its schema is `<EventName>.v<major>.json`.
+    /// The event's payload; its schema is `shop.<EventName>.v<major>.json`.
     pub data: serde_json::Value,
 }
 
