@@ -3,8 +3,6 @@
 //! Passing shutdown in (rather than installing signal handlers deep inside)
 //! lets tests stop a service exactly when they want, as mini-redis does.
 
-use std::future::Future;
-
 use tokio::sync::watch;
 
 /// Fires shutdown for every clone of the paired [`Shutdown`].
@@ -41,11 +39,6 @@ impl Shutdown {
     pub async fn requested(&mut self) {
         // An error means the trigger was dropped, which also means stop.
         let _ = self.0.wait_for(|fired| *fired).await;
-    }
-
-    /// A future for `run(config, shutdown)`-style APIs that take any future.
-    pub fn into_future(mut self) -> impl Future<Output = ()> + Send + 'static {
-        async move { self.requested().await }
     }
 }
 
