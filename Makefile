@@ -1,0 +1,64 @@
+# Developer entry points. `make test` is what CI runs (.ci/run).
+#
+# Every target that needs a server first runs scripts/install-nats-server.sh,
+# which is idempotent and writes the resolved binary to .tools/nats-server-path.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+
+NATS_URL ?= nats://127.0.0.1:4222
+# Where `make run` looks for the server's monitoring endpoint (see nats.conf).
+NATS_HTTP ?= http://127.0.0.1:8222
+# How long `make run` waits for a server it started to report healthy.
+NATS_READY_SECONDS ?= 15
+
+INSTALL_NATS := scripts/install-nats-server.sh
+NATS_SERVER_PATH_FILE := .tools/nats-server-path
+
+.PHONY: all test fmt-check clippy cargo-test nats-server nats run bench clean-data
+
+all: test
+
+# Resolves (and if needed installs) nats-server; the path lands in $(NATS_SERVER_PATH_FILE).
+nats-server:
+	@bash $(INSTALL_NATS) >/dev/null
+
+test: nats-server
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" cargo test --workspace
+
+# The server alone, in the foreground; Ctrl-C stops it.
+nats: nats-server
+	mkdir -p data/nats
+	exec "$$(cat $(NATS_SERVER_PATH_FILE))" --config nats.conf
+
+# Starts nats-server in the background unless something already answers on NATS_URL,
+# waits for /healthz with a deadline, then runs the shop in the foreground.
+run: nats-server
+	@hostport="$(NATS_URL)"; hostport="$${hostport#*://}"; hostport="$${hostport%%/*}"; \
+	host="$${hostport%:*}"; port="$${hostport##*:}"; \
+	if (exec 3<>"/dev/tcp/$$host/$$port") 2>/dev/null; then \
+		echo "make run: using the NATS server already on $(NATS_URL)"; \
+	else \
+		mkdir -p data/nats; \
+		echo "make run: starting nats-server in the background (log: data/nats-server.log, pid: data/nats-server.pid)"; \
+		nohup "$$(cat $(NATS_SERVER_PATH_FILE))" --config nats.conf >data/nats-server.log 2>&1 & \
+		echo $$! >data/nats-server.pid; \
+		deadline=$$((SECONDS + $(NATS_READY_SECONDS))); \
+		until curl -sf "$(NATS_HTTP)/healthz" >/dev/null; do \
+			if ((SECONDS >= deadline)); then \
+				echo "make run: nats-server not healthy after $(NATS_READY_SECONDS)s; last log lines:" >&2; \
+				tail -n 20 data/nats-server.log >&2; \
+				exit 1; \
+			fi; \
+			sleep 0.2; \
+		done; \
+	fi
+	NATS_URL="$(NATS_URL)" cargo run --release --bin shop -- run
+
+bench:
+	NATS_URL="$(NATS_URL)" cargo run --release --bin shop -- bench
+
+clean-data:
+	rm -rf data
