@@ -6,6 +6,7 @@
 //! scaffold, telemetry, crash points and shutdown live here, written once.
 //! Nothing in this crate knows what an order is.
 
+pub mod cli;
 pub mod connect;
 pub mod consumer;
 pub mod crashpoint;

@@ -1,0 +1,135 @@
+//! Glue between the event contract (`shop-events`) and the domain-free runtime.
+//!
+//! The three services would otherwise each repeat these few lines: decoding
+//! a consumed message into an [`Envelope`], the tracing span of an event,
+//! turning an outgoing envelope into an outbox entry, naming consumers and
+//! dead-letter subjects, and publishing an event from an API endpoint.
+//! It holds no business rules.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use shop_events::subjects::{self, Domain};
+use shop_events::{Envelope, EventKind};
+use shop_runtime::consumer::{ConsumerSpec, Incoming};
+use shop_runtime::host::HostConfig;
+use shop_runtime::outbox::OutboxMessage;
+use shop_runtime::streams::StreamDecl;
+use shop_runtime::RuntimeError;
+
+/// The shop's streams as the runtime declares them.
+pub fn stream_decls(event_max_age: Duration) -> Vec<StreamDecl> {
+    subjects::stream_specs(event_max_age)
+        .iter()
+        .map(|s| {
+            StreamDecl::new(
+                s.name,
+                &s.subjects,
+                s.description,
+                s.max_age,
+                s.duplicate_window,
+            )
+        })
+        .collect()
+}
+
+/// Host settings for `service`, with its sled database under `<data_dir>/<service>`.
+pub fn host_config(
+    service: &str,
+    nats_url: &str,
+    data_dir: &Path,
+    trees: Vec<&'static str>,
+) -> HostConfig {
+    HostConfig {
+        service: service.to_owned(),
+        nats_url: nats_url.to_owned(),
+        data_dir: data_dir.join(service),
+        streams: stream_decls(subjects::DEFAULT_EVENT_MAX_AGE),
+        trees,
+    }
+}
+
+/// A durable consumer named after `service` on `domain`'s stream, for the given event kinds.
+pub fn consumer_spec(service: &str, domain: Domain, kinds: &[EventKind]) -> ConsumerSpec {
+    let filters = kinds.iter().map(|k| subjects::event_filter(*k)).collect();
+    let mut spec = ConsumerSpec::new(
+        domain.stream(),
+        service,
+        filters,
+        subjects::deadletter_subject(service, domain.stream()),
+    );
+    spec.description = format!(
+        "{service} reacting to {}",
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+    );
+    spec
+}
+
+/// Decodes a consumed message with the contract's checks; the error text is the dead-letter reason.
+pub fn decode_incoming(message: &Incoming<'_>) -> Result<Envelope, String> {
+    shop_events::decode(message.subject, message.payload).map_err(|e| e.to_string())
+}
+
+/// The span every handled event runs in.
+pub fn event_span(service: &str, envelope: &Envelope) -> tracing::Span {
+    tracing::info_span!(
+        "handle_event",
+        service,
+        order_id = %envelope.meta.correlation_id,
+        event_type = envelope.kind().name(),
+        event_id = %envelope.meta.id,
+        causation_id = envelope.meta.causation_id.as_deref().unwrap_or(""),
+        traceparent = envelope.meta.traceparent.as_deref().unwrap_or(""),
+    )
+}
+
+/// The outbox entry for an outgoing event: `Nats-Msg-Id` is the event id.
+pub fn to_outbox(envelope: &Envelope) -> OutboxMessage {
+    let mut headers = Vec::new();
+    if let Some(tp) = &envelope.meta.traceparent {
+        headers.push(("traceparent".to_owned(), tp.clone()));
+    }
+    OutboxMessage {
+        subject: envelope.subject(),
+        msg_id: envelope.meta.id.clone(),
+        headers,
+        payload: envelope.to_json(),
+    }
+}
+
+/// Publishes one event directly (API endpoints) and waits for the PubAck.
+pub async fn publish_event(
+    js: &jetstream::Context,
+    envelope: &Envelope,
+) -> Result<jetstream::publish::PublishAck, RuntimeError> {
+    let mut headers = HeaderMap::new();
+    if let Some(tp) = &envelope.meta.traceparent {
+        headers.insert("traceparent", tp.as_str());
+    }
+    let message = jetstream::message::PublishMessage::build()
+        .headers(headers)
+        .message_id(&envelope.meta.id)
+        .payload(envelope.to_json().into());
+    js.send_publish(envelope.subject(), message)
+        .await
+        .map_err(|e| RuntimeError::Publish(e.to_string()))?
+        .await
+        .map_err(|e| RuntimeError::Publish(e.to_string()))
+}
+
+/// Milliseconds since the Unix epoch: the clock the pure domains are given.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 text for a millisecond timestamp, for API replies.
+pub fn format_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .map(shop_events::envelope::format_time)
+        .unwrap_or_default()
+}
