@@ -1,0 +1,1002 @@
+//! Checkout's pure order state machine: one order's record, the facts that move it
+//! (placed, stock shortage, payment outcome, cancellation request, deadline) and the
+//! public event each move publishes. No I/O, no clock: time comes in through [`Ctx`].
+//!
+//! The shell drives it the same way for every input, inside one store transaction:
+//! `decide` on the loaded [`State`], then for each [`Change`] in order `evolve` the
+//! state and `published(&state, &change)` into the outbox ([`apply`] does exactly that).
+
+use serde::{Deserialize, Serialize};
+use shop_events::{
+    CancelReason, Event, OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderId,
+    OrderPlaced, OrderRejected, PaymentCaptured, PaymentDeclined, PaymentId, Problem, Shortage,
+    StockReservationFailed, ValidOrder,
+};
+
+/// Where an order stands. `None` in [`State::status`] means checkout has not seen it placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Cancelled,
+    Rejected,
+}
+
+/// A settling fact that reached checkout before the order itself did.
+///
+/// Checkout reads the orders stream and the inventory/payments streams with separate
+/// consumers, so after a restart or a lagging consumer a capture can be seen before
+/// the `OrderPlaced` it answers. Forgetting it would leave the paid order pending
+/// until it times out; remembering it lets placement settle the order at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum EarlyOutcome {
+    OutOfStock { detail: String },
+    PaymentCaptured { payment_id: PaymentId },
+    PaymentDeclined { reason: String },
+}
+
+/// One order's record as checkout stores it (serde_json in sled, keyed by order id).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    /// The order exactly as first received, to tell a redelivery from a conflicting reuse of the id.
+    pub placed: Option<OrderPlaced>,
+    /// The typed order, present when `placed` passed validation.
+    pub order: Option<ValidOrder>,
+    pub status: Option<OrderStatus>,
+    /// Why the order was cancelled (only for `Cancelled`).
+    pub reason: Option<CancelReason>,
+    /// Human-readable detail of the cancellation, as published in `OrderCancelled`.
+    pub detail: Option<String>,
+    /// Every validation problem (only for `Rejected`).
+    pub problems: Vec<Problem>,
+    pub placed_at_ms: Option<i64>,
+    pub deadline_at_ms: Option<i64>,
+    /// When the order reached `Confirmed`, `Cancelled` or `Rejected` (last settlement wins).
+    pub settled_at_ms: Option<i64>,
+    pub payment_id: Option<PaymentId>,
+    /// Tombstone: the reason of a cancellation requested before the order was placed.
+    pub cancel_requested: Option<String>,
+    /// The first stock or payment outcome seen before the order was placed.
+    pub early_outcome: Option<EarlyOutcome>,
+}
+
+impl State {
+    pub fn status(&self) -> Option<OrderStatus> {
+        self.status
+    }
+
+    /// The deadline the shell's timer must watch; `None` once the order left `Pending`.
+    pub fn pending_deadline(&self) -> Option<i64> {
+        match self.status {
+            Some(OrderStatus::Pending) => self.deadline_at_ms,
+            _ => None,
+        }
+    }
+
+    /// The order id, once the order has been placed.
+    pub fn order_id(&self) -> Option<&OrderId> {
+        self.placed.as_ref().map(|p| &p.order_id)
+    }
+}
+
+/// What the shell knows that the domain must not look up itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    /// Wall-clock time of this decision, milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// How long a placed order may stay pending before it is cancelled with `timeout`.
+    pub deadline_ms: i64,
+}
+
+/// What the shell feeds in: the events checkout consumes, plus its own timer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Placed(OrderPlaced),
+    StockReservationFailed(StockReservationFailed),
+    PaymentCaptured(PaymentCaptured),
+    PaymentDeclined(PaymentDeclined),
+    CancellationRequested(OrderCancellationRequested),
+    /// The shell's timer saw `now >= pending_deadline()`.
+    DeadlinePassed,
+}
+
+impl Input {
+    /// The order this input is about; `None` for the timer, which the shell sends per order.
+    pub fn order_id(&self) -> Option<&OrderId> {
+        match self {
+            Input::Placed(e) => Some(&e.order_id),
+            Input::StockReservationFailed(e) => Some(&e.order_id),
+            Input::PaymentCaptured(e) => Some(&e.order_id),
+            Input::PaymentDeclined(e) => Some(&e.order_id),
+            Input::CancellationRequested(e) => Some(&e.order_id),
+            Input::DeadlinePassed => None,
+        }
+    }
+}
+
+/// Checkout's internal facts about one order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Change {
+    Accepted {
+        placed: OrderPlaced,
+        order: ValidOrder,
+        placed_at_ms: i64,
+        deadline_at_ms: i64,
+    },
+    Rejected {
+        placed: OrderPlaced,
+        problems: Vec<Problem>,
+        at_ms: i64,
+    },
+    Confirmed {
+        payment_id: PaymentId,
+        at_ms: i64,
+    },
+    Cancelled {
+        reason: CancelReason,
+        detail: String,
+        at_ms: i64,
+    },
+    CancellationRequestedEarly {
+        reason: String,
+    },
+    OutcomeArrivedEarly {
+        outcome: EarlyOutcome,
+    },
+}
+
+/// Why an input cannot be applied; the shell dead-letters it with this text.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Refusal {
+    #[error(
+        "order id `{order_id}` was already placed with different data; the first order stands"
+    )]
+    ConflictingOrderId { order_id: OrderId },
+    #[error("an input about order `{got}` was applied to the record of order `{expected}`")]
+    WrongOrder { expected: OrderId, got: OrderId },
+}
+
+/// Decides what an input changes. Pure; an empty result means there is nothing to do.
+pub fn decide(state: &State, input: &Input, ctx: &Ctx) -> Result<Vec<Change>, Refusal> {
+    if let (Some(expected), Some(got)) = (state.order_id(), input.order_id()) {
+        if expected != got {
+            return Err(Refusal::WrongOrder {
+                expected: expected.clone(),
+                got: got.clone(),
+            });
+        }
+    }
+    let changes = match input {
+        Input::Placed(placed) => return place(state, placed, ctx),
+        Input::StockReservationFailed(e) => settle_or_remember(
+            state,
+            EarlyOutcome::OutOfStock {
+                detail: shortage_detail(&e.shortages),
+            },
+            ctx,
+        ),
+        Input::PaymentCaptured(e) => settle_or_remember(
+            state,
+            EarlyOutcome::PaymentCaptured {
+                payment_id: e.payment_id.clone(),
+            },
+            ctx,
+        ),
+        Input::PaymentDeclined(e) => settle_or_remember(
+            state,
+            EarlyOutcome::PaymentDeclined {
+                reason: e.reason.clone(),
+            },
+            ctx,
+        ),
+        Input::CancellationRequested(e) => request_cancellation(state, &e.reason, ctx),
+        Input::DeadlinePassed => time_out(state, ctx),
+    };
+    Ok(changes)
+}
+
+fn place(state: &State, placed: &OrderPlaced, ctx: &Ctx) -> Result<Vec<Change>, Refusal> {
+    if let Some(first) = &state.placed {
+        // A redelivery is harmless; a different order under a used id must not overwrite it.
+        return if first == placed {
+            Ok(Vec::new())
+        } else {
+            Err(Refusal::ConflictingOrderId {
+                order_id: placed.order_id.clone(),
+            })
+        };
+    }
+    let order = match placed.validate() {
+        Ok(order) => order,
+        Err(problems) => {
+            return Ok(vec![Change::Rejected {
+                placed: placed.clone(),
+                problems,
+                at_ms: ctx.now_ms,
+            }])
+        }
+    };
+    let mut changes = vec![Change::Accepted {
+        placed: placed.clone(),
+        order,
+        placed_at_ms: ctx.now_ms,
+        deadline_at_ms: ctx.now_ms.saturating_add(ctx.deadline_ms),
+    }];
+    // Inventory and payment act on the order regardless, so an early cancellation must
+    // be published as a real `OrderCancelled` for them to compensate. The customer's
+    // wish wins over an early outcome: either way the money and stock come back.
+    if let Some(reason) = &state.cancel_requested {
+        changes.push(Change::Cancelled {
+            reason: CancelReason::CustomerRequest,
+            detail: customer_detail(reason),
+            at_ms: ctx.now_ms,
+        });
+    } else if let Some(outcome) = &state.early_outcome {
+        changes.push(settle(outcome, ctx));
+    }
+    Ok(changes)
+}
+
+fn settle_or_remember(state: &State, outcome: EarlyOutcome, ctx: &Ctx) -> Vec<Change> {
+    match state.status {
+        None if state.early_outcome.is_none() => vec![Change::OutcomeArrivedEarly { outcome }],
+        Some(OrderStatus::Pending) => vec![settle(&outcome, ctx)],
+        // Settled orders ignore late outcomes: payment refunds a late capture on its own
+        // when it sees `OrderCancelled`, and stock was already released.
+        _ => Vec::new(),
+    }
+}
+
+fn settle(outcome: &EarlyOutcome, ctx: &Ctx) -> Change {
+    match outcome {
+        EarlyOutcome::OutOfStock { detail } => Change::Cancelled {
+            reason: CancelReason::OutOfStock,
+            detail: detail.clone(),
+            at_ms: ctx.now_ms,
+        },
+        EarlyOutcome::PaymentCaptured { payment_id } => Change::Confirmed {
+            payment_id: payment_id.clone(),
+            at_ms: ctx.now_ms,
+        },
+        EarlyOutcome::PaymentDeclined { reason } => Change::Cancelled {
+            reason: CancelReason::PaymentDeclined,
+            detail: reason.clone(),
+            at_ms: ctx.now_ms,
+        },
+    }
+}
+
+fn request_cancellation(state: &State, reason: &str, ctx: &Ctx) -> Vec<Change> {
+    match state.status {
+        None if state.cancel_requested.is_none() => vec![Change::CancellationRequestedEarly {
+            reason: reason.to_owned(),
+        }],
+        // A confirmed order can still be cancelled: inventory puts the sold stock back
+        // on the shelf and payment refunds when they see `OrderCancelled`.
+        Some(OrderStatus::Pending | OrderStatus::Confirmed) => vec![Change::Cancelled {
+            reason: CancelReason::CustomerRequest,
+            detail: customer_detail(reason),
+            at_ms: ctx.now_ms,
+        }],
+        _ => Vec::new(),
+    }
+}
+
+fn time_out(state: &State, ctx: &Ctx) -> Vec<Change> {
+    match (state.pending_deadline(), state.placed_at_ms) {
+        (Some(deadline), Some(placed_at)) if ctx.now_ms >= deadline => vec![Change::Cancelled {
+            reason: CancelReason::Timeout,
+            detail: format!(
+                "no stock and payment outcome within {} ms of placing the order",
+                deadline.saturating_sub(placed_at)
+            ),
+            at_ms: ctx.now_ms,
+        }],
+        // The timer may fire early or for an order that settled meanwhile.
+        _ => Vec::new(),
+    }
+}
+
+fn customer_detail(reason: &str) -> String {
+    if reason.trim().is_empty() {
+        "cancelled at the customer's request".to_owned()
+    } else {
+        reason.to_owned()
+    }
+}
+
+fn shortage_detail(shortages: &[Shortage]) -> String {
+    let lines: Vec<String> = shortages
+        .iter()
+        .map(|s| {
+            format!(
+                "{} (requested {}, available {})",
+                s.sku, s.requested, s.available
+            )
+        })
+        .collect();
+    format!("not enough stock: {}", lines.join("; "))
+}
+
+/// Applies one change. Pure and infallible: `decide` already checked everything.
+pub fn evolve(state: &mut State, change: &Change) {
+    match change {
+        Change::Accepted {
+            placed,
+            order,
+            placed_at_ms,
+            deadline_at_ms,
+        } => {
+            state.placed = Some(placed.clone());
+            state.order = Some(order.clone());
+            state.status = Some(OrderStatus::Pending);
+            state.placed_at_ms = Some(*placed_at_ms);
+            state.deadline_at_ms = Some(*deadline_at_ms);
+        }
+        Change::Rejected {
+            placed,
+            problems,
+            at_ms,
+        } => {
+            state.placed = Some(placed.clone());
+            state.status = Some(OrderStatus::Rejected);
+            state.problems = problems.clone();
+            state.placed_at_ms = Some(*at_ms);
+            state.settled_at_ms = Some(*at_ms);
+        }
+        Change::Confirmed { payment_id, at_ms } => {
+            state.status = Some(OrderStatus::Confirmed);
+            state.payment_id = Some(payment_id.clone());
+            state.settled_at_ms = Some(*at_ms);
+        }
+        Change::Cancelled {
+            reason,
+            detail,
+            at_ms,
+        } => {
+            state.status = Some(OrderStatus::Cancelled);
+            state.reason = Some(*reason);
+            state.detail = Some(detail.clone());
+            state.settled_at_ms = Some(*at_ms);
+        }
+        Change::CancellationRequestedEarly { reason } => {
+            state.cancel_requested = Some(reason.clone());
+        }
+        Change::OutcomeArrivedEarly { outcome } => {
+            state.early_outcome = Some(outcome.clone());
+        }
+    }
+}
+
+/// The public event a change publishes, read from the state after the change.
+pub fn published(state_after: &State, change: &Change) -> Option<Event> {
+    match change {
+        Change::Rejected {
+            placed, problems, ..
+        } => Some(
+            OrderRejected {
+                order_id: placed.order_id.clone(),
+                problems: problems.clone(),
+            }
+            .into(),
+        ),
+        Change::Confirmed { .. } => {
+            let order = state_after.order.as_ref()?;
+            Some(
+                OrderConfirmed {
+                    order_id: order.order_id.clone(),
+                    total: order.total,
+                    currency: order.currency,
+                }
+                .into(),
+            )
+        }
+        Change::Cancelled { reason, detail, .. } => Some(
+            OrderCancelled {
+                order_id: state_after.order_id()?.clone(),
+                reason: *reason,
+                detail: detail.clone(),
+            }
+            .into(),
+        ),
+        Change::Accepted { .. }
+        | Change::CancellationRequestedEarly { .. }
+        | Change::OutcomeArrivedEarly { .. } => None,
+    }
+}
+
+/// Evolves `state` through `changes` in order and returns the events to publish.
+pub fn apply(state: &mut State, changes: &[Change]) -> Vec<Event> {
+    changes
+        .iter()
+        .filter_map(|change| {
+            evolve(state, change);
+            published(state, change)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shop_events::{Currency, Money, OrderLineInput, ProblemCode, Sku};
+
+    const T0: i64 = 1_000_000;
+    const DEADLINE: i64 = 30_000;
+
+    fn id(s: &str) -> OrderId {
+        OrderId::parse(s).expect("valid order id")
+    }
+
+    fn pid(s: &str) -> PaymentId {
+        PaymentId::parse(s).expect("valid payment id")
+    }
+
+    fn sku(s: &str) -> Sku {
+        Sku::parse(s).expect("valid sku")
+    }
+
+    fn placed() -> OrderPlaced {
+        OrderPlaced {
+            order_id: id("o-1"),
+            customer_id: "c-1".into(),
+            currency: "EUR".into(),
+            lines: vec![
+                OrderLineInput {
+                    sku: "sku-a".into(),
+                    quantity: 2,
+                    unit_price: 500,
+                },
+                OrderLineInput {
+                    sku: "sku-b".into(),
+                    quantity: 1,
+                    unit_price: 250,
+                },
+            ],
+            total: 1250,
+            payment_token: "tok_visa".into(),
+        }
+    }
+
+    fn placed_input() -> Input {
+        Input::Placed(placed())
+    }
+
+    fn stock_failed() -> Input {
+        Input::StockReservationFailed(StockReservationFailed {
+            order_id: id("o-1"),
+            shortages: vec![
+                Shortage {
+                    sku: sku("sku-a"),
+                    requested: 2,
+                    available: 1,
+                },
+                Shortage {
+                    sku: sku("sku-b"),
+                    requested: 1,
+                    available: 0,
+                },
+            ],
+        })
+    }
+
+    fn captured() -> Input {
+        Input::PaymentCaptured(PaymentCaptured {
+            order_id: id("o-1"),
+            payment_id: pid("pay-1"),
+            amount: Money(1250),
+            currency: eur(),
+        })
+    }
+
+    fn declined() -> Input {
+        Input::PaymentDeclined(PaymentDeclined {
+            order_id: id("o-1"),
+            reason: "card_declined".into(),
+            amount: Money(1250),
+        })
+    }
+
+    fn cancel_request(reason: &str) -> Input {
+        Input::CancellationRequested(OrderCancellationRequested {
+            order_id: id("o-1"),
+            reason: reason.into(),
+        })
+    }
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").expect("valid currency")
+    }
+
+    fn cancelled(reason: CancelReason, detail: &str) -> Event {
+        OrderCancelled {
+            order_id: id("o-1"),
+            reason,
+            detail: detail.into(),
+        }
+        .into()
+    }
+
+    fn confirmed() -> Event {
+        OrderConfirmed {
+            order_id: id("o-1"),
+            total: Money(1250),
+            currency: eur(),
+        }
+        .into()
+    }
+
+    /// A spec: the state built from past inputs, and the time of the next one.
+    struct Given {
+        state: State,
+        now_ms: i64,
+    }
+
+    /// Builds the state by deciding and applying each input at `T0`.
+    fn given(inputs: impl IntoIterator<Item = Input>) -> Given {
+        let mut state = State::default();
+        for input in inputs {
+            let changes = decide(&state, &input, &ctx(T0)).expect("given inputs are accepted");
+            apply(&mut state, &changes);
+        }
+        Given { state, now_ms: T0 }
+    }
+
+    fn ctx(now_ms: i64) -> Ctx {
+        Ctx {
+            now_ms,
+            deadline_ms: DEADLINE,
+        }
+    }
+
+    impl Given {
+        fn at(mut self, now_ms: i64) -> Given {
+            self.now_ms = now_ms;
+            self
+        }
+
+        fn when(self, input: Input) -> Then {
+            let before = self.state.clone();
+            let mut state = self.state;
+            let result = decide(&state, &input, &ctx(self.now_ms)).map(|c| apply(&mut state, &c));
+            Then {
+                before,
+                state,
+                result,
+            }
+        }
+    }
+
+    struct Then {
+        before: State,
+        state: State,
+        result: Result<Vec<Event>, Refusal>,
+    }
+
+    impl Then {
+        fn then(self, expected: Vec<Event>) -> Then {
+            assert_eq!(self.result, Ok(expected));
+            self
+        }
+
+        /// Nothing published and the record untouched.
+        fn then_nothing_happens(self) -> Then {
+            assert_eq!(self.result, Ok(vec![]));
+            assert_eq!(self.state, self.before);
+            self
+        }
+
+        fn then_refused(self, refusal: Refusal) -> Then {
+            assert_eq!(self.result, Err(refusal));
+            assert_eq!(self.state, self.before);
+            self
+        }
+
+        fn and(self, check: impl FnOnce(&State)) -> Then {
+            check(&self.state);
+            self
+        }
+    }
+
+    #[test]
+    fn a_valid_order_is_pending_with_a_deadline_and_publishes_nothing() {
+        given([]).when(placed_input()).then(vec![]).and(|s| {
+            assert_eq!(s.status(), Some(OrderStatus::Pending));
+            assert_eq!(s.placed_at_ms, Some(T0));
+            assert_eq!(s.pending_deadline(), Some(T0 + DEADLINE));
+            assert_eq!(s.placed, Some(placed()));
+            assert_eq!(
+                s.order.as_ref().map(|o| o.total),
+                Some(Money(1250)),
+                "the typed order is kept"
+            );
+            assert_eq!(s.settled_at_ms, None);
+        });
+    }
+
+    #[test]
+    fn an_invalid_order_is_rejected_with_every_problem() {
+        let mut bad = placed();
+        bad.currency = "euro".into();
+        bad.lines[0].quantity = 0;
+        bad.payment_token = String::new();
+        let problems = bad.validate().expect_err("the order is invalid");
+        assert!(problems.len() >= 3, "several problems: {problems:?}");
+        given([])
+            .when(Input::Placed(bad))
+            .then(vec![OrderRejected {
+                order_id: id("o-1"),
+                problems: problems.clone(),
+            }
+            .into()])
+            .and(|s| {
+                assert_eq!(s.status(), Some(OrderStatus::Rejected));
+                assert_eq!(s.problems, problems);
+                assert!(s
+                    .problems
+                    .iter()
+                    .any(|p| p.code == ProblemCode::InvalidCurrency));
+                assert_eq!(s.settled_at_ms, Some(T0));
+                assert_eq!(s.pending_deadline(), None);
+            });
+    }
+
+    #[test]
+    fn an_identical_order_placed_again_is_a_no_op() {
+        given([placed_input()])
+            .when(placed_input())
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn a_rejected_order_placed_again_is_a_no_op() {
+        let mut bad = placed();
+        bad.total = 1;
+        given([Input::Placed(bad.clone())])
+            .when(Input::Placed(bad))
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn a_different_order_under_a_used_id_is_refused_and_the_first_stands() {
+        let mut other = placed();
+        other.customer_id = "c-2".into();
+        given([placed_input()])
+            .when(Input::Placed(other))
+            .then_refused(Refusal::ConflictingOrderId {
+                order_id: id("o-1"),
+            })
+            .and(|s| assert_eq!(s.placed, Some(placed())));
+    }
+
+    #[test]
+    fn an_input_about_another_order_is_refused() {
+        let mut other = placed();
+        other.order_id = id("o-2");
+        given([placed_input()])
+            .when(Input::Placed(other))
+            .then_refused(Refusal::WrongOrder {
+                expected: id("o-1"),
+                got: id("o-2"),
+            });
+    }
+
+    #[test]
+    fn the_order_is_cancelled_out_of_stock_listing_every_shortage_when_reservation_fails() {
+        given([placed_input()])
+            .at(T0 + 5)
+            .when(stock_failed())
+            .then(vec![cancelled(
+                CancelReason::OutOfStock,
+                "not enough stock: sku-a (requested 2, available 1); sku-b (requested 1, available 0)",
+            )])
+            .and(|s| {
+                assert_eq!(s.status(), Some(OrderStatus::Cancelled));
+                assert_eq!(s.reason, Some(CancelReason::OutOfStock));
+                assert_eq!(s.settled_at_ms, Some(T0 + 5));
+                assert_eq!(s.pending_deadline(), None);
+            });
+    }
+
+    #[test]
+    fn the_order_is_confirmed_when_payment_is_captured() {
+        given([placed_input()])
+            .at(T0 + 7)
+            .when(captured())
+            .then(vec![confirmed()])
+            .and(|s| {
+                assert_eq!(s.status(), Some(OrderStatus::Confirmed));
+                assert_eq!(s.payment_id, Some(pid("pay-1")));
+                assert_eq!(s.settled_at_ms, Some(T0 + 7));
+                assert_eq!(s.pending_deadline(), None);
+            });
+    }
+
+    #[test]
+    fn the_order_is_cancelled_when_payment_is_declined() {
+        given([placed_input()])
+            .when(declined())
+            .then(vec![cancelled(
+                CancelReason::PaymentDeclined,
+                "card_declined",
+            )])
+            .and(|s| assert_eq!(s.status(), Some(OrderStatus::Cancelled)));
+    }
+
+    #[test]
+    fn a_pending_order_is_cancelled_at_the_customers_request() {
+        given([placed_input()])
+            .when(cancel_request("changed my mind"))
+            .then(vec![cancelled(
+                CancelReason::CustomerRequest,
+                "changed my mind",
+            )]);
+    }
+
+    #[test]
+    fn a_cancellation_without_a_reason_still_gets_a_readable_detail() {
+        given([placed_input()])
+            .when(cancel_request(""))
+            .then(vec![cancelled(
+                CancelReason::CustomerRequest,
+                "cancelled at the customer's request",
+            )]);
+    }
+
+    #[test]
+    fn a_confirmed_order_is_cancelled_at_the_customers_request_so_others_compensate() {
+        given([placed_input(), captured()])
+            .at(T0 + 100)
+            .when(cancel_request("returned"))
+            .then(vec![cancelled(CancelReason::CustomerRequest, "returned")])
+            .and(|s| {
+                assert_eq!(s.status(), Some(OrderStatus::Cancelled));
+                assert_eq!(
+                    s.payment_id,
+                    Some(pid("pay-1")),
+                    "the capture is remembered"
+                );
+                assert_eq!(s.settled_at_ms, Some(T0 + 100));
+            });
+    }
+
+    #[test]
+    fn a_cancellation_request_for_a_cancelled_order_is_a_no_op() {
+        given([placed_input(), declined()])
+            .when(cancel_request("too late"))
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn a_cancellation_request_for_a_rejected_order_is_a_no_op() {
+        let mut bad = placed();
+        bad.total = 1;
+        given([Input::Placed(bad)])
+            .when(cancel_request("too late"))
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn a_cancellation_requested_before_the_order_leaves_a_silent_tombstone() {
+        given([])
+            .when(cancel_request("oops"))
+            .then(vec![])
+            .and(|s| {
+                assert_eq!(s.cancel_requested.as_deref(), Some("oops"));
+                assert_eq!(s.status(), None);
+            });
+    }
+
+    #[test]
+    fn a_repeated_early_cancellation_request_is_a_no_op() {
+        given([cancel_request("oops")])
+            .when(cancel_request("oops again"))
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn an_order_placed_after_an_early_cancellation_is_accepted_then_cancelled_at_once() {
+        given([cancel_request("oops")])
+            .when(placed_input())
+            .then(vec![cancelled(CancelReason::CustomerRequest, "oops")])
+            .and(|s| {
+                assert_eq!(s.status(), Some(OrderStatus::Cancelled));
+                assert_eq!(s.placed, Some(placed()));
+                assert_eq!(s.settled_at_ms, Some(T0));
+                assert_eq!(s.pending_deadline(), None);
+            });
+    }
+
+    #[test]
+    fn an_invalid_order_placed_after_an_early_cancellation_is_only_rejected() {
+        let mut bad = placed();
+        bad.total = 1;
+        let problems = bad.validate().expect_err("invalid");
+        given([cancel_request("oops")])
+            .when(Input::Placed(bad))
+            .then(vec![OrderRejected {
+                order_id: id("o-1"),
+                problems,
+            }
+            .into()]);
+    }
+
+    #[test]
+    fn a_pending_order_times_out_once_the_deadline_passes() {
+        given([placed_input()])
+            .at(T0 + DEADLINE)
+            .when(Input::DeadlinePassed)
+            .then(vec![cancelled(
+                CancelReason::Timeout,
+                "no stock and payment outcome within 30000 ms of placing the order",
+            )])
+            .and(|s| assert_eq!(s.settled_at_ms, Some(T0 + DEADLINE)));
+    }
+
+    #[test]
+    fn a_timer_firing_before_the_deadline_is_a_no_op() {
+        given([placed_input()])
+            .at(T0 + DEADLINE - 1)
+            .when(Input::DeadlinePassed)
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn a_timer_firing_after_settlement_is_a_no_op() {
+        given([placed_input(), captured()])
+            .at(T0 + DEADLINE * 2)
+            .when(Input::DeadlinePassed)
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn a_timer_for_an_unknown_order_is_a_no_op() {
+        given([]).when(Input::DeadlinePassed).then_nothing_happens();
+    }
+
+    #[test]
+    fn a_capture_after_cancellation_is_a_no_op_because_payment_refunds_it() {
+        given([placed_input(), cancel_request("bye")])
+            .when(captured())
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn late_outcomes_after_confirmation_are_no_ops() {
+        for late in [captured(), declined(), stock_failed()] {
+            given([placed_input(), captured()])
+                .when(late)
+                .then_nothing_happens();
+        }
+    }
+
+    #[test]
+    fn late_outcomes_after_rejection_are_no_ops() {
+        let mut bad = placed();
+        bad.total = 1;
+        for late in [captured(), declined(), stock_failed()] {
+            given([Input::Placed(bad.clone())])
+                .when(late)
+                .then_nothing_happens();
+        }
+    }
+
+    #[test]
+    fn duplicate_outcomes_after_cancellation_are_no_ops() {
+        for dup in [declined(), stock_failed(), cancel_request("again")] {
+            given([placed_input(), declined()])
+                .when(dup)
+                .then_nothing_happens();
+        }
+    }
+
+    #[test]
+    fn outcomes_for_an_unknown_order_are_remembered_silently() {
+        for early in [captured(), declined(), stock_failed()] {
+            given([]).when(early).then(vec![]).and(|s| {
+                assert_eq!(s.status(), None);
+                assert!(s.early_outcome.is_some());
+            });
+        }
+    }
+
+    #[test]
+    fn an_order_placed_after_its_capture_is_confirmed_at_once() {
+        given([captured()])
+            .when(placed_input())
+            .then(vec![confirmed()])
+            .and(|s| {
+                assert_eq!(s.status(), Some(OrderStatus::Confirmed));
+                assert_eq!(s.payment_id, Some(pid("pay-1")));
+            });
+    }
+
+    #[test]
+    fn an_order_placed_after_its_stock_shortage_is_cancelled_at_once() {
+        given([stock_failed()])
+            .when(placed_input())
+            .then(vec![cancelled(
+            CancelReason::OutOfStock,
+            "not enough stock: sku-a (requested 2, available 1); sku-b (requested 1, available 0)",
+        )]);
+    }
+
+    #[test]
+    fn an_order_placed_after_its_decline_is_cancelled_at_once() {
+        given([declined()])
+            .when(placed_input())
+            .then(vec![cancelled(
+                CancelReason::PaymentDeclined,
+                "card_declined",
+            )]);
+    }
+
+    #[test]
+    fn only_the_first_early_outcome_is_remembered() {
+        given([declined()]).when(captured()).then_nothing_happens();
+    }
+
+    #[test]
+    fn an_early_cancellation_wins_over_an_early_capture() {
+        given([captured(), cancel_request("oops")])
+            .when(placed_input())
+            .then(vec![cancelled(CancelReason::CustomerRequest, "oops")]);
+    }
+
+    #[test]
+    fn the_record_survives_a_json_round_trip() {
+        for state in [
+            given([placed_input()]).state,
+            given([placed_input(), captured()]).state,
+            given([placed_input(), stock_failed()]).state,
+            given([cancel_request("x"), captured()]).state,
+        ] {
+            let json = serde_json::to_string(&state).expect("serialises");
+            let back: State = serde_json::from_str(&json).expect("deserialises");
+            assert_eq!(back, state);
+        }
+    }
+
+    #[test]
+    fn every_change_survives_a_json_round_trip() {
+        let mut changes = Vec::new();
+        for inputs in [
+            vec![cancel_request("oops"), captured(), placed_input()],
+            vec![placed_input(), stock_failed()],
+            vec![Input::Placed(OrderPlaced {
+                total: 1,
+                ..placed()
+            })],
+        ] {
+            let mut state = State::default();
+            for input in inputs {
+                let c = decide(&state, &input, &ctx(T0)).expect("accepted");
+                apply(&mut state, &c);
+                changes.extend(c);
+            }
+        }
+        assert_eq!(changes.len(), 7);
+        for change in changes {
+            let json = serde_json::to_string(&change).expect("serialises");
+            let back: Change = serde_json::from_str(&json).expect("deserialises");
+            assert_eq!(back, change);
+        }
+    }
+
+    #[test]
+    fn the_status_is_stored_in_snake_case() {
+        let json = serde_json::to_value(OrderStatus::Pending).expect("serialises");
+        assert_eq!(json, serde_json::json!("pending"));
+    }
+
+    #[test]
+    fn an_empty_record_deserialises_as_unknown() {
+        let state: State = serde_json::from_str("{}").expect("defaults fill in");
+        assert_eq!(state, State::default());
+        assert_eq!(state.status(), None);
+    }
+}
