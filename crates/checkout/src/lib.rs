@@ -1,3 +1,134 @@
-//! placeholder
+//! The checkout service: owns orders, decides their outcome, and cancels those past their deadline.
+//!
+//! It reacts to `OrderPlaced`, `OrderCancellationRequested`, `StockReservationFailed`,
+//! `PaymentCaptured` and `PaymentDeclined`, and publishes `OrderRejected`,
+//! `OrderConfirmed` and `OrderCancelled`. [`run`] is what `main`, `shop run` and
+//! the test harness start.
 
+pub mod api;
+pub mod config;
 pub mod domain;
+pub mod error;
+pub mod handlers;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shop_events::subjects::Domain;
+use shop_events::EventKind;
+use shop_runtime::host::Host;
+use shop_runtime::micro::{serve_deadletter_endpoints, serve_endpoint, start_service, MicroSpec};
+use shop_runtime::shutdown::Shutdown;
+use shop_shell::{consumer_spec, host_config};
+
+pub use config::{CheckoutArgs, Config};
+pub use error::CheckoutError;
+
+pub const SERVICE: &str = "checkout";
+
+/// Runs checkout until `shutdown` fires, then stops gracefully.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError> {
+    let deadline_ms = i64::try_from(config.order_deadline.as_millis())
+        .map_err(|_| CheckoutError::Config("order deadline too large".into()))?;
+    let mut host = Host::start(
+        host_config(
+            SERVICE,
+            &config.nats_url,
+            &config.data_dir,
+            store::TREES.to_vec(),
+        ),
+        shutdown.clone(),
+    )
+    .await?;
+    let trees = store::Trees::from_ids(&host.trees)
+        .ok_or_else(|| CheckoutError::Config("checkout trees missing".into()))?;
+    let handler = Arc::new(handlers::CheckoutHandler { trees, deadline_ms });
+    host.consume(
+        consumer_spec(
+            SERVICE,
+            Domain::Orders,
+            &[
+                EventKind::OrderPlaced,
+                EventKind::OrderCancellationRequested,
+            ],
+        ),
+        handler.clone(),
+    );
+    host.consume(
+        consumer_spec(
+            SERVICE,
+            Domain::Inventory,
+            &[EventKind::StockReservationFailed],
+        ),
+        handler.clone(),
+    );
+    host.consume(
+        consumer_spec(
+            SERVICE,
+            Domain::Payments,
+            &[EventKind::PaymentCaptured, EventKind::PaymentDeclined],
+        ),
+        handler,
+    );
+    host.spawn_worker(handlers::run_deadline_timer(
+        host.store.clone(),
+        trees,
+        deadline_ms,
+        host.waker.clone(),
+        host.shutdown(),
+    ));
+
+    let service = start_service(
+        &host.client,
+        &MicroSpec {
+            name: SERVICE.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            description:
+                "Owns orders: validates, confirms, cancels (deadline, stock, payment, customer)"
+                    .to_owned(),
+            metadata: HashMap::from([
+                ("streams".to_owned(), "ORDERS,INVENTORY,PAYMENTS".to_owned()),
+                (
+                    "order_deadline".to_owned(),
+                    humantime::format_duration(config.order_deadline).to_string(),
+                ),
+            ]),
+        },
+        host.stats.clone(),
+        host.store.clone(),
+    )
+    .await?;
+    let api = api::Api {
+        js: host.js.clone(),
+        store: host.store.clone(),
+        trees,
+    };
+    macro_rules! endpoint {
+        ($name:literal, $subject:literal, $method:ident) => {{
+            let api = api.clone();
+            serve_endpoint(
+                &service,
+                $name,
+                $subject,
+                move |body| {
+                    let api = api.clone();
+                    async move { api.$method(&body).await }
+                },
+                shutdown.clone(),
+            )
+            .await?;
+        }};
+    }
+    endpoint!("orders_place", "checkout.orders.place", place);
+    endpoint!("orders_get", "checkout.orders.get", get);
+    endpoint!("orders_cancel", "checkout.orders.cancel", cancel);
+    endpoint!("orders_list", "checkout.orders.list", list);
+    serve_deadletter_endpoints(&service, host.dead_letters.clone(), shutdown.clone()).await?;
+    tracing::info!(service = SERVICE, "ready: endpoints checkout.orders.{{place,get,cancel,list}}, checkout.deadletters.{{list,replay,discard}}");
+
+    host.serve(Duration::from_secs(10)).await?;
+    let _ = service.stop().await;
+    Ok(())
+}

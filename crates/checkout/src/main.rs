@@ -1,1 +1,30 @@
-fn main() {}
+//! The `checkout` binary: parse flags, install telemetry, run until SIGINT/SIGTERM.
+
+use clap::Parser;
+use shop_checkout::{run, CheckoutArgs, Config};
+use shop_runtime::cli::CommonArgs;
+use shop_runtime::shutdown::on_os_signal;
+use shop_runtime::telemetry::init_subscriber;
+
+/// Checkout: owns orders and decides their outcome in the shop's saga.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    checkout: CheckoutArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_subscriber(cli.common.log_format);
+    let config = Config {
+        nats_url: cli.common.nats_url,
+        data_dir: cli.common.data_dir,
+        order_deadline: cli.checkout.order_deadline,
+    };
+    run(config, on_os_signal()).await?;
+    Ok(())
+}

@@ -1,1 +1,30 @@
-fn main() {}
+//! The `payment` binary: parse flags, install telemetry, run until SIGINT/SIGTERM.
+
+use clap::Parser;
+use shop_payment::{run, Config, PaymentArgs};
+use shop_runtime::cli::CommonArgs;
+use shop_runtime::shutdown::on_os_signal;
+use shop_runtime::telemetry::init_subscriber;
+
+/// Payment: charges and refunds orders exactly once in the shop's saga.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    payment: PaymentArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_subscriber(cli.common.log_format);
+    let config = Config {
+        nats_url: cli.common.nats_url,
+        data_dir: cli.common.data_dir,
+        gateway: cli.payment.simulator(),
+    };
+    run(config, on_os_signal()).await?;
+    Ok(())
+}

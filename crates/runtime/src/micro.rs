@@ -144,3 +144,101 @@ where
         let _ = endpoint.stop().await;
     }))
 }
+
+#[derive(serde::Deserialize)]
+struct ListRequest {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(serde::Deserialize)]
+struct SeqRequest {
+    seq: u64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn dead_letter_error(e: crate::deadletter::DeadLetterError) -> ApiError {
+    use crate::deadletter::DeadLetterError as E;
+    match e {
+        E::NotFound(seq) => {
+            ApiError::not_found(format!("no dead letter with sequence {seq} in DEADLETTER"))
+        }
+        E::NotOurs { seq, service } => ApiError::bad_request(format!(
+            "dead letter {seq} belongs to another service; ask that service (this is {service})"
+        )),
+        E::Failed(e) => ApiError::internal(e.to_string()),
+    }
+}
+
+/// Serves `<service>.deadletters.list|replay|discard` for the service's own dead letters.
+pub async fn serve_deadletter_endpoints(
+    service: &Service,
+    book: crate::deadletter::DeadLetterBook,
+    shutdown: Shutdown,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RuntimeError> {
+    let name = book.service.clone();
+    let filter = format!("deadletter.{name}.>");
+    let list_book = book.clone();
+    let list = serve_endpoint(
+        service,
+        "deadletters_list",
+        &format!("{name}.deadletters.list"),
+        move |body| {
+            let book = list_book.clone();
+            let filter = filter.clone();
+            async move {
+                let request: ListRequest = parse_request(&body)?;
+                let letters = book
+                    .list(&filter, request.limit.unwrap_or(100).min(1000))
+                    .await?;
+                reply(&letters)
+            }
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let replay_book = book.clone();
+    let replay = serve_endpoint(
+        service,
+        "deadletters_replay",
+        &format!("{name}.deadletters.replay"),
+        move |body| {
+            let book = replay_book.clone();
+            async move {
+                let request: SeqRequest = parse_request(&body)?;
+                let view = book.replay(request.seq).await.map_err(dead_letter_error)?;
+                reply(&view)
+            }
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let discard = serve_endpoint(
+        service,
+        "deadletters_discard",
+        &format!("{name}.deadletters.discard"),
+        move |body| {
+            let book = book.clone();
+            async move {
+                let request: SeqRequest = parse_request(&body)?;
+                let reason = request
+                    .reason
+                    .filter(|r| !r.trim().is_empty())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "`reason` is required: say why the dead letter is discarded",
+                        )
+                    })?;
+                let view = book
+                    .discard(request.seq, &reason)
+                    .await
+                    .map_err(dead_letter_error)?;
+                reply(&view)
+            }
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(vec![list, replay, discard])
+}

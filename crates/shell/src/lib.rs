@@ -62,7 +62,11 @@ pub fn consumer_spec(service: &str, domain: Domain, kinds: &[EventKind]) -> Cons
     );
     spec.description = format!(
         "{service} reacting to {}",
-        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+        kinds
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     spec
 }

@@ -1,0 +1,223 @@
+//! Checkout's NATS micro-service endpoints: place, get, cancel and list orders.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use shop_events::{
+    CancelReason, Envelope, Event, OrderCancellationRequested, OrderId, OrderLineInput,
+    OrderPlaced, Problem,
+};
+use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
+use shop_runtime::store::Store;
+use shop_shell::{format_ms, publish_event};
+
+use crate::domain::{OrderStatus, State};
+use crate::store::{split_time_key, Trees};
+use crate::SERVICE;
+
+/// What endpoints share.
+#[derive(Clone)]
+pub struct Api {
+    pub js: jetstream::Context,
+    pub store: Arc<Store>,
+    pub trees: Trees,
+}
+
+/// An order as `checkout.orders.get` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrderView {
+    pub order_id: String,
+    pub status: OrderStatus,
+    pub reason: Option<CancelReason>,
+    pub detail: Option<String>,
+    pub problems: Vec<Problem>,
+    pub customer_id: String,
+    pub lines: Vec<OrderLineInput>,
+    pub total: i64,
+    pub currency: String,
+    pub payment_id: Option<String>,
+    pub placed_at: Option<String>,
+    pub deadline_at: Option<String>,
+    pub settled_at: Option<String>,
+}
+
+fn view(state: &State) -> Option<OrderView> {
+    let placed = state.placed.as_ref()?;
+    Some(OrderView {
+        order_id: placed.order_id.to_string(),
+        status: state.status?,
+        reason: state.reason,
+        detail: state.detail.clone(),
+        problems: state.problems.clone(),
+        customer_id: placed.customer_id.clone(),
+        lines: placed.lines.clone(),
+        total: placed.total,
+        currency: placed.currency.clone(),
+        payment_id: state.payment_id.as_ref().map(|p| p.to_string()),
+        placed_at: state.placed_at_ms.map(format_ms),
+        deadline_at: state.pending_deadline().map(format_ms),
+        settled_at: state.settled_at_ms.map(format_ms),
+    })
+}
+
+#[derive(Deserialize)]
+struct OrderRef {
+    order_id: String,
+}
+
+#[derive(Deserialize)]
+struct CancelRequest {
+    order_id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct ListRequest {
+    #[serde(default)]
+    status: Option<OrderStatus>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    order_id: String,
+    status: &'static str,
+    event_id: String,
+}
+
+fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
+    OrderId::parse(text).map_err(|e| ApiError::bad_request(format!("order_id: {e}")))
+}
+
+/// Joins every problem into one description a person can act on.
+pub fn describe_problems(problems: &[Problem]) -> String {
+    let list: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect();
+    format!(
+        "order has {} problem(s): {}",
+        problems.len(),
+        list.join("; ")
+    )
+}
+
+impl Api {
+    fn load(&self, order_id: &OrderId) -> Result<Option<State>, ApiError> {
+        Ok(self
+            .store
+            .read_json(self.trees.orders, order_id.as_str().as_bytes())?)
+    }
+
+    /// `checkout.orders.place`: validates, then publishes `OrderPlaced`.
+    pub async fn place(&self, body: &[u8]) -> ApiResult {
+        let placed: OrderPlaced = parse_request(&body)?;
+        if let Err(problems) = placed.validate() {
+            return Err(ApiError::bad_request(describe_problems(&problems)));
+        }
+        if let Some(existing) = self.load(&placed.order_id)? {
+            if let Some(first) = &existing.placed {
+                if first != &placed {
+                    return Err(ApiError::bad_request(format!(
+                        "order_id `{}` is already used by a different order",
+                        placed.order_id
+                    )));
+                }
+                // Same order again: idempotent, answer with where it stands.
+                let status = existing.status.map(status_text).unwrap_or("pending");
+                return reply(&Accepted {
+                    order_id: placed.order_id.to_string(),
+                    status,
+                    event_id: String::new(),
+                });
+            }
+        }
+        let envelope = Envelope::new(SERVICE, Event::OrderPlaced(placed));
+        publish_event(&self.js, &envelope).await?;
+        reply(&Accepted {
+            order_id: envelope.event.key().to_owned(),
+            status: "pending",
+            event_id: envelope.meta.id,
+        })
+    }
+
+    /// `checkout.orders.get`.
+    pub async fn get(&self, body: &[u8]) -> ApiResult {
+        let request: OrderRef = parse_request(&body)?;
+        let order_id = parse_order_id(&request.order_id)?;
+        let state = self.load(&order_id)?;
+        match state.as_ref().and_then(view) {
+            Some(v) => reply(&v),
+            None => Err(ApiError::not_found(format!(
+                "no order `{order_id}` is known to checkout"
+            ))),
+        }
+    }
+
+    /// `checkout.orders.cancel`: publishes `OrderCancellationRequested`.
+    pub async fn cancel(&self, body: &[u8]) -> ApiResult {
+        let request: CancelRequest = parse_request(&body)?;
+        let order_id = parse_order_id(&request.order_id)?;
+        let Some(state) = self.load(&order_id)?.filter(|s| s.status.is_some()) else {
+            return Err(ApiError::not_found(format!(
+                "no order `{order_id}` is known to checkout"
+            )));
+        };
+        let envelope = Envelope::new(
+            SERVICE,
+            Event::OrderCancellationRequested(OrderCancellationRequested {
+                order_id: order_id.clone(),
+                reason: if request.reason.is_empty() {
+                    "requested through checkout.orders.cancel".into()
+                } else {
+                    request.reason
+                },
+            }),
+        );
+        publish_event(&self.js, &envelope).await?;
+        reply(&serde_json::json!({
+            "order_id": order_id.to_string(),
+            "status": state.status.map(status_text),
+            "cancellation": "requested",
+            "event_id": envelope.meta.id,
+        }))
+    }
+
+    /// `checkout.orders.list`: most recent first.
+    pub async fn list(&self, body: &[u8]) -> ApiResult {
+        let request: ListRequest = parse_request(&body)?;
+        let limit = request.limit.unwrap_or(50).clamp(1, 1000);
+        let mut out = Vec::new();
+        for key in self.store.tree(self.trees.placed).iter().keys().rev() {
+            let key = key.map_err(|e| ApiError::internal(e.to_string()))?;
+            let Some((_, id)) = split_time_key(&key) else {
+                continue;
+            };
+            let Ok(order_id) = OrderId::parse(id) else {
+                continue;
+            };
+            let Some(v) = self.load(&order_id)?.as_ref().and_then(view) else {
+                continue;
+            };
+            if request.status.is_none_or(|s| s == v.status) {
+                out.push(v);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        reply(&out)
+    }
+}
+
+fn status_text(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Pending => "pending",
+        OrderStatus::Confirmed => "confirmed",
+        OrderStatus::Cancelled => "cancelled",
+        OrderStatus::Rejected => "rejected",
+    }
+}

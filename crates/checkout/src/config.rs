@@ -1,0 +1,24 @@
+//! Checkout's settings: the shared flags plus the order deadline.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use shop_runtime::cli::parse_duration;
+
+/// Checkout-specific flags.
+#[derive(Debug, Clone, Args)]
+pub struct CheckoutArgs {
+    /// How long an order may stay pending before it is cancelled with `timeout`.
+    #[arg(long, env = "SHOP_ORDER_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    pub order_deadline: Duration,
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    /// The shop's data directory; checkout keeps its sled database in `<data_dir>/checkout`.
+    pub data_dir: PathBuf,
+    pub order_deadline: Duration,
+}

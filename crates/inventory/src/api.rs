@@ -1,0 +1,112 @@
+//! Inventory's NATS micro-service endpoints: read stock levels and publish replenishments.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use shop_events::{Envelope, Event, Sku, StockReplenished};
+use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
+use shop_runtime::store::Store;
+use shop_shell::publish_event;
+
+use crate::domain::StockLevel;
+use crate::store::Trees;
+use crate::SERVICE;
+
+/// Largest replenishment accepted in one event.
+pub const MAX_REPLENISH: u32 = 1_000_000;
+
+#[derive(Clone)]
+pub struct Api {
+    pub js: jetstream::Context,
+    pub store: Arc<Store>,
+    pub trees: Trees,
+}
+
+/// One sku as `inventory.stock.get` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StockView {
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+}
+
+fn stock_view(sku: &str, level: &StockLevel) -> StockView {
+    StockView {
+        sku: sku.to_owned(),
+        on_hand: level.on_hand,
+        reserved: level.reserved,
+        available: level.available(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SkuRef {
+    sku: String,
+}
+
+#[derive(Deserialize)]
+struct Replenish {
+    sku: String,
+    quantity: i64,
+}
+
+impl Api {
+    /// `inventory.stock.get`.
+    pub async fn get(&self, body: &[u8]) -> ApiResult {
+        let request: SkuRef = parse_request(body)?;
+        let sku =
+            Sku::parse(request.sku).map_err(|e| ApiError::bad_request(format!("sku: {e}")))?;
+        match self
+            .store
+            .read_json::<StockLevel>(self.trees.stock, sku.as_str().as_bytes())?
+        {
+            Some(level) => reply(&stock_view(sku.as_str(), &level)),
+            None => Err(ApiError::not_found(format!(
+                "sku `{sku}` is unknown to inventory; replenish it first"
+            ))),
+        }
+    }
+
+    /// `inventory.stock.list`: every sku, in sku order.
+    pub async fn list(&self, _body: &[u8]) -> ApiResult {
+        let mut out = Vec::new();
+        for item in self.store.tree(self.trees.stock).iter() {
+            let (key, value) = item.map_err(|e| ApiError::internal(e.to_string()))?;
+            let level: StockLevel =
+                serde_json::from_slice(&value).map_err(|e| ApiError::internal(e.to_string()))?;
+            out.push(stock_view(&String::from_utf8_lossy(&key), &level));
+        }
+        reply(&out)
+    }
+
+    /// `inventory.stock.replenish`: publishes `StockReplenished`.
+    pub async fn replenish(&self, body: &[u8]) -> ApiResult {
+        let request: Replenish = parse_request(body)?;
+        let mut problems = Vec::new();
+        let sku = Sku::parse(request.sku)
+            .map_err(|e| problems.push(format!("sku: {e}")))
+            .ok();
+        if !(1..=i64::from(MAX_REPLENISH)).contains(&request.quantity) {
+            problems.push(format!(
+                "quantity: must be between 1 and {MAX_REPLENISH}, got {}",
+                request.quantity
+            ));
+        }
+        let Some(sku) = sku.filter(|_| problems.is_empty()) else {
+            return Err(ApiError::bad_request(problems.join("; ")));
+        };
+        let envelope = Envelope::new(
+            SERVICE,
+            Event::StockReplenished(StockReplenished {
+                sku: sku.clone(),
+                quantity: request.quantity as u32,
+            }),
+        );
+        publish_event(&self.js, &envelope).await?;
+        reply(
+            &serde_json::json!({ "sku": sku.to_string(), "quantity": request.quantity, "event_id": envelope.meta.id }),
+        )
+    }
+}

@@ -1,0 +1,239 @@
+//! Payment's reactions: the consumer handler, and the worker that makes the gateway calls owed.
+//!
+//! The handler only records that a charge (or void, or refund) is due; the
+//! worker calls the gateway outside any transaction and feeds the answer back
+//! through the same pure `decide`. Keyed by the order id, every call is
+//! idempotent, so a crash between the gateway's answer and its recording
+//! only repeats a call whose result the gateway already knows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use shop_events::{Envelope, Event, OrderId};
+use shop_runtime::consumer::{EventHandler, Incoming};
+use shop_runtime::crashpoint;
+use shop_runtime::outbox::RelayWaker;
+use shop_runtime::shutdown::Shutdown;
+use shop_runtime::stats::Stats;
+use shop_runtime::store::{reject, Store, Tx, TxResult};
+use shop_shell::{decode_incoming, event_span};
+use tokio::sync::Notify;
+
+use crate::domain::{GatewayWork, Input, State};
+use crate::gateway::{ChargeOutcome, PaymentGateway, Transient, VoidOutcome};
+use crate::store::{apply_input, CauseRef, Trees};
+use crate::SERVICE;
+
+pub struct PaymentHandler {
+    pub trees: Trees,
+    pub work_ready: Arc<Notify>,
+}
+
+impl EventHandler for PaymentHandler {
+    type Event = Envelope;
+
+    fn decode(&self, message: &Incoming<'_>) -> Result<Envelope, String> {
+        decode_incoming(message)
+    }
+
+    fn event_id<'e>(&self, event: &'e Envelope) -> &'e str {
+        &event.meta.id
+    }
+
+    fn span(&self, event: &Envelope) -> tracing::Span {
+        event_span(SERVICE, event)
+    }
+
+    fn apply(&self, envelope: &Envelope, tx: &Tx<'_>) -> TxResult<()> {
+        let (order_id, input) = match &envelope.event {
+            Event::OrderPlaced(e) => (e.order_id.clone(), Input::OrderPlaced(e.clone())),
+            Event::StockReserved(e) => (e.order_id.clone(), Input::StockReserved(e.clone())),
+            Event::OrderCancelled(e) => (e.order_id.clone(), Input::OrderCancelled(e.clone())),
+            other => return reject(format!("payment does not handle {}", other.kind().name())),
+        };
+        apply_input(self.trees, tx, &order_id, &input, Some(&envelope.meta))
+    }
+
+    fn after_commit(&self) {
+        self.work_ready.notify_one();
+    }
+}
+
+/// How many gateway calls run at once.
+pub const GATEWAY_CONCURRENCY: usize = 32;
+
+/// What the worker needs.
+pub struct GatewayWorker<G> {
+    pub store: Arc<Store>,
+    pub trees: Trees,
+    pub gateway: Arc<G>,
+    pub waker: RelayWaker,
+    pub stats: Arc<Stats>,
+    pub work_ready: Arc<Notify>,
+}
+
+/// Retries a transient gateway failure a few times with backoff; the next sweep tries again after that.
+async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, Transient>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Transient>>,
+{
+    let mut delay = Duration::from_millis(20);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= 5 => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, attempt, "gateway call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+impl<G: PaymentGateway> GatewayWorker<G> {
+    /// Makes the calls owed until shutdown.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let this = Arc::new(self);
+        loop {
+            let keys: Vec<OrderId> = this
+                .store
+                .tree(this.trees.work)
+                .iter()
+                .keys()
+                .take(1024)
+                .filter_map(Result::ok)
+                .filter_map(|k| OrderId::parse(String::from_utf8_lossy(&k).into_owned()).ok())
+                .collect();
+            let results: Vec<bool> = futures::stream::iter(keys.clone())
+                .map(|order_id| {
+                    let this = this.clone();
+                    async move { this.settle(&order_id).await }
+                })
+                .buffer_unordered(GATEWAY_CONCURRENCY)
+                .collect()
+                .await;
+            let recorded = results.iter().filter(|r| **r).count();
+            if recorded > 0 {
+                if let Err(e) = this.store.flush().await {
+                    tracing::error!(error = %e, "flush after gateway answers failed");
+                }
+                this.waker.wake();
+            }
+            if shutdown.is_requested() {
+                return;
+            }
+            // Loop straight away while work remains; otherwise wait for new work.
+            if recorded > 0 && keys.len() == 1024 {
+                continue;
+            }
+            let pause = if recorded < keys.len() {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = this.work_ready.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.requested() => return,
+            }
+        }
+    }
+
+    /// Performs the call owed for one order and records the answer; true if something was recorded.
+    async fn settle(&self, order_id: &OrderId) -> bool {
+        let state: State = match self
+            .store
+            .read_json(self.trees.payments, order_id.as_str().as_bytes())
+        {
+            Ok(Some(s)) => s,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(%order_id, error = %e, "payment record unreadable");
+                return false;
+            }
+        };
+        let Some(work) = state.gateway_work() else {
+            // Stale index entry: clean it up in a transaction that re-checks the record.
+            return self.record(order_id, None);
+        };
+        let gateway = self.gateway.as_ref();
+        let answer = match work {
+            GatewayWork::Charge => {
+                let Some(terms) = state.terms.clone() else {
+                    return false;
+                };
+                with_retries(|| {
+                    gateway.charge(order_id, terms.amount, terms.currency, &terms.payment_token)
+                })
+                .await
+                .map(|outcome| {
+                    crashpoint::hit(crashpoint::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
+                    match outcome {
+                        ChargeOutcome::Captured { payment_id } => {
+                            Input::ChargeSucceeded { payment_id }
+                        }
+                        ChargeOutcome::Declined { reason } => Input::ChargeFailed { reason },
+                    }
+                })
+            }
+            GatewayWork::Void => with_retries(|| gateway.void(order_id))
+                .await
+                .map(|outcome| match outcome {
+                    VoidOutcome::Voided => Input::ChargeVoided,
+                    VoidOutcome::AlreadyCaptured { payment_id } => {
+                        Input::ChargeSucceeded { payment_id }
+                    }
+                    VoidOutcome::AlreadyDeclined { reason } => Input::ChargeFailed { reason },
+                }),
+            GatewayWork::Refund { payment_id } => {
+                let Some(amount) = state.terms.as_ref().map(|t| t.amount) else {
+                    return false;
+                };
+                with_retries(|| gateway.refund(order_id, &payment_id, amount))
+                    .await
+                    .map(|()| Input::RefundSucceeded)
+            }
+        };
+        match answer {
+            Ok(input) => self.record(order_id, Some(&input)),
+            Err(e) => {
+                self.stats
+                    .record_error(format!("gateway for {order_id}: {e}"));
+                tracing::warn!(%order_id, error = %e, "gateway unavailable; will retry");
+                false
+            }
+        }
+    }
+
+    fn record(&self, order_id: &OrderId, input: Option<&Input>) -> bool {
+        let trees = self.trees;
+        let result = self.store.apply(None, |tx| match input {
+            Some(input) => {
+                let cause = tx
+                    .get_json::<CauseRef>(trees.work, order_id.as_str().as_bytes())?
+                    .and_then(|c| c.as_meta());
+                apply_input(trees, tx, order_id, input, cause.as_ref())
+            }
+            None => {
+                let state: Option<State> =
+                    tx.get_json(trees.payments, order_id.as_str().as_bytes())?;
+                if state.and_then(|s| s.gateway_work()).is_none() {
+                    tx.remove(trees.work, order_id.as_str().as_bytes())?;
+                }
+                Ok(())
+            }
+        });
+        match result {
+            Ok(_) => input.is_some(),
+            Err(e) => {
+                tracing::error!(%order_id, error = ?e, "cannot record gateway answer; will retry");
+                false
+            }
+        }
+    }
+}
