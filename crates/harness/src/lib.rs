@@ -35,16 +35,18 @@
 //! back on the same port with the same store, and [`NatsServer::stop`] /
 //! [`NatsServer::start_again`] leave a gap of any length in between.
 //!
-//! # Still to come
+//! # Starting the shop
 //!
-//! `shop.rs` (written separately) will add a `Shop` that starts checkout,
-//! inventory and payment against a [`NatsServer`], either in-process through
-//! each crate's `run(config, shutdown)` or as child processes, plus fault
-//! injection (crash points, slow or failing payment gateway). It will plug in
-//! here as `pub mod shop;` and re-export `Shop` next to the items below.
+//! [`Shop`] starts checkout, inventory and payment against a [`NatsServer`],
+//! either in-process through each crate's `run(config, shutdown)` or as child
+//! processes (the real binaries), and injects faults: kill -9, restart, crash
+//! points, a slow or failing payment gateway. [`scenario`] has the helpers to
+//! place orders, replenish stock and wait for outcomes.
 
 pub mod client;
+pub mod scenario;
 pub mod server;
+pub mod shop;
 pub mod wait;
 
 use std::path::PathBuf;
@@ -55,6 +57,7 @@ pub use client::{
     StoredEvent, EVENT_STREAMS,
 };
 pub use server::{NatsServer, ServerOptions};
+pub use shop::{Mode, Service, Shop, ShopConfig};
 pub use wait::eventually;
 
 /// Everything that can go wrong in the harness; each variant says what to look at.
@@ -107,6 +110,18 @@ pub enum HarnessError {
     /// Declaring streams through the runtime failed.
     #[error(transparent)]
     Runtime(#[from] shop_runtime::RuntimeError),
+
+    /// A service did not come up; its log tail says why.
+    #[error("{service} did not answer PING in time; last log lines:\n{log_tail}")]
+    ServiceNotReady { service: String, log_tail: String },
+
+    /// A service failed or would not stop.
+    #[error("{service} failed: {reason}")]
+    ServiceFailed { service: String, reason: String },
+
+    /// A request to a service endpoint was answered with an error or not at all.
+    #[error("request {subject} failed: {reason}")]
+    Request { subject: String, reason: String },
 
     /// [`eventually`] gave up: the awaited condition never held.
     #[error("timed out after {after:?} waiting for {what}")]

@@ -1,0 +1,409 @@
+//! Starts the shop's three services against a [`crate::NatsServer`], in-process or as
+//! real OS processes, and injects faults: kill -9, graceful stop, restart.
+//!
+//! In-process services are quick to start and easy to debug, but a "kill" can
+//! only stop them gracefully. Process mode runs the deployable `checkout`,
+//! `inventory` and `payment` binaries, each with its own data directory, so
+//! `kill` is a real SIGKILL and crash points (`SHOP_CRASHPOINT`) can abort them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use shop_payment::gateway::SimulatorConfig;
+use shop_runtime::shutdown::{Shutdown, ShutdownTrigger};
+use tokio::task::JoinHandle;
+
+use crate::wait::eventually;
+use crate::HarnessError;
+
+/// One of the three services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    Checkout,
+    Inventory,
+    Payment,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Checkout, Service::Inventory, Service::Payment];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Checkout => "checkout",
+            Service::Inventory => "inventory",
+            Service::Payment => "payment",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How services are run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    InProcess,
+    /// The service binaries in this directory (normally `target/<profile>`).
+    Processes { bin_dir: PathBuf },
+}
+
+/// Settings for a shop under test.
+#[derive(Debug, Clone)]
+pub struct ShopConfig {
+    pub mode: Mode,
+    pub order_deadline: Duration,
+    pub gateway: SimulatorConfig,
+    /// `SHOP_CRASHPOINT` for process mode, e.g. `after_commit_before_ack:0.01`.
+    pub crashpoints: Option<String>,
+    /// Extra environment for process mode (RUST_LOG, …).
+    pub env: Vec<(String, String)>,
+    /// Where the services keep their data; a temporary directory when `None`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for ShopConfig {
+    fn default() -> Self {
+        ShopConfig {
+            mode: Mode::InProcess,
+            order_deadline: Duration::from_secs(30),
+            gateway: SimulatorConfig::default(),
+            crashpoints: None,
+            env: Vec::new(),
+            data_dir: None,
+        }
+    }
+}
+
+impl ShopConfig {
+    pub fn in_process() -> ShopConfig {
+        ShopConfig::default()
+    }
+
+    /// Process mode using the binaries next to `any_bin` (for example `env!("CARGO_BIN_EXE_shop")`).
+    pub fn processes_next_to(any_bin: &Path) -> ShopConfig {
+        let bin_dir = any_bin.parent().map(Path::to_path_buf).unwrap_or_default();
+        ShopConfig { mode: Mode::Processes { bin_dir }, ..ShopConfig::default() }
+    }
+
+    pub fn order_deadline(mut self, deadline: Duration) -> Self {
+        self.order_deadline = deadline;
+        self
+    }
+
+    pub fn gateway(mut self, gateway: SimulatorConfig) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    pub fn crashpoints(mut self, spec: impl Into<String>) -> Self {
+        self.crashpoints = Some(spec.into());
+        self
+    }
+}
+
+enum Running {
+    Task { trigger: ShutdownTrigger, handle: JoinHandle<Result<(), String>> },
+    Process { child: tokio::process::Child, log: PathBuf },
+}
+
+/// A running shop; dropping it stops every service (processes are killed).
+pub struct Shop {
+    nats_url: String,
+    config: ShopConfig,
+    data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    running: BTreeMap<Service, Running>,
+    starts: BTreeMap<Service, u32>,
+}
+
+impl fmt::Debug for Shop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shop")
+            .field("nats_url", &self.nats_url)
+            .field("data_dir", &self.data_dir)
+            .field("running", &self.running.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Shop {
+    /// Starts all three services and waits until each answers its micro PING.
+    pub async fn start(nats_url: &str, config: ShopConfig) -> Result<Shop, HarnessError> {
+        let mut shop = Shop::new(nats_url, config)?;
+        for service in Service::ALL {
+            shop.start_service(service).await?;
+        }
+        Ok(shop)
+    }
+
+    /// A shop with no service started yet.
+    pub fn new(nats_url: &str, config: ShopConfig) -> Result<Shop, HarnessError> {
+        let (data_dir, temp) = match &config.data_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("shop-data-")
+                    .tempdir()
+                    .map_err(|e| HarnessError::io("creating the shop's data directory", e))?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        Ok(Shop {
+            nats_url: nats_url.to_owned(),
+            config,
+            data_dir,
+            _temp: temp,
+            running: BTreeMap::new(),
+            starts: BTreeMap::new(),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn is_running(&self, service: Service) -> bool {
+        self.running.contains_key(&service)
+    }
+
+    /// How many times each service was started.
+    pub fn starts(&self) -> &BTreeMap<Service, u32> {
+        &self.starts
+    }
+
+    /// Starts one service and waits until it answers PING.
+    pub async fn start_service(&mut self, service: Service) -> Result<(), HarnessError> {
+        if self.running.contains_key(&service) {
+            return Ok(());
+        }
+        let running = match &self.config.mode {
+            Mode::InProcess => self.spawn_task(service),
+            Mode::Processes { bin_dir } => self.spawn_process(service, &bin_dir.clone())?,
+        };
+        self.running.insert(service, running);
+        *self.starts.entry(service).or_default() += 1;
+        self.wait_ready(service).await
+    }
+
+    fn spawn_task(&self, service: Service) -> Running {
+        let (trigger, shutdown) = Shutdown::new();
+        let url = self.nats_url.clone();
+        let data_dir = self.data_dir.clone();
+        let deadline = self.config.order_deadline;
+        let gateway = self.config.gateway;
+        let handle = tokio::spawn(async move {
+            match service {
+                Service::Checkout => shop_checkout::run(
+                    shop_checkout::Config { nats_url: url, data_dir, order_deadline: deadline },
+                    shutdown,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Service::Inventory => {
+                    shop_inventory::run(shop_inventory::Config { nats_url: url, data_dir }, shutdown)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Service::Payment => shop_payment::run(
+                    shop_payment::Config { nats_url: url, data_dir, gateway },
+                    shutdown,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            }
+        });
+        Running::Task { trigger, handle }
+    }
+
+    fn spawn_process(&self, service: Service, bin_dir: &Path) -> Result<Running, HarnessError> {
+        let own = bin_dir.join(service.name());
+        let (program, args): (PathBuf, Vec<String>) = if own.exists() {
+            (own, Vec::new())
+        } else {
+            // `cargo test -p shop` builds only `shop`, which can run any one service.
+            (bin_dir.join("shop"), vec!["run".into(), "--services".into(), service.name().into()])
+        };
+        let log = self.data_dir.join(format!("{}.log", service.name()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| HarnessError::io(format!("opening {}", log.display()), e))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| HarnessError::io("cloning the log handle", e))?;
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&args)
+            .env("NATS_URL", &self.nats_url)
+            .env("SHOP_DATA_DIR", &self.data_dir)
+            .env("SHOP_ORDER_DEADLINE", format!("{}ms", self.config.order_deadline.as_millis()))
+            .env("SHOP_GATEWAY_LATENCY", format!("{}ms", self.config.gateway.latency.as_millis()))
+            .env("SHOP_GATEWAY_FAILURE_RATE", self.config.gateway.failure_rate.to_string())
+            .env("SHOP_LOG_FORMAT", "pretty")
+            .env_remove("SHOP_CRASHPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true);
+        if let Some(points) = &self.config.crashpoints {
+            command.env("SHOP_CRASHPOINT", points);
+        }
+        for (k, v) in &self.config.env {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| HarnessError::io(format!("spawning {}", program.display()), e))?;
+        Ok(Running::Process { child, log })
+    }
+
+    async fn wait_ready(&mut self, service: Service) -> Result<(), HarnessError> {
+        let client = crate::connect(&self.nats_url).await?;
+        let subject = format!("$SRV.PING.{}", service.name());
+        let result = eventually(Duration::from_secs(30), &format!("{service} to answer PING"), || {
+            let client = client.clone();
+            let subject = subject.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(500), client.request(subject, "".into()))
+                    .await
+                    .ok()?
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+        if result.is_err() {
+            let log = self.log_tail(service);
+            return Err(HarnessError::ServiceNotReady { service: service.name().into(), log_tail: log });
+        }
+        Ok(())
+    }
+
+    /// The last lines a process-mode service wrote.
+    pub fn log_tail(&self, service: Service) -> String {
+        let path = self.data_dir.join(format!("{}.log", service.name()));
+        std::fs::read_to_string(path)
+            .map(|text| {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops a service gracefully (SIGTERM for processes).
+    pub async fn stop_service(&mut self, service: Service) -> Result<(), HarnessError> {
+        match self.running.remove(&service) {
+            None => Ok(()),
+            Some(Running::Task { trigger, handle }) => {
+                trigger.fire();
+                match tokio::time::timeout(Duration::from_secs(30), handle).await {
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(e))) => Err(HarnessError::ServiceFailed { service: service.name().into(), reason: e }),
+                    Ok(Err(e)) => Err(HarnessError::ServiceFailed { service: service.name().into(), reason: e.to_string() }),
+                    Err(_) => Err(HarnessError::ServiceFailed {
+                        service: service.name().into(),
+                        reason: "did not stop within 30 s".into(),
+                    }),
+                }
+            }
+            Some(Running::Process { mut child, .. }) => {
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+                }
+                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                    Ok(Ok(status)) if status.success() => Ok(()),
+                    Ok(Ok(status)) => Err(HarnessError::ServiceFailed {
+                        service: service.name().into(),
+                        reason: format!("exited with {status} after SIGTERM"),
+                    }),
+                    _ => {
+                        let _ = child.kill().await;
+                        Err(HarnessError::ServiceFailed {
+                            service: service.name().into(),
+                            reason: "did not exit within 30 s of SIGTERM".into(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills a service without warning: SIGKILL for processes. In-process services
+    /// cannot be killed without killing the test, so they are stopped gracefully.
+    pub async fn kill_service(&mut self, service: Service) -> Result<(), HarnessError> {
+        match self.running.remove(&service) {
+            Some(Running::Process { mut child, .. }) => {
+                let _ = child.kill().await;
+                Ok(())
+            }
+            Some(task) => {
+                self.running.insert(service, task);
+                self.stop_service(service).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Kills (process mode) or stops a service, then starts it again.
+    pub async fn restart_service(&mut self, service: Service) -> Result<(), HarnessError> {
+        self.kill_service(service).await?;
+        self.start_service(service).await
+    }
+
+    /// Process mode: services that died on their own (crash points), restarted; returns which.
+    pub async fn revive_crashed(&mut self) -> Result<Vec<Service>, HarnessError> {
+        let mut dead = Vec::new();
+        for (service, running) in self.running.iter_mut() {
+            if let Running::Process { child, .. } = running {
+                if let Ok(Some(_)) = child.try_wait() {
+                    dead.push(*service);
+                }
+            }
+        }
+        for service in &dead {
+            self.running.remove(service);
+            self.start_service(*service).await?;
+        }
+        Ok(dead)
+    }
+
+    /// Stops every service gracefully.
+    pub async fn shutdown(mut self) -> Result<(), HarnessError> {
+        let mut first_error = None;
+        for service in Service::ALL {
+            if let Err(e) = self.stop_service(service).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Crash-point hits counted from the process logs, by point.
+    pub fn crashpoint_hits(&self) -> BTreeMap<String, u32> {
+        let mut hits = BTreeMap::new();
+        for service in Service::ALL {
+            let path = self.data_dir.join(format!("{}.log", service.name()));
+            let Ok(text) = std::fs::read_to_string(path) else { continue };
+            for line in text.lines() {
+                if let Some(point) = line.strip_prefix("SHOP_CRASHPOINT hit ") {
+                    *hits.entry(point.trim().to_owned()).or_default() += 1;
+                }
+            }
+        }
+        hits
+    }
+
+    pub fn log_path(&self, service: Service) -> Option<&Path> {
+        match self.running.get(&service) {
+            Some(Running::Process { log, .. }) => Some(log),
+            _ => None,
+        }
+    }
+}
