@@ -33,7 +33,11 @@ enum Command {
     /// deploying and scaling them on their own.
     Run {
         /// Comma-separated subset: checkout,inventory,payment.
-        #[arg(long, value_delimiter = ',', default_value = "checkout,inventory,payment")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "checkout,inventory,payment"
+        )]
         services: Vec<ServiceName>,
         #[command(flatten)]
         checkout: CheckoutArgs,
@@ -56,7 +60,9 @@ impl FromStr for ServiceName {
             "checkout" => Ok(ServiceName::Checkout),
             "inventory" => Ok(ServiceName::Inventory),
             "payment" => Ok(ServiceName::Payment),
-            other => Err(format!("unknown service `{other}` (expected checkout, inventory or payment)")),
+            other => Err(format!(
+                "unknown service `{other}` (expected checkout, inventory or payment)"
+            )),
         }
     }
 }
@@ -70,19 +76,46 @@ async fn run_services(
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for service in services {
-        let (url, dir, stop) = (common.nats_url.clone(), common.data_dir.clone(), shutdown.clone());
+        let (url, dir, stop) = (
+            common.nats_url.clone(),
+            common.data_dir.clone(),
+            shutdown.clone(),
+        );
         match service {
             ServiceName::Checkout => {
-                let config = shop_checkout::Config { nats_url: url, data_dir: dir, order_deadline: checkout.order_deadline };
-                tasks.spawn(async move { shop_checkout::run(config, stop).await.context("checkout failed") });
+                let config = shop_checkout::Config {
+                    nats_url: url,
+                    data_dir: dir,
+                    order_deadline: checkout.order_deadline,
+                };
+                tasks.spawn(async move {
+                    shop_checkout::run(config, stop)
+                        .await
+                        .context("checkout failed")
+                });
             }
             ServiceName::Inventory => {
-                let config = shop_inventory::Config { nats_url: url, data_dir: dir };
-                tasks.spawn(async move { shop_inventory::run(config, stop).await.context("inventory failed") });
+                let config = shop_inventory::Config {
+                    nats_url: url,
+                    data_dir: dir,
+                };
+                tasks.spawn(async move {
+                    shop_inventory::run(config, stop)
+                        .await
+                        .context("inventory failed")
+                });
             }
             ServiceName::Payment => {
-                let config = shop_payment::Config { nats_url: url, data_dir: dir, gateway: payment.simulator() };
-                tasks.spawn(async move { shop_payment::run(config, stop).await.context("payment failed") });
+                let config = shop_payment::Config {
+                    nats_url: url,
+                    data_dir: dir,
+                    gateway: payment.simulator(),
+                };
+                tasks.spawn(async move {
+                    shop_payment::run(config, stop)
+                        .await
+                        .context("payment failed")
+                });
             }
         }
     }
@@ -101,8 +134,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_subscriber(cli.common.log_format);
     match &cli.command {
-        Command::Run { services, checkout, payment } => {
-            run_services(&cli.common, services, checkout, payment, on_os_signal()).await
-        }
+        Command::Run {
+            services,
+            checkout,
+            payment,
+        } => run_services(&cli.common, services, checkout, payment, on_os_signal()).await,
     }
 }

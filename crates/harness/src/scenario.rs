@@ -51,106 +51,202 @@ pub async fn place(js: &jetstream::Context, placed: OrderPlaced) -> Result<Envel
 }
 
 /// Publishes `StockReplenished` as the warehouse would.
-pub async fn replenish(js: &jetstream::Context, sku: &str, quantity: u32) -> Result<Envelope, HarnessError> {
-    let sku = Sku::parse(sku).map_err(|e| HarnessError::Publish { subject: sku.into(), reason: e.to_string() })?;
-    let envelope = Envelope::new("warehouse", Event::StockReplenished(StockReplenished { sku, quantity }));
+pub async fn replenish(
+    js: &jetstream::Context,
+    sku: &str,
+    quantity: u32,
+) -> Result<Envelope, HarnessError> {
+    let sku = Sku::parse(sku).map_err(|e| HarnessError::Publish {
+        subject: sku.into(),
+        reason: e.to_string(),
+    })?;
+    let envelope = Envelope::new(
+        "warehouse",
+        Event::StockReplenished(StockReplenished { sku, quantity }),
+    );
     publish_event(js, &envelope).await?;
     Ok(envelope)
 }
 
 /// Publishes `OrderCancellationRequested`.
-pub async fn request_cancellation(js: &jetstream::Context, order_id: &str) -> Result<Envelope, HarnessError> {
-    let order_id = OrderId::parse(order_id)
-        .map_err(|e| HarnessError::Publish { subject: order_id.into(), reason: e.to_string() })?;
+pub async fn request_cancellation(
+    js: &jetstream::Context,
+    order_id: &str,
+) -> Result<Envelope, HarnessError> {
+    let order_id = OrderId::parse(order_id).map_err(|e| HarnessError::Publish {
+        subject: order_id.into(),
+        reason: e.to_string(),
+    })?;
     let envelope = Envelope::new(
         STOREFRONT,
-        Event::OrderCancellationRequested(OrderCancellationRequested { order_id, reason: "customer asked".into() }),
+        Event::OrderCancellationRequested(OrderCancellationRequested {
+            order_id,
+            reason: "customer asked".into(),
+        }),
     );
     publish_event(js, &envelope).await?;
     Ok(envelope)
 }
 
 /// Sends a JSON request to a service endpoint; an error reply becomes `Err((code, description))`.
-pub async fn request(client: &Client, subject: &str, body: Value) -> Result<Result<Value, (u16, String)>, HarnessError> {
-    let fail = |reason: String| HarnessError::Request { subject: subject.to_owned(), reason };
+pub async fn request(
+    client: &Client,
+    subject: &str,
+    body: Value,
+) -> Result<Result<Value, (u16, String)>, HarnessError> {
+    let fail = |reason: String| HarnessError::Request {
+        subject: subject.to_owned(),
+        reason,
+    };
     let payload = serde_json::to_vec(&body).map_err(|e| fail(e.to_string()))?;
-    let reply = tokio::time::timeout(Duration::from_secs(5), client.request(subject.to_owned(), payload.into()))
-        .await
-        .map_err(|_| fail("no reply within 5 s".into()))?
-        .map_err(|e| fail(e.to_string()))?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject.to_owned(), payload.into()),
+    )
+    .await
+    .map_err(|_| fail("no reply within 5 s".into()))?
+    .map_err(|e| fail(e.to_string()))?;
     if let Some(headers) = &reply.headers {
         if let Some(code) = headers.get("Nats-Service-Error-Code") {
             let code = code.as_str().parse().unwrap_or(500);
-            let description = headers.get("Nats-Service-Error").map(|v| v.as_str().to_owned()).unwrap_or_default();
+            let description = headers
+                .get("Nats-Service-Error")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
             return Ok(Err((code, description)));
         }
     }
-    serde_json::from_slice(&reply.payload).map(Ok).map_err(|e| fail(format!("reply is not JSON: {e}")))
+    serde_json::from_slice(&reply.payload)
+        .map(Ok)
+        .map_err(|e| fail(format!("reply is not JSON: {e}")))
 }
 
 /// Like [`request`], decoding a successful reply into `T`.
-pub async fn request_as<T: DeserializeOwned>(client: &Client, subject: &str, body: Value) -> Result<T, HarnessError> {
+pub async fn request_as<T: DeserializeOwned>(
+    client: &Client,
+    subject: &str,
+    body: Value,
+) -> Result<T, HarnessError> {
     match request(client, subject, body).await? {
-        Ok(v) => serde_json::from_value(v)
-            .map_err(|e| HarnessError::Request { subject: subject.to_owned(), reason: e.to_string() }),
-        Err((code, d)) => Err(HarnessError::Request { subject: subject.to_owned(), reason: format!("{code}: {d}") }),
+        Ok(v) => serde_json::from_value(v).map_err(|e| HarnessError::Request {
+            subject: subject.to_owned(),
+            reason: e.to_string(),
+        }),
+        Err((code, d)) => Err(HarnessError::Request {
+            subject: subject.to_owned(),
+            reason: format!("{code}: {d}"),
+        }),
     }
 }
 
 /// The order as checkout reports it, if checkout knows it.
 pub async fn order_status(client: &Client, order_id: &str) -> Result<Option<Value>, HarnessError> {
-    match request(client, "checkout.orders.get", serde_json::json!({ "order_id": order_id })).await? {
+    match request(
+        client,
+        "checkout.orders.get",
+        serde_json::json!({ "order_id": order_id }),
+    )
+    .await?
+    {
         Ok(view) => Ok(Some(view)),
         Err((404, _)) => Ok(None),
-        Err((code, d)) => Err(HarnessError::Request { subject: "checkout.orders.get".into(), reason: format!("{code}: {d}") }),
+        Err((code, d)) => Err(HarnessError::Request {
+            subject: "checkout.orders.get".into(),
+            reason: format!("{code}: {d}"),
+        }),
     }
 }
 
 /// Waits until checkout reports `status` (`confirmed`, `cancelled`, `rejected`, `pending`) for the order.
-pub async fn wait_for_status(client: &Client, order_id: &str, status: &str, within: Duration) -> Result<Value, HarnessError> {
-    eventually(within, &format!("order {order_id} to be {status}"), || async {
-        let view = order_status(client, order_id).await.ok()??;
-        (view["status"] == status).then_some(view)
-    })
+pub async fn wait_for_status(
+    client: &Client,
+    order_id: &str,
+    status: &str,
+    within: Duration,
+) -> Result<Value, HarnessError> {
+    eventually(
+        within,
+        &format!("order {order_id} to be {status}"),
+        || async {
+            let view = order_status(client, order_id).await.ok()??;
+            (view["status"] == status).then_some(view)
+        },
+    )
     .await
 }
 
 /// Waits until the order is settled (confirmed, cancelled or rejected) and returns checkout's view.
-pub async fn wait_settled(client: &Client, order_id: &str, within: Duration) -> Result<Value, HarnessError> {
+pub async fn wait_settled(
+    client: &Client,
+    order_id: &str,
+    within: Duration,
+) -> Result<Value, HarnessError> {
     eventually(within, &format!("order {order_id} to settle"), || async {
         let view = order_status(client, order_id).await.ok()??;
-        matches!(view["status"].as_str(), Some("confirmed" | "cancelled" | "rejected")).then_some(view)
+        matches!(
+            view["status"].as_str(),
+            Some("confirmed" | "cancelled" | "rejected")
+        )
+        .then_some(view)
     })
     .await
 }
 
 /// A sku's stock as inventory reports it: (on_hand, reserved, available).
 pub async fn stock(client: &Client, sku: &str) -> Result<Option<(i64, i64, i64)>, HarnessError> {
-    match request(client, "inventory.stock.get", serde_json::json!({ "sku": sku })).await? {
+    match request(
+        client,
+        "inventory.stock.get",
+        serde_json::json!({ "sku": sku }),
+    )
+    .await?
+    {
         Ok(v) => Ok(Some((
             v["on_hand"].as_i64().unwrap_or_default(),
             v["reserved"].as_i64().unwrap_or_default(),
             v["available"].as_i64().unwrap_or_default(),
         ))),
         Err((404, _)) => Ok(None),
-        Err((code, d)) => Err(HarnessError::Request { subject: "inventory.stock.get".into(), reason: format!("{code}: {d}") }),
+        Err((code, d)) => Err(HarnessError::Request {
+            subject: "inventory.stock.get".into(),
+            reason: format!("{code}: {d}"),
+        }),
     }
 }
 
 /// Waits until inventory reports `on_hand` units of `sku` with nothing reserved.
-pub async fn wait_for_stock(client: &Client, sku: &str, on_hand: i64, reserved: i64, within: Duration) -> Result<(), HarnessError> {
-    eventually(within, &format!("{sku} to have {on_hand} on hand and {reserved} reserved"), || async {
-        let (h, r, _) = stock(client, sku).await.ok()??;
-        (h == on_hand && r == reserved).then_some(())
-    })
+pub async fn wait_for_stock(
+    client: &Client,
+    sku: &str,
+    on_hand: i64,
+    reserved: i64,
+    within: Duration,
+) -> Result<(), HarnessError> {
+    eventually(
+        within,
+        &format!("{sku} to have {on_hand} on hand and {reserved} reserved"),
+        || async {
+            let (h, r, _) = stock(client, sku).await.ok()??;
+            (h == on_hand && r == reserved).then_some(())
+        },
+    )
     .await
 }
 
 /// The payment record as payment reports it.
 pub async fn payment(client: &Client, order_id: &str) -> Result<Option<Value>, HarnessError> {
-    match request(client, "payment.payments.get", serde_json::json!({ "order_id": order_id })).await? {
+    match request(
+        client,
+        "payment.payments.get",
+        serde_json::json!({ "order_id": order_id }),
+    )
+    .await?
+    {
         Ok(v) => Ok(Some(v)),
         Err((404, _)) => Ok(None),
-        Err((code, d)) => Err(HarnessError::Request { subject: "payment.payments.get".into(), reason: format!("{code}: {d}") }),
+        Err((code, d)) => Err(HarnessError::Request {
+            subject: "payment.payments.get".into(),
+            reason: format!("{code}: {d}"),
+        }),
     }
 }

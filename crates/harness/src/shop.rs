@@ -50,7 +50,9 @@ impl fmt::Display for Service {
 pub enum Mode {
     InProcess,
     /// The service binaries in this directory (normally `target/<profile>`).
-    Processes { bin_dir: PathBuf },
+    Processes {
+        bin_dir: PathBuf,
+    },
 }
 
 /// Settings for a shop under test.
@@ -88,7 +90,10 @@ impl ShopConfig {
     /// Process mode using the binaries next to `any_bin` (for example `env!("CARGO_BIN_EXE_shop")`).
     pub fn processes_next_to(any_bin: &Path) -> ShopConfig {
         let bin_dir = any_bin.parent().map(Path::to_path_buf).unwrap_or_default();
-        ShopConfig { mode: Mode::Processes { bin_dir }, ..ShopConfig::default() }
+        ShopConfig {
+            mode: Mode::Processes { bin_dir },
+            ..ShopConfig::default()
+        }
     }
 
     pub fn order_deadline(mut self, deadline: Duration) -> Self {
@@ -108,8 +113,14 @@ impl ShopConfig {
 }
 
 enum Running {
-    Task { trigger: ShutdownTrigger, handle: JoinHandle<Result<(), String>> },
-    Process { child: tokio::process::Child, log: PathBuf },
+    Task {
+        trigger: ShutdownTrigger,
+        handle: JoinHandle<Result<(), String>>,
+    },
+    Process {
+        child: tokio::process::Child,
+        log: PathBuf,
+    },
 }
 
 /// A running shop; dropping it stops every service (processes are killed).
@@ -200,18 +211,30 @@ impl Shop {
         let handle = tokio::spawn(async move {
             match service {
                 Service::Checkout => shop_checkout::run(
-                    shop_checkout::Config { nats_url: url, data_dir, order_deadline: deadline },
+                    shop_checkout::Config {
+                        nats_url: url,
+                        data_dir,
+                        order_deadline: deadline,
+                    },
                     shutdown,
                 )
                 .await
                 .map_err(|e| e.to_string()),
-                Service::Inventory => {
-                    shop_inventory::run(shop_inventory::Config { nats_url: url, data_dir }, shutdown)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
+                Service::Inventory => shop_inventory::run(
+                    shop_inventory::Config {
+                        nats_url: url,
+                        data_dir,
+                    },
+                    shutdown,
+                )
+                .await
+                .map_err(|e| e.to_string()),
                 Service::Payment => shop_payment::run(
-                    shop_payment::Config { nats_url: url, data_dir, gateway },
+                    shop_payment::Config {
+                        nats_url: url,
+                        data_dir,
+                        gateway,
+                    },
                     shutdown,
                 )
                 .await
@@ -227,7 +250,10 @@ impl Shop {
             (own, Vec::new())
         } else {
             // `cargo test -p shop` builds only `shop`, which can run any one service.
-            (bin_dir.join("shop"), vec!["run".into(), "--services".into(), service.name().into()])
+            (
+                bin_dir.join("shop"),
+                vec!["run".into(), "--services".into(), service.name().into()],
+            )
         };
         let log = self.data_dir.join(format!("{}.log", service.name()));
         let log_file = std::fs::OpenOptions::new()
@@ -243,9 +269,18 @@ impl Shop {
             .args(&args)
             .env("NATS_URL", &self.nats_url)
             .env("SHOP_DATA_DIR", &self.data_dir)
-            .env("SHOP_ORDER_DEADLINE", format!("{}ms", self.config.order_deadline.as_millis()))
-            .env("SHOP_GATEWAY_LATENCY", format!("{}ms", self.config.gateway.latency.as_millis()))
-            .env("SHOP_GATEWAY_FAILURE_RATE", self.config.gateway.failure_rate.to_string())
+            .env(
+                "SHOP_ORDER_DEADLINE",
+                format!("{}ms", self.config.order_deadline.as_millis()),
+            )
+            .env(
+                "SHOP_GATEWAY_LATENCY",
+                format!("{}ms", self.config.gateway.latency.as_millis()),
+            )
+            .env(
+                "SHOP_GATEWAY_FAILURE_RATE",
+                self.config.gateway.failure_rate.to_string(),
+            )
             .env("SHOP_LOG_FORMAT", "pretty")
             .env_remove("SHOP_CRASHPOINT")
             .stdin(Stdio::null())
@@ -267,21 +302,31 @@ impl Shop {
     async fn wait_ready(&mut self, service: Service) -> Result<(), HarnessError> {
         let client = crate::connect(&self.nats_url).await?;
         let subject = format!("$SRV.PING.{}", service.name());
-        let result = eventually(Duration::from_secs(30), &format!("{service} to answer PING"), || {
-            let client = client.clone();
-            let subject = subject.clone();
-            async move {
-                tokio::time::timeout(Duration::from_millis(500), client.request(subject, "".into()))
+        let result = eventually(
+            Duration::from_secs(30),
+            &format!("{service} to answer PING"),
+            || {
+                let client = client.clone();
+                let subject = subject.clone();
+                async move {
+                    tokio::time::timeout(
+                        Duration::from_millis(500),
+                        client.request(subject, "".into()),
+                    )
                     .await
                     .ok()?
                     .ok()
                     .map(|_| ())
-            }
-        })
+                }
+            },
+        )
         .await;
         if result.is_err() {
             let log = self.log_tail(service);
-            return Err(HarnessError::ServiceNotReady { service: service.name().into(), log_tail: log });
+            return Err(HarnessError::ServiceNotReady {
+                service: service.name().into(),
+                log_tail: log,
+            });
         }
         Ok(())
     }
@@ -305,8 +350,14 @@ impl Shop {
                 trigger.fire();
                 match tokio::time::timeout(Duration::from_secs(30), handle).await {
                     Ok(Ok(Ok(()))) => Ok(()),
-                    Ok(Ok(Err(e))) => Err(HarnessError::ServiceFailed { service: service.name().into(), reason: e }),
-                    Ok(Err(e)) => Err(HarnessError::ServiceFailed { service: service.name().into(), reason: e.to_string() }),
+                    Ok(Ok(Err(e))) => Err(HarnessError::ServiceFailed {
+                        service: service.name().into(),
+                        reason: e,
+                    }),
+                    Ok(Err(e)) => Err(HarnessError::ServiceFailed {
+                        service: service.name().into(),
+                        reason: e.to_string(),
+                    }),
                     Err(_) => Err(HarnessError::ServiceFailed {
                         service: service.name().into(),
                         reason: "did not stop within 30 s".into(),
@@ -315,7 +366,11 @@ impl Shop {
             }
             Some(Running::Process { mut child, .. }) => {
                 if let Some(pid) = child.id() {
-                    let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+                    let _ = tokio::process::Command::new("kill")
+                        .arg("-TERM")
+                        .arg(pid.to_string())
+                        .status()
+                        .await;
                 }
                 match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
                     Ok(Ok(status)) if status.success() => Ok(()),
@@ -390,7 +445,9 @@ impl Shop {
         let mut hits = BTreeMap::new();
         for service in Service::ALL {
             let path = self.data_dir.join(format!("{}.log", service.name()));
-            let Ok(text) = std::fs::read_to_string(path) else { continue };
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
             for line in text.lines() {
                 if let Some(point) = line.strip_prefix("SHOP_CRASHPOINT hit ") {
                     *hits.entry(point.trim().to_owned()).or_default() += 1;
