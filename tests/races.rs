@@ -1,0 +1,243 @@
+//! Duplicates, out-of-order delivery, restarts and contention: the normal case, not the exception.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use shop_events::{CancelReason, Envelope, Event, OrderCancelled, OrderId};
+use shop_harness::scenario::{
+    order, payment, place, replenish, stock, wait_for_status, wait_for_stock, wait_settled,
+};
+use shop_harness::{
+    connect, declare_streams, events_about, eventually, publish_event, publish_raw, NatsServer,
+    Service, Shop, ShopConfig,
+};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+struct World {
+    _server: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    shop: Shop,
+}
+
+async fn world(config: ShopConfig) -> anyhow::Result<World> {
+    let server = NatsServer::start().await?;
+    let client = connect(&server.url()).await?;
+    let js = jetstream::new(client.clone());
+    declare_streams(&js).await?;
+    let shop = Shop::start(&server.url(), config).await?;
+    Ok(World {
+        _server: server,
+        client,
+        js,
+        shop,
+    })
+}
+
+async fn count_kind(js: &jetstream::Context, key: &str, kind: &str) -> anyhow::Result<usize> {
+    Ok(events_about(js, key)
+        .await?
+        .iter()
+        .filter(|e| e.kind_name() == Some(kind))
+        .count())
+}
+
+#[tokio::test]
+async fn every_event_of_a_saga_delivered_again_is_applied_once() -> anyhow::Result<()> {
+    let w = world(ShopConfig::in_process()).await?;
+    replenish(&w.js, "sku-dup", 5).await?;
+    wait_for_stock(&w.client, "sku-dup", 5, 0, SETTLE).await?;
+    place(&w.js, order("o-dup", &[("sku-dup", 2, 300)], "tok_visa")).await?;
+    wait_for_status(&w.client, "o-dup", "confirmed", SETTLE).await?;
+    wait_for_stock(&w.client, "sku-dup", 3, 0, SETTLE).await?;
+    let original = eventually(SETTLE, "the whole saga", || async {
+        let events = events_about(&w.js, "o-dup").await.ok()?;
+        (events.len() >= 5).then_some(events)
+    })
+    .await?;
+
+    // Redeliver every stored event with a fresh Nats-Msg-Id, so JetStream's window
+    // does not drop them and only the services' inboxes stand in the way.
+    for stored in &original {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("redelivery-{}", stored.sequence).as_str(),
+        );
+        publish_raw(&w.js, &stored.subject, headers, stored.payload.clone()).await?;
+    }
+    let replenishments = events_about(&w.js, "sku-dup").await?;
+    for stored in &replenishments {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("redelivery-sku-{}", stored.sequence).as_str(),
+        );
+        publish_raw(&w.js, &stored.subject, headers, stored.payload.clone()).await?;
+    }
+
+    // The duplicates are consumed (every consumer drains) and change nothing.
+    eventually(SETTLE, "duplicates to be consumed", || async {
+        let mut drained = true;
+        for stream in ["ORDERS", "INVENTORY", "PAYMENTS"] {
+            let mut s = w.js.get_stream(stream).await.ok()?;
+            let mut consumers = s.consumers();
+            use futures::StreamExt;
+            while let Some(Ok(info)) = consumers.next().await {
+                drained &= info.num_pending == 0 && info.num_ack_pending == 0;
+            }
+            let _ = s.info().await.ok()?;
+        }
+        drained.then_some(())
+    })
+    .await?;
+    assert_eq!(stock(&w.client, "sku-dup").await?, Some((3, 0, 3)));
+    let pay = payment(&w.client, "o-dup").await?.expect("payment");
+    assert_eq!(
+        (pay["status"].as_str(), pay["captured"].as_i64()),
+        (Some("captured"), Some(600))
+    );
+    let all = events_about(&w.js, "o-dup").await?;
+    assert_eq!(
+        all.len(),
+        original.len() * 2,
+        "only the re-published copies were added: no new reactions"
+    );
+    assert_eq!(
+        count_kind(&w.js, "o-dup", "PaymentCaptured").await?,
+        2,
+        "the original and its re-published copy"
+    );
+    let ids: std::collections::HashSet<String> = all
+        .iter()
+        .filter_map(|e| e.envelope().map(|env| env.meta.id.clone()))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        original.len(),
+        "no event with a new id was produced"
+    );
+    w.shop.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancellation_seen_before_its_order_means_nothing_is_reserved_or_charged(
+) -> anyhow::Result<()> {
+    let w = world(ShopConfig::in_process()).await?;
+    replenish(&w.js, "sku-early", 5).await?;
+    wait_for_stock(&w.client, "sku-early", 5, 0, SETTLE).await?;
+    // OrderCancelled overtakes OrderPlaced on its way to inventory and payment.
+    let cancelled = Envelope::new(
+        "checkout",
+        Event::OrderCancelled(OrderCancelled {
+            order_id: OrderId::parse("o-early")?,
+            reason: CancelReason::CustomerRequest,
+            detail: "raced ahead".into(),
+        }),
+    );
+    publish_event(&w.js, &cancelled).await?;
+    eventually(SETTLE, "payment to record the tombstone", || async {
+        let p = payment(&w.client, "o-early").await.ok()??;
+        (p["status"] == "cancelled").then_some(())
+    })
+    .await?;
+    place(
+        &w.js,
+        order("o-early", &[("sku-early", 1, 100)], "tok_visa"),
+    )
+    .await?;
+    // Checkout settles the order (pending until its deadline, or cancelled); inventory and payment never act.
+    eventually(SETTLE, "payment to learn the order's terms", || async {
+        let p = payment(&w.client, "o-early").await.ok()??;
+        (p["currency"] == "EUR").then_some(())
+    })
+    .await?;
+    assert_eq!(stock(&w.client, "sku-early").await?, Some((5, 0, 5)));
+    assert_eq!(count_kind(&w.js, "o-early", "StockReserved").await?, 0);
+    assert_eq!(count_kind(&w.js, "o-early", "PaymentCaptured").await?, 0);
+    let pay = payment(&w.client, "o-early").await?.expect("payment");
+    assert_eq!(pay["captured"], 0);
+    w.shop.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_stopped_mid_saga_picks_up_where_it_left_off() -> anyhow::Result<()> {
+    let mut w = world(ShopConfig::in_process()).await?;
+    replenish(&w.js, "sku-restart", 10).await?;
+    wait_for_stock(&w.client, "sku-restart", 10, 0, SETTLE).await?;
+    w.shop.stop_service(Service::Payment).await?;
+    for n in 0..5 {
+        place(
+            &w.js,
+            order(
+                &format!("o-restart-{n}"),
+                &[("sku-restart", 1, 100)],
+                "tok_visa",
+            ),
+        )
+        .await?;
+    }
+    eventually(SETTLE, "stock reserved while payment is down", || async {
+        let (_, reserved, _) = stock(&w.client, "sku-restart").await.ok()??;
+        (reserved == 5).then_some(())
+    })
+    .await?;
+    w.shop.start_service(Service::Payment).await?;
+    for n in 0..5 {
+        wait_for_status(&w.client, &format!("o-restart-{n}"), "confirmed", SETTLE).await?;
+    }
+    w.shop.stop_service(Service::Inventory).await?;
+    w.shop.start_service(Service::Inventory).await?;
+    wait_for_stock(&w.client, "sku-restart", 5, 0, SETTLE).await?;
+    w.shop.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_hundred_orders_racing_for_fifty_units_confirm_exactly_fifty() -> anyhow::Result<()> {
+    let w = world(ShopConfig::in_process().order_deadline(Duration::from_secs(60))).await?;
+    replenish(&w.js, "sku-hot", 50).await?;
+    wait_for_stock(&w.client, "sku-hot", 50, 0, SETTLE).await?;
+    let publishes = (0..200).map(|n| {
+        let js = w.js.clone();
+        async move {
+            place(
+                &js,
+                order(&format!("o-hot-{n}"), &[("sku-hot", 1, 1000)], "tok_visa"),
+            )
+            .await
+        }
+    });
+    for result in futures::future::join_all(publishes).await {
+        result?;
+    }
+    let mut confirmed = 0;
+    let mut out_of_stock = 0;
+    for n in 0..200 {
+        let view = wait_settled(&w.client, &format!("o-hot-{n}"), Duration::from_secs(60)).await?;
+        match (view["status"].as_str(), view["reason"].as_str()) {
+            (Some("confirmed"), _) => confirmed += 1,
+            (Some("cancelled"), Some("out_of_stock")) => out_of_stock += 1,
+            other => panic!("unexpected outcome for o-hot-{n}: {other:?}"),
+        }
+    }
+    assert_eq!((confirmed, out_of_stock), (50, 150));
+    wait_for_stock(&w.client, "sku-hot", 0, 0, SETTLE).await?;
+    let mut captured = 0;
+    for n in 0..200 {
+        if let Some(p) = payment(&w.client, &format!("o-hot-{n}")).await? {
+            captured += p["captured"].as_i64().unwrap_or(0) - p["refunded"].as_i64().unwrap_or(0);
+        }
+    }
+    assert_eq!(
+        captured,
+        50 * 1000,
+        "net captures equal the confirmed orders"
+    );
+    w.shop.shutdown().await?;
+    Ok(())
+}
