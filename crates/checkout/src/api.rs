@@ -114,7 +114,7 @@ impl Api {
 
     /// `checkout.orders.place`: validates, then publishes `OrderPlaced`.
     pub async fn place(&self, body: &[u8]) -> ApiResult {
-        let placed: OrderPlaced = parse_request(&body)?;
+        let placed: OrderPlaced = parse_request(body)?;
         if let Err(problems) = placed.validate() {
             return Err(ApiError::bad_request(describe_problems(&problems)));
         }
@@ -146,7 +146,7 @@ impl Api {
 
     /// `checkout.orders.get`.
     pub async fn get(&self, body: &[u8]) -> ApiResult {
-        let request: OrderRef = parse_request(&body)?;
+        let request: OrderRef = parse_request(body)?;
         let order_id = parse_order_id(&request.order_id)?;
         let state = self.load(&order_id)?;
         match state.as_ref().and_then(view) {
@@ -159,7 +159,7 @@ impl Api {
 
     /// `checkout.orders.cancel`: publishes `OrderCancellationRequested`.
     pub async fn cancel(&self, body: &[u8]) -> ApiResult {
-        let request: CancelRequest = parse_request(&body)?;
+        let request: CancelRequest = parse_request(body)?;
         let order_id = parse_order_id(&request.order_id)?;
         let Some(state) = self.load(&order_id)?.filter(|s| s.status.is_some()) else {
             return Err(ApiError::not_found(format!(
@@ -188,7 +188,7 @@ impl Api {
 
     /// `checkout.orders.list`: most recent first.
     pub async fn list(&self, body: &[u8]) -> ApiResult {
-        let request: ListRequest = parse_request(&body)?;
+        let request: ListRequest = parse_request(body)?;
         let limit = request.limit.unwrap_or(50).clamp(1, 1000);
         let mut out = Vec::new();
         for key in self.store.tree(self.trees.placed).iter().keys().rev() {
