@@ -23,7 +23,9 @@ pub async fn connect(url: &str, name: &str, shutdown: &Shutdown) -> Result<Clien
             .event_callback(|event| async move {
                 tracing::info!(%event, "NATS connection event");
             });
-        match options.connect(url).await {
+        // A comma-separated list names the servers of a cluster; the client fails over between them.
+        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        match options.connect(servers).await {
             Ok(client) => {
                 if attempt > 1 {
                     tracing::info!(url, attempt, "connected to NATS");
