@@ -440,6 +440,25 @@ impl Shop {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Changes `SHOP_CRASHPOINT` for the processes started from now on.
+    pub fn set_crashpoints(&mut self, spec: Option<String>) {
+        self.config.crashpoints = spec;
+    }
+
+    /// Process mode: whether the service's process has exited (a crash point fired, say).
+    pub fn has_exited(&mut self, service: Service) -> bool {
+        match self.running.get_mut(&service) {
+            Some(Running::Process { child, .. }) => matches!(child.try_wait(), Ok(Some(_))),
+            Some(Running::Task { handle, .. }) => handle.is_finished(),
+            None => true,
+        }
+    }
+
+    /// Forgets a service that exited on its own, without starting it again.
+    pub fn reap(&mut self, service: Service) {
+        self.running.remove(&service);
+    }
+
     /// Crash-point hits counted from the process logs, by point.
     pub fn crashpoint_hits(&self) -> BTreeMap<String, u32> {
         let mut hits = BTreeMap::new();

@@ -1,0 +1,397 @@
+//! The chaos scenario: orders keep flowing while services are killed with SIGKILL,
+//! the broker restarts, crash points abort processes in the windows that matter,
+//! upstream events are re-published and hostile messages are injected. Then the
+//! shop must reach quiescence and `shop audit` must find the books balanced.
+//!
+//! Every number the reliability report needs comes back in [`ChaosReport`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use shop_events::{Envelope, Event};
+use shop_harness::scenario::{order, request, STOREFRONT};
+use shop_harness::{
+    connect, declare_streams, eventually, publish_event, publish_raw, HarnessError, Mode, NatsServer, Service,
+    Shop, ShopConfig,
+};
+use shop_ops::{audit, AuditOptions, AuditReport};
+use shop_payment::gateway::SimulatorConfig;
+use shop_runtime::crashpoint;
+
+/// Why a chaos run could not complete (violations are results, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+    #[error("audit failed to run: {0}")]
+    Audit(#[from] shop_ops::OpsError),
+    #[error("the shop did not reach quiescence: {0}")]
+    NotQuiescent(String),
+}
+
+/// How hard to shake the shop.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    pub orders: usize,
+    /// Where the `checkout`, `inventory` and `payment` binaries are.
+    pub bin_dir: PathBuf,
+    /// Pause between two SIGKILLs of a random service.
+    pub kill_every: Duration,
+    pub broker_restarts: u32,
+    /// Probability of each crash point firing where it is reached.
+    pub crash_probability: f64,
+    /// Share of upstream events re-published (same id, or same order with a new id).
+    pub duplicate_share: f64,
+    pub malformed: usize,
+    pub oversized: usize,
+    pub order_deadline: Duration,
+    pub seed: u64,
+}
+
+impl ChaosOptions {
+    /// The short run CI does: 300 orders, every crash point forced at least once.
+    pub fn short(bin_dir: PathBuf) -> ChaosOptions {
+        ChaosOptions {
+            orders: 300,
+            bin_dir,
+            kill_every: Duration::from_millis(400),
+            broker_restarts: 1,
+            crash_probability: 0.003,
+            duplicate_share: 0.1,
+            malformed: 12,
+            oversized: 2,
+            order_deadline: Duration::from_secs(6),
+            seed: 7,
+        }
+    }
+}
+
+/// What happened in a run, for `docs/RELIABILITY.md`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    pub orders: usize,
+    pub kills: BTreeMap<String, u32>,
+    pub broker_restarts: u32,
+    pub crashpoint_hits: BTreeMap<String, u32>,
+    pub duplicates_injected: usize,
+    pub malformed_injected: usize,
+    pub malformed_dead_lettered: usize,
+    pub outcomes: BTreeMap<String, usize>,
+    pub violations: usize,
+    pub time_to_quiescence_ms: u128,
+    pub total_ms: u128,
+    pub audit: AuditReport,
+}
+
+const SKUS: usize = 8;
+
+/// Runs the chaos scenario and audits the result.
+pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> Result<ChaosReport, ChaosError> {
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut server = NatsServer::start().await?;
+    let client = connect(&server.url()).await?;
+    let js = jetstream::new(client.clone());
+    declare_streams(&js).await?;
+    let points: Vec<String> = crashpoint::ALL.iter().map(|p| format!("{p}:{}", opts.crash_probability)).collect();
+    let base_points = points.join(",");
+    let mut shop = Shop::start(
+        &server.url(),
+        ShopConfig {
+            mode: Mode::Processes { bin_dir: opts.bin_dir.clone() },
+            order_deadline: opts.order_deadline,
+            gateway: SimulatorConfig { latency: Duration::from_millis(2), failure_rate: 0.05 },
+            crashpoints: Some(base_points.clone()),
+            ..ShopConfig::default()
+        },
+    )
+    .await?;
+    let _ = writeln!(out, "chaos: {} orders, data in {}", opts.orders, shop.data_dir().display());
+
+    // Stock for most orders, not all: shortages are part of the mix.
+    for s in 0..SKUS {
+        shop_harness::scenario::replenish(&js, &format!("chaos-sku-{s}"), (opts.orders as u32 / 3).max(10)).await?;
+    }
+
+    let mut kills: BTreeMap<String, u32> = BTreeMap::new();
+    let mut broker_restarts = 0;
+    let mut duplicates = 0;
+    let mut placed_ids = Vec::with_capacity(opts.orders);
+    let mut last_kill = Instant::now();
+    let restart_at: Vec<usize> = (1..=opts.broker_restarts as usize)
+        .map(|i| i * opts.orders / (opts.broker_restarts as usize + 1))
+        .collect();
+
+    for n in 0..opts.orders {
+        let id = format!("chaos-{}-{n}", opts.seed);
+        let roll: f64 = rng.gen();
+        let sku = format!("chaos-sku-{}", rng.gen_range(0..SKUS));
+        let placed = if roll < 0.08 {
+            order(&id, &[(&sku, 1, 500)], "tok_chargeDeclined")
+        } else if roll < 0.12 {
+            order(&id, &[(&sku, 1, 500)], "tok_chargeDeclinedInsufficientFunds")
+        } else if roll < 0.16 {
+            let mut bad = order(&id, &[(&sku, 0, 500)], "tok_visa");
+            bad.total = 1;
+            bad
+        } else if roll < 0.20 {
+            order(&id, &[(&sku, 5_000, 10)], "tok_visa")
+        } else {
+            order(&id, &[(&sku, rng.gen_range(1..3), rng.gen_range(100..5000))], "tok_visa")
+        };
+        let envelope = Envelope::new(STOREFRONT, Event::OrderPlaced(placed.clone()));
+        publish_with_retry(&js, &envelope).await?;
+        placed_ids.push(id.clone());
+        if rng.gen::<f64>() < opts.duplicate_share {
+            duplicates += 1;
+            if rng.gen_bool(0.5) {
+                // The same event again (same id): JetStream's window drops it.
+                publish_with_retry(&js, &envelope).await?;
+            } else {
+                // The same order with a new event id: the services' state makes it a no-op.
+                publish_with_retry(&js, &Envelope::new(STOREFRONT, Event::OrderPlaced(placed))).await?;
+            }
+        }
+        if rng.gen::<f64>() < 0.06 {
+            let target = placed_ids[rng.gen_range(0..placed_ids.len())].clone();
+            let cancel = Envelope::new(
+                STOREFRONT,
+                Event::OrderCancellationRequested(shop_events::OrderCancellationRequested {
+                    order_id: shop_events::OrderId::parse(target).map_err(|e| HarnessError::Publish {
+                        subject: "cancel".into(),
+                        reason: e.to_string(),
+                    })?,
+                    reason: "chaos".into(),
+                }),
+            );
+            publish_with_retry(&js, &cancel).await?;
+        }
+        if last_kill.elapsed() >= opts.kill_every {
+            let service = Service::ALL[rng.gen_range(0..3)];
+            shop.kill_service(service).await?;
+            *kills.entry(service.name().to_owned()).or_default() += 1;
+            shop.start_service(service).await?;
+            last_kill = Instant::now();
+        }
+        for crashed in shop.revive_crashed().await? {
+            tracing::debug!(service = %crashed, "revived after a crash point");
+        }
+        if restart_at.contains(&n) {
+            server.restart().await?;
+            broker_restarts += 1;
+            let _ = writeln!(out, "chaos: broker restarted after {n} orders");
+        }
+        // Keep a few hundred orders in flight, not thousands: the point is faults, not overload.
+        if n % 50 == 49 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    let malformed_subjects = inject_hostile(&js, &opts, &mut rng).await?;
+
+    // Force every crash point to fire at least once, so a short run still covers each window.
+    force_every_crashpoint(&mut shop, &js, &base_points, opts.seed, out).await?;
+    shop.set_crashpoints(None);
+    for service in Service::ALL {
+        if shop.has_exited(service) {
+            shop.reap(service);
+        }
+        shop.start_service(service).await?;
+    }
+
+    let quiesce_started = Instant::now();
+    let settle_within = opts.order_deadline * 3 + Duration::from_secs(60);
+    let outcomes = wait_quiescent(&client, &placed_ids, settle_within).await?;
+    let time_to_quiescence = quiesce_started.elapsed();
+
+    let malformed_dead_lettered = count_dead_lettered(&js, &malformed_subjects).await?;
+    let report = audit(
+        &client,
+        AuditOptions { order_deadline: opts.order_deadline, grace: Duration::from_secs(10) },
+        out,
+    )
+    .await?;
+    let mut violations = report.violations.len();
+    if malformed_dead_lettered < malformed_subjects.len() {
+        violations += malformed_subjects.len() - malformed_dead_lettered;
+    }
+    let crashpoint_hits = shop.crashpoint_hits();
+    shop.shutdown().await?;
+    Ok(ChaosReport {
+        orders: opts.orders,
+        kills,
+        broker_restarts,
+        crashpoint_hits,
+        duplicates_injected: duplicates,
+        malformed_injected: malformed_subjects.len(),
+        malformed_dead_lettered,
+        outcomes,
+        violations,
+        time_to_quiescence_ms: time_to_quiescence.as_millis(),
+        total_ms: started.elapsed().as_millis(),
+        audit: report,
+    })
+}
+
+/// Publishes, retrying through a broker restart (the Nats-Msg-Id keeps retries exact).
+async fn publish_with_retry(js: &jetstream::Context, envelope: &Envelope) -> Result<(), ChaosError> {
+    let mut last = None;
+    for _ in 0..50 {
+        match publish_event(js, envelope).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(last.map(ChaosError::Harness).unwrap_or_else(|| ChaosError::NotQuiescent("publish".into())))
+}
+
+/// Malformed and oversized messages on real event subjects; returns (subject, stream sequence) of each.
+async fn inject_hostile(
+    js: &jetstream::Context,
+    opts: &ChaosOptions,
+    rng: &mut StdRng,
+) -> Result<Vec<(String, u64)>, ChaosError> {
+    let mut injected = Vec::new();
+    let bad_bodies: [&[u8]; 4] = [
+        b"{not json",
+        br#"{"specversion":"1.0","id":"x","source":"evil","type":"shop.OrderPlaced.v9","subject":"K","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{}}"#,
+        br#"{"specversion":"1.0","id":"y","source":"evil","type":"shop.Nonsense.v1","subject":"K","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","data":{}}"#,
+        b"[1,2,3]",
+    ];
+    for i in 0..opts.malformed {
+        let key = format!("hostile-{}-{i}", rng.gen::<u32>());
+        let subject = format!("events.orders.placed.{key}");
+        let body = String::from_utf8_lossy(bad_bodies[i % bad_bodies.len()]).replace('K', &key);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("hostile-{key}").as_str());
+        let ack = publish_raw(js, &subject, headers, body.into_bytes()).await?;
+        injected.push((subject, ack.sequence));
+    }
+    for i in 0..opts.oversized {
+        let key = format!("huge-{}-{i}", rng.gen::<u32>());
+        let subject = format!("events.orders.placed.{key}");
+        let body = format!("{{\"specversion\":\"1.0\",\"padding\":\"{}\"}}", "x".repeat(900 * 1024));
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("huge-{key}").as_str());
+        let ack = publish_raw(js, &subject, headers, body.into_bytes()).await?;
+        injected.push((subject, ack.sequence));
+    }
+    Ok(injected)
+}
+
+/// Restarts payment with one crash point certain to fire, places an order, waits for the abort.
+async fn force_every_crashpoint(
+    shop: &mut Shop,
+    js: &jetstream::Context,
+    base: &str,
+    seed: u64,
+    out: &mut impl std::io::Write,
+) -> Result<(), ChaosError> {
+    for (i, point) in crashpoint::ALL.iter().enumerate() {
+        if shop.crashpoint_hits().get(*point).copied().unwrap_or(0) > 0 {
+            continue;
+        }
+        let _ = writeln!(out, "chaos: forcing crash point {point}");
+        shop.set_crashpoints(Some(format!("{point}:1")));
+        if shop.has_exited(Service::Payment) {
+            shop.reap(Service::Payment);
+        }
+        shop.kill_service(Service::Payment).await?;
+        shop.start_service(Service::Payment).await?;
+        shop_harness::scenario::replenish(js, "chaos-forced", 1).await?;
+        let id = format!("chaos-{seed}-forced-{i}");
+        publish_with_retry(js, &Envelope::new(STOREFRONT, Event::OrderPlaced(order(&id, &[("chaos-forced", 1, 100)], "tok_visa")))).await?;
+        let exited = eventually(Duration::from_secs(30), &format!("crash point {point} to fire"), || {
+            let exited = shop.has_exited(Service::Payment);
+            async move { exited.then_some(()) }
+        })
+        .await;
+        if exited.is_err() {
+            let _ = writeln!(out, "chaos: crash point {point} did not fire within 30 s");
+        }
+        shop.reap(Service::Payment);
+        shop.set_crashpoints(Some(base.to_owned()));
+        shop.start_service(Service::Payment).await?;
+    }
+    Ok(())
+}
+
+/// Waits until every order is settled and every outbox is empty; returns outcomes by status.
+async fn wait_quiescent(
+    client: &async_nats::Client,
+    ids: &[String],
+    within: Duration,
+) -> Result<BTreeMap<String, usize>, ChaosError> {
+    let deadline = Instant::now() + within;
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for id in ids {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let view = eventually(left, &format!("order {id} to settle"), || async {
+            let reply = request(client, "checkout.orders.get", serde_json::json!({ "order_id": id })).await.ok()?;
+            let view = reply.ok()?;
+            matches!(view["status"].as_str(), Some("confirmed" | "cancelled" | "rejected")).then_some(view)
+        })
+        .await
+        .map_err(|e| ChaosError::NotQuiescent(e.to_string()))?;
+        let key = match view["reason"].as_str() {
+            Some(reason) => format!("{}:{reason}", view["status"].as_str().unwrap_or("?")),
+            None => view["status"].as_str().unwrap_or("?").to_owned(),
+        };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    eventually(left.max(Duration::from_secs(10)), "outboxes to drain and consumers to catch up", || async {
+        for service in Service::ALL {
+            let stats = client.request(format!("$SRV.STATS.{}", service.name()), "".into()).await.ok()?;
+            let value: serde_json::Value = serde_json::from_slice(&stats.payload).ok()?;
+            let backlog = value["endpoints"][0]["data"]["outbox_backlog"].as_u64()?;
+            if backlog > 0 {
+                return None;
+            }
+        }
+        let js = jetstream::new(client.clone());
+        for stream in ["ORDERS", "INVENTORY", "PAYMENTS"] {
+            let mut s = js.get_stream(stream).await.ok()?;
+            let _ = s.info().await.ok()?;
+            let mut consumers = s.consumers();
+            while let Some(info) = consumers.next().await {
+                let info = info.ok()?;
+                if info.num_pending > 0 || info.num_ack_pending > 0 {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await
+    .map_err(|e| ChaosError::NotQuiescent(e.to_string()))?;
+    Ok(outcomes)
+}
+
+/// How many injected messages have at least one dead letter pointing at their origin.
+async fn count_dead_lettered(js: &jetstream::Context, injected: &[(String, u64)]) -> Result<usize, ChaosError> {
+    let stream = js.get_stream("DEADLETTER").await.map_err(|e| HarnessError::JetStream(e.to_string()))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut seq = 0;
+    loop {
+        let next = stream.direct_get_next_for_subject("deadletter.>", Some(seq + 1)).await;
+        let Ok(message) = next else { break };
+        seq = message.sequence;
+        let subject = message.headers.get(shop_runtime::deadletter::HDR_SUBJECT).map(|v| v.as_str().to_owned());
+        let origin = message.headers.get(shop_runtime::deadletter::HDR_SEQUENCE).and_then(|v| v.as_str().parse::<u64>().ok());
+        if let (Some(subject), Some(origin)) = (subject, origin) {
+            seen.insert((subject, origin));
+        }
+    }
+    Ok(injected.iter().filter(|i| seen.contains(i)).count())
+}
