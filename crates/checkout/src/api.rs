@@ -221,3 +221,24 @@ fn status_text(status: OrderStatus) -> &'static str {
         OrderStatus::Rejected => "rejected",
     }
 }
+
+impl shop_runtime::micro::Api for Api {
+    fn endpoints(&self) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("orders_place", "checkout.orders.place"),
+            ("orders_get", "checkout.orders.get"),
+            ("orders_cancel", "checkout.orders.cancel"),
+            ("orders_list", "checkout.orders.list"),
+        ]
+    }
+
+    async fn call(&self, name: &'static str, body: bytes::Bytes) -> ApiResult {
+        match name {
+            "orders_place" => self.place(&body).await,
+            "orders_get" => self.get(&body).await,
+            "orders_cancel" => self.cancel(&body).await,
+            "orders_list" => self.list(&body).await,
+            other => Err(ApiError::not_found(format!("no endpoint {other}"))),
+        }
+    }
+}

@@ -4,11 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shop_events::{Envelope, Event};
-use shop_runtime::consumer::{EventHandler, Incoming};
 use shop_runtime::outbox::RelayWaker;
 use shop_runtime::shutdown::Shutdown;
 use shop_runtime::store::{reject, Store, Tx, TxResult};
-use shop_shell::{decode_incoming, event_span, now_ms};
+use shop_shell::{now_ms, EnvelopeHandler};
 
 use crate::domain::{Ctx, Input};
 use crate::store::{apply_input, split_time_key, Trees};
@@ -31,20 +30,8 @@ fn input_for(event: &Event) -> Option<Input> {
     })
 }
 
-impl EventHandler for CheckoutHandler {
-    type Event = Envelope;
-
-    fn decode(&self, message: &Incoming<'_>) -> Result<Envelope, String> {
-        decode_incoming(message)
-    }
-
-    fn event_id<'e>(&self, event: &'e Envelope) -> &'e str {
-        &event.meta.id
-    }
-
-    fn span(&self, event: &Envelope) -> tracing::Span {
-        event_span(SERVICE, event)
-    }
+impl EnvelopeHandler for CheckoutHandler {
+    const SERVICE: &'static str = SERVICE;
 
     fn apply(&self, envelope: &Envelope, tx: &Tx<'_>) -> TxResult<()> {
         let Some(input) = input_for(&envelope.event) else {

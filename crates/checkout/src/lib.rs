@@ -19,9 +19,9 @@ use std::time::Duration;
 use shop_events::subjects::Domain;
 use shop_events::EventKind;
 use shop_runtime::host::Host;
-use shop_runtime::micro::{serve_deadletter_endpoints, serve_endpoint, start_service, MicroSpec};
+use shop_runtime::micro::MicroSpec;
 use shop_runtime::shutdown::Shutdown;
-use shop_shell::{consumer_spec, host_config};
+use shop_shell::{consumer_spec, host_config, Contract};
 
 pub use config::{CheckoutArgs, Config};
 pub use error::CheckoutError;
@@ -44,7 +44,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
     .await?;
     let trees = store::Trees::from_ids(&host.trees)
         .ok_or_else(|| CheckoutError::Config("checkout trees missing".into()))?;
-    let handler = Arc::new(handlers::CheckoutHandler { trees, deadline_ms });
+    let handler = Arc::new(Contract(handlers::CheckoutHandler { trees, deadline_ms }));
     host.consume(
         consumer_spec(
             SERVICE,
@@ -80,55 +80,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
         host.shutdown(),
     ));
 
-    let service = start_service(
-        &host.client,
-        &MicroSpec {
-            name: SERVICE.to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            description:
-                "Owns orders: validates, confirms, cancels (deadline, stock, payment, customer)"
-                    .to_owned(),
-            metadata: HashMap::from([
-                ("streams".to_owned(), "ORDERS,INVENTORY,PAYMENTS".to_owned()),
-                (
-                    "order_deadline".to_owned(),
-                    humantime::format_duration(config.order_deadline).to_string(),
-                ),
-            ]),
-        },
-        host.stats.clone(),
-        host.store.clone(),
-    )
-    .await?;
+    let spec = MicroSpec {
+        name: SERVICE.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        description:
+            "Owns orders: validates, confirms, cancels (deadline, stock, payment, customer)"
+                .to_owned(),
+        metadata: HashMap::from([
+            ("streams".to_owned(), "ORDERS,INVENTORY,PAYMENTS".to_owned()),
+            (
+                "order_deadline".to_owned(),
+                humantime::format_duration(config.order_deadline).to_string(),
+            ),
+        ]),
+    };
     let api = api::Api {
         js: host.js.clone(),
         store: host.store.clone(),
         trees,
     };
-    macro_rules! endpoint {
-        ($name:literal, $subject:literal, $method:ident) => {{
-            let api = api.clone();
-            serve_endpoint(
-                &service,
-                $name,
-                $subject,
-                move |body| {
-                    let api = api.clone();
-                    async move { api.$method(&body).await }
-                },
-                shutdown.clone(),
-            )
-            .await?;
-        }};
-    }
-    endpoint!("orders_place", "checkout.orders.place", place);
-    endpoint!("orders_get", "checkout.orders.get", get);
-    endpoint!("orders_cancel", "checkout.orders.cancel", cancel);
-    endpoint!("orders_list", "checkout.orders.list", list);
-    serve_deadletter_endpoints(&service, host.dead_letters.clone(), shutdown.clone()).await?;
-    tracing::info!(service = SERVICE, "ready: endpoints checkout.orders.{{place,get,cancel,list}}, checkout.deadletters.{{list,replay,discard}}");
-
-    host.serve(Duration::from_secs(10)).await?;
-    let _ = service.stop().await;
+    host.serve_api(spec, api, Duration::from_secs(10)).await?;
     Ok(())
 }

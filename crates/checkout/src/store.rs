@@ -4,9 +4,9 @@
 //! durable timer index that survives restarts) and `placed` (placed ms ++ order id,
 //! for listing the most recent orders first).
 
-use shop_events::{Envelope, Meta, OrderId};
+use shop_events::{Meta, OrderId};
 use shop_runtime::store::{reject, TreeId, Tx, TxResult};
-use shop_shell::to_outbox;
+use shop_shell::publish_all;
 
 use crate::domain::{self, Ctx, Input, State};
 use crate::SERVICE;
@@ -71,14 +71,8 @@ pub fn apply_input(
     }
     let deadline_before = state.pending_deadline();
     let placed_before = state.placed_at_ms;
-    for event in domain::apply(&mut state, &changes) {
-        let envelope = Envelope::new(SERVICE, event);
-        let envelope = match cause {
-            Some(meta) => envelope.caused_by(meta),
-            None => envelope,
-        };
-        tx.publish(&to_outbox(&envelope))?;
-    }
+    let events = domain::apply(&mut state, &changes);
+    publish_all(tx, SERVICE, events, cause)?;
     tx.put_json(trees.orders, key, &state)?;
     let deadline_after = state.pending_deadline();
     if deadline_before != deadline_after {

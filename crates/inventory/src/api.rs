@@ -110,3 +110,22 @@ impl Api {
         )
     }
 }
+
+impl shop_runtime::micro::Api for Api {
+    fn endpoints(&self) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("stock_get", "inventory.stock.get"),
+            ("stock_list", "inventory.stock.list"),
+            ("stock_replenish", "inventory.stock.replenish"),
+        ]
+    }
+
+    async fn call(&self, name: &'static str, body: bytes::Bytes) -> ApiResult {
+        match name {
+            "stock_get" => self.get(&body).await,
+            "stock_list" => self.list(&body).await,
+            "stock_replenish" => self.replenish(&body).await,
+            other => Err(ApiError::not_found(format!("no endpoint {other}"))),
+        }
+    }
+}

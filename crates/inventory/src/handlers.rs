@@ -1,9 +1,8 @@
 //! Inventory's consumer handler: reserve, commit, release and replenish stock.
 
 use shop_events::{Envelope, Event};
-use shop_runtime::consumer::{EventHandler, Incoming};
 use shop_runtime::store::{reject, Tx, TxResult};
-use shop_shell::{decode_incoming, event_span};
+use shop_shell::EnvelopeHandler;
 
 use crate::domain::Input;
 use crate::store::{apply_input, Trees};
@@ -13,20 +12,8 @@ pub struct InventoryHandler {
     pub trees: Trees,
 }
 
-impl EventHandler for InventoryHandler {
-    type Event = Envelope;
-
-    fn decode(&self, message: &Incoming<'_>) -> Result<Envelope, String> {
-        decode_incoming(message)
-    }
-
-    fn event_id<'e>(&self, event: &'e Envelope) -> &'e str {
-        &event.meta.id
-    }
-
-    fn span(&self, event: &Envelope) -> tracing::Span {
-        event_span(SERVICE, event)
-    }
+impl EnvelopeHandler for InventoryHandler {
+    const SERVICE: &'static str = SERVICE;
 
     fn apply(&self, envelope: &Envelope, tx: &Tx<'_>) -> TxResult<()> {
         let input = match &envelope.event {

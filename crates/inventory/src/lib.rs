@@ -18,9 +18,9 @@ use std::time::Duration;
 use shop_events::subjects::Domain;
 use shop_events::EventKind;
 use shop_runtime::host::Host;
-use shop_runtime::micro::{serve_deadletter_endpoints, serve_endpoint, start_service, MicroSpec};
+use shop_runtime::micro::MicroSpec;
 use shop_runtime::shutdown::Shutdown;
-use shop_shell::{consumer_spec, host_config};
+use shop_shell::{consumer_spec, host_config, Contract};
 
 pub use config::Config;
 pub use error::InventoryError;
@@ -41,7 +41,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), InventoryErro
     .await?;
     let trees = store::Trees::from_ids(&host.trees)
         .ok_or_else(|| InventoryError::Config("inventory trees missing".into()))?;
-    let handler = Arc::new(handlers::InventoryHandler { trees });
+    let handler = Arc::new(Contract(handlers::InventoryHandler { trees }));
     host.consume(
         consumer_spec(
             SERVICE,
@@ -59,46 +59,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), InventoryErro
         handler,
     );
 
-    let service = start_service(
-        &host.client,
-        &MicroSpec {
-            name: SERVICE.to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Reserves, sells and releases stock; takes in replenishments".to_owned(),
-            metadata: HashMap::from([("streams".to_owned(), "ORDERS,INVENTORY".to_owned())]),
-        },
-        host.stats.clone(),
-        host.store.clone(),
-    )
-    .await?;
+    let spec = MicroSpec {
+        name: SERVICE.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        description: "Reserves, sells and releases stock; takes in replenishments".to_owned(),
+        metadata: HashMap::from([("streams".to_owned(), "ORDERS,INVENTORY".to_owned())]),
+    };
     let api = api::Api {
         js: host.js.clone(),
         store: host.store.clone(),
         trees,
     };
-    macro_rules! endpoint {
-        ($name:literal, $subject:literal, $method:ident) => {{
-            let api = api.clone();
-            serve_endpoint(
-                &service,
-                $name,
-                $subject,
-                move |body| {
-                    let api = api.clone();
-                    async move { api.$method(&body).await }
-                },
-                shutdown.clone(),
-            )
-            .await?;
-        }};
-    }
-    endpoint!("stock_get", "inventory.stock.get", get);
-    endpoint!("stock_list", "inventory.stock.list", list);
-    endpoint!("stock_replenish", "inventory.stock.replenish", replenish);
-    serve_deadletter_endpoints(&service, host.dead_letters.clone(), shutdown.clone()).await?;
-    tracing::info!(service = SERVICE, "ready: endpoints inventory.stock.{{get,list,replenish}}, inventory.deadletters.{{list,replay,discard}}");
-
-    host.serve(Duration::from_secs(10)).await?;
-    let _ = service.stop().await;
+    host.serve_api(spec, api, Duration::from_secs(10)).await?;
     Ok(())
 }

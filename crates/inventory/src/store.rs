@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use shop_events::{Envelope, Meta, Sku};
+use shop_events::{Meta, Sku};
 use shop_runtime::store::{reject, TreeId, Tx, TxResult};
-use shop_shell::to_outbox;
+use shop_shell::publish_all;
 
 use crate::domain::{self, Ctx, Input, Reservation, State, StockLevel};
 use crate::SERVICE;
@@ -59,9 +59,8 @@ pub fn apply_input(trees: Trees, tx: &Tx<'_>, input: &Input, cause: &Meta) -> Tx
     if changes.is_empty() {
         return Ok(());
     }
-    for event in domain::apply(&mut state, &changes) {
-        tx.publish(&to_outbox(&Envelope::new(SERVICE, event).caused_by(cause)))?;
-    }
+    let events = domain::apply(&mut state, &changes);
+    publish_all(tx, SERVICE, events, Some(cause))?;
     if let (Some(id), Some(reservation)) = (&order_key, &state.reservation) {
         tx.put_json(trees.reservations, id.as_str().as_bytes(), reservation)?;
     }

@@ -105,3 +105,20 @@ impl Api {
         reply(&entries)
     }
 }
+
+impl shop_runtime::micro::Api for Api {
+    fn endpoints(&self) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("payments_get", "payment.payments.get"),
+            ("gateway_ledger", "payment.gateway.ledger"),
+        ]
+    }
+
+    async fn call(&self, name: &'static str, body: bytes::Bytes) -> ApiResult {
+        match name {
+            "payments_get" => self.get(&body).await,
+            "gateway_ledger" => self.ledger(&body).await,
+            other => Err(ApiError::not_found(format!("no endpoint {other}"))),
+        }
+    }
+}

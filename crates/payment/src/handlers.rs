@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use shop_events::{Envelope, Event, OrderId};
-use shop_runtime::consumer::{EventHandler, Incoming};
 use shop_runtime::crashpoint;
 use shop_runtime::outbox::RelayWaker;
 use shop_runtime::shutdown::Shutdown;
 use shop_runtime::stats::Stats;
 use shop_runtime::store::{reject, Store, Tx, TxResult};
-use shop_shell::{decode_incoming, event_span};
+use shop_shell::EnvelopeHandler;
 use tokio::sync::Notify;
 
 use crate::domain::{GatewayWork, Input, State};
@@ -30,20 +29,8 @@ pub struct PaymentHandler {
     pub work_ready: Arc<Notify>,
 }
 
-impl EventHandler for PaymentHandler {
-    type Event = Envelope;
-
-    fn decode(&self, message: &Incoming<'_>) -> Result<Envelope, String> {
-        decode_incoming(message)
-    }
-
-    fn event_id<'e>(&self, event: &'e Envelope) -> &'e str {
-        &event.meta.id
-    }
-
-    fn span(&self, event: &Envelope) -> tracing::Span {
-        event_span(SERVICE, event)
-    }
+impl EnvelopeHandler for PaymentHandler {
+    const SERVICE: &'static str = SERVICE;
 
     fn apply(&self, envelope: &Envelope, tx: &Tx<'_>) -> TxResult<()> {
         let (order_id, input) = match &envelope.event {

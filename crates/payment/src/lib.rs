@@ -19,9 +19,9 @@ use std::time::Duration;
 use shop_events::subjects::Domain;
 use shop_events::EventKind;
 use shop_runtime::host::Host;
-use shop_runtime::micro::{serve_deadletter_endpoints, serve_endpoint, start_service, MicroSpec};
+use shop_runtime::micro::MicroSpec;
 use shop_runtime::shutdown::Shutdown;
-use shop_shell::{consumer_spec, host_config};
+use shop_shell::{consumer_spec, host_config, Contract};
 use tokio::sync::Notify;
 
 pub use config::{Config, PaymentArgs};
@@ -48,10 +48,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
     let trees = store::Trees::from_ids(&host.trees)
         .ok_or_else(|| PaymentError::Config("payment trees missing".into()))?;
     let work_ready = Arc::new(Notify::new());
-    let handler = Arc::new(handlers::PaymentHandler {
+    let handler = Arc::new(Contract(handlers::PaymentHandler {
         trees,
         work_ready: work_ready.clone(),
-    });
+    }));
     host.consume(
         consumer_spec(
             SERVICE,
@@ -74,57 +74,29 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
     };
     host.spawn_worker(worker.run(host.shutdown()));
 
-    let service = start_service(
-        &host.client,
-        &MicroSpec {
-            name: SERVICE.to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Charges and refunds orders exactly once through the payment gateway"
-                .to_owned(),
-            metadata: HashMap::from([
-                ("streams".to_owned(), "ORDERS,INVENTORY".to_owned()),
-                ("gateway".to_owned(), "simulated".to_owned()),
-                (
-                    "gateway_latency".to_owned(),
-                    humantime::format_duration(config.gateway.latency).to_string(),
-                ),
-                (
-                    "gateway_failure_rate".to_owned(),
-                    config.gateway.failure_rate.to_string(),
-                ),
-            ]),
-        },
-        host.stats.clone(),
-        host.store.clone(),
-    )
-    .await?;
+    let spec = MicroSpec {
+        name: SERVICE.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        description: "Charges and refunds orders exactly once through the payment gateway"
+            .to_owned(),
+        metadata: HashMap::from([
+            ("streams".to_owned(), "ORDERS,INVENTORY".to_owned()),
+            ("gateway".to_owned(), "simulated".to_owned()),
+            (
+                "gateway_latency".to_owned(),
+                humantime::format_duration(config.gateway.latency).to_string(),
+            ),
+            (
+                "gateway_failure_rate".to_owned(),
+                config.gateway.failure_rate.to_string(),
+            ),
+        ]),
+    };
     let api = api::Api {
         store: host.store.clone(),
         trees,
         gateway,
     };
-    macro_rules! endpoint {
-        ($name:literal, $subject:literal, $method:ident) => {{
-            let api = api.clone();
-            serve_endpoint(
-                &service,
-                $name,
-                $subject,
-                move |body| {
-                    let api = api.clone();
-                    async move { api.$method(&body).await }
-                },
-                shutdown.clone(),
-            )
-            .await?;
-        }};
-    }
-    endpoint!("payments_get", "payment.payments.get", get);
-    endpoint!("gateway_ledger", "payment.gateway.ledger", ledger);
-    serve_deadletter_endpoints(&service, host.dead_letters.clone(), shutdown.clone()).await?;
-    tracing::info!(service = SERVICE, "ready: endpoints payment.payments.get, payment.gateway.ledger, payment.deadletters.{{list,replay,discard}}");
-
-    host.serve(Duration::from_secs(10)).await?;
-    let _ = service.stop().await;
+    host.serve_api(spec, api, Duration::from_secs(10)).await?;
     Ok(())
 }

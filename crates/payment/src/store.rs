@@ -4,9 +4,9 @@
 //! gateway a call). The work index is derived from the record in the same
 //! transaction, so a crash can never lose a charge, void or refund that is due.
 
-use shop_events::{Envelope, Meta, OrderId};
+use shop_events::{Meta, OrderId};
 use shop_runtime::store::{reject, TreeId, Tx, TxResult};
-use shop_shell::to_outbox;
+use shop_shell::publish_all;
 
 use crate::domain::{self, Ctx, Input, State};
 use crate::SERVICE;
@@ -79,14 +79,8 @@ pub fn apply_input(
     if changes.is_empty() {
         return Ok(());
     }
-    for event in domain::apply(&mut state, &changes) {
-        let envelope = Envelope::new(SERVICE, event);
-        let envelope = match cause {
-            Some(meta) => envelope.caused_by(meta),
-            None => envelope,
-        };
-        tx.publish(&to_outbox(&envelope))?;
-    }
+    let events = domain::apply(&mut state, &changes);
+    publish_all(tx, SERVICE, events, cause)?;
     tx.put_json(trees.payments, key, &state)?;
     if state.gateway_work().is_some() {
         // Remember which event made the call due, so the gateway's answer is published

@@ -24,7 +24,11 @@ pub async fn connect(url: &str, name: &str, shutdown: &Shutdown) -> Result<Clien
                 tracing::info!(%event, "NATS connection event");
             });
         // A comma-separated list names the servers of a cluster; the client fails over between them.
-        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         match options.connect(servers).await {
             Ok(client) => {
                 if attempt > 1 {

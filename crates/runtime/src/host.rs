@@ -15,6 +15,7 @@ use async_nats::Client;
 use crate::connect::connect;
 use crate::consumer::{run_consumer, ConsumerCtx, ConsumerSpec, EventHandler};
 use crate::deadletter::DeadLetterBook;
+use crate::micro::{serve_api, serve_deadletter_endpoints, start_service, Api, MicroSpec};
 use crate::outbox::{run_relay, RelayWaker};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
@@ -145,6 +146,35 @@ impl Host {
         F: Future<Output = ()> + Send + 'static,
     {
         self.workers.push(tokio::spawn(worker));
+    }
+
+    /// Registers the micro service with `api`'s endpoints and the dead-letter endpoints,
+    /// then serves until shutdown and stops everything in order within `grace`.
+    pub async fn serve_api<A: Api>(
+        self,
+        spec: MicroSpec,
+        api: A,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let service =
+            start_service(&self.client, &spec, self.stats.clone(), self.store.clone()).await?;
+        let subjects: Vec<&str> = api
+            .endpoints()
+            .iter()
+            .map(|(_, subject)| *subject)
+            .collect();
+        serve_api(&service, api, self.shutdown.clone()).await?;
+        serve_deadletter_endpoints(&service, self.dead_letters.clone(), self.shutdown.clone())
+            .await?;
+        tracing::info!(
+            service = %self.service,
+            endpoints = %subjects.join(", "),
+            deadletters = %format!("{}.deadletters.{{list,replay,discard}}", self.service),
+            "ready"
+        );
+        let result = self.serve(grace).await;
+        let _ = service.stop().await;
+        result
     }
 
     /// Waits for shutdown, then stops everything in order within `grace`.

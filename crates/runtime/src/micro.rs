@@ -242,3 +242,35 @@ pub async fn serve_deadletter_endpoints(
     .await?;
     Ok(vec![list, replay, discard])
 }
+
+/// A service's request/reply surface: its endpoints and how to answer each.
+pub trait Api: Clone + Send + Sync + 'static {
+    /// `(endpoint name, subject)` pairs; names match `[A-Za-z0-9_-]+` as ADR-32 asks.
+    fn endpoints(&self) -> Vec<(&'static str, &'static str)>;
+
+    /// Answers a request to the endpoint called `name`.
+    fn call(&self, name: &'static str, body: Bytes) -> impl Future<Output = ApiResult> + Send;
+}
+
+/// Serves every endpoint of `api` until shutdown.
+pub async fn serve_api<A: Api>(
+    service: &Service,
+    api: A,
+    shutdown: Shutdown,
+) -> Result<(), RuntimeError> {
+    for (name, subject) in api.endpoints() {
+        let api = api.clone();
+        serve_endpoint(
+            service,
+            name,
+            subject,
+            move |body| {
+                let api = api.clone();
+                async move { api.call(name, body).await }
+            },
+            shutdown.clone(),
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -12,10 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use shop_events::subjects::{self, Domain};
-use shop_events::{Envelope, EventKind};
-use shop_runtime::consumer::{ConsumerSpec, Incoming};
+use shop_events::{Envelope, Event, EventKind, Meta};
+use shop_runtime::consumer::{ConsumerSpec, EventHandler, Incoming};
 use shop_runtime::host::HostConfig;
 use shop_runtime::outbox::OutboxMessage;
+use shop_runtime::store::{Tx, TxResult};
 use shop_runtime::streams::StreamDecl;
 use shop_runtime::RuntimeError;
 
@@ -136,4 +137,63 @@ pub fn format_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .map(shop_events::envelope::format_time)
         .unwrap_or_default()
+}
+
+/// Queues `events` in the outbox as reactions to `cause` (or as new chains without one).
+pub fn publish_all(
+    tx: &Tx<'_>,
+    source: &str,
+    events: Vec<Event>,
+    cause: Option<&Meta>,
+) -> TxResult<()> {
+    for event in events {
+        let envelope = Envelope::new(source, event);
+        let envelope = match cause {
+            Some(meta) => envelope.caused_by(meta),
+            None => envelope,
+        };
+        tx.publish(&to_outbox(&envelope))?;
+    }
+    Ok(())
+}
+
+/// A service's reaction to decoded contract events; [`Contract`] adapts it to the runtime.
+pub trait EnvelopeHandler: Send + Sync + 'static {
+    /// The service name, for spans.
+    const SERVICE: &'static str;
+
+    /// Applies one checked event inside the transaction.
+    fn apply(&self, envelope: &Envelope, tx: &Tx<'_>) -> TxResult<()>;
+
+    /// Runs after a batch is durable.
+    fn after_commit(&self) {}
+}
+
+/// Runs an [`EnvelopeHandler`] in the runtime's consumer loop: decodes with the
+/// contract's checks, deduplicates on the event id, spans every event.
+#[derive(Debug)]
+pub struct Contract<H>(pub H);
+
+impl<H: EnvelopeHandler> EventHandler for Contract<H> {
+    type Event = Envelope;
+
+    fn decode(&self, message: &Incoming<'_>) -> Result<Envelope, String> {
+        decode_incoming(message)
+    }
+
+    fn event_id<'e>(&self, event: &'e Envelope) -> &'e str {
+        &event.meta.id
+    }
+
+    fn span(&self, event: &Envelope) -> tracing::Span {
+        event_span(H::SERVICE, event)
+    }
+
+    fn apply(&self, event: &Envelope, tx: &Tx<'_>) -> TxResult<()> {
+        self.0.apply(event, tx)
+    }
+
+    fn after_commit(&self) {
+        self.0.after_commit()
+    }
 }
