@@ -79,6 +79,7 @@ impl Host {
             stats.clone(),
             inner.clone(),
         ));
+        tokio::spawn(prune_inbox_periodically(store.clone(), inner.clone()));
         if store.outbox_len() > 0 {
             tracing::info!(backlog = store.outbox_len(), service = %config.service, "draining outbox left by the previous run");
             waker.wake();
@@ -199,5 +200,27 @@ impl Host {
         let _ = &self.inner;
         tracing::info!(service = %self.service, outbox = self.store.outbox_len(), "stopped");
         Ok(())
+    }
+}
+
+/// How long processed event ids are remembered: one day longer than the streams keep events.
+pub const INBOX_RETENTION: Duration = Duration::from_secs(8 * 24 * 60 * 60);
+
+async fn prune_inbox_periodically(store: Arc<Store>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.requested() => return,
+        }
+        let store = store.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            store.prune_inbox(INBOX_RETENTION.as_millis() as u64)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "pruned old inbox entries"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "inbox pruning failed"),
+            _ => {}
+        }
     }
 }

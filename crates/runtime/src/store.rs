@@ -233,6 +233,28 @@ impl Store {
         Ok(self.trees[0].contains_key(key.as_bytes())?)
     }
 
+    /// Forgets processed event ids older than `max_age_ms`; returns how many were removed.
+    ///
+    /// Safe once the streams no longer hold those events (their max age is 7 days):
+    /// nothing can redeliver them any more.
+    pub fn prune_inbox(&self, max_age_ms: u64) -> Result<usize, RuntimeError> {
+        let cutoff = now_ms().saturating_sub(max_age_ms);
+        let mut removed = 0;
+        for item in self.trees[0].iter() {
+            let (key, stamp) = item?;
+            let at = stamp
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            if at <= cutoff {
+                self.trees[0].remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Number of processed event ids remembered.
     pub fn inbox_len(&self) -> usize {
         self.trees[0].len()

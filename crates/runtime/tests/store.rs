@@ -1,0 +1,106 @@
+//! The sled store on a real temp dir: the inbox makes work happen once, refusals leave no trace,
+//! the outbox keeps messages in order until removed.
+
+use shop_runtime::outbox::OutboxMessage;
+use shop_runtime::store::{reject, Applied, ApplyError, Store};
+
+fn message(n: u8) -> OutboxMessage {
+    OutboxMessage {
+        subject: format!("events.test.{n}"),
+        msg_id: format!("id-{n}"),
+        headers: vec![("traceparent".into(), "00-abc".into())],
+        payload: vec![n; 3],
+    }
+}
+
+#[test]
+fn work_for_an_event_id_already_in_the_inbox_is_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, trees) = Store::open(dir.path(), &["state"]).expect("open");
+    let tree = trees[0];
+    let first = store
+        .apply(Some("evt-1"), |tx| tx.insert(tree, b"k", b"1"))
+        .expect("first");
+    assert_eq!(first, Applied::Done(()));
+    let second = store
+        .apply(Some("evt-1"), |tx| tx.insert(tree, b"k", b"2"))
+        .expect("second");
+    assert_eq!(second, Applied::Duplicate);
+    assert_eq!(
+        store.tree(tree).get(b"k").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert!(store.inbox_contains("evt-1").expect("inbox"));
+}
+
+#[test]
+fn a_refused_event_changes_nothing_and_is_not_marked_processed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, trees) = Store::open(dir.path(), &["state"]).expect("open");
+    let tree = trees[0];
+    let result = store.apply(Some("evt-2"), |tx| {
+        tx.insert(tree, b"k", b"changed")?;
+        tx.publish(&message(1))?;
+        reject::<()>("conflicting order id")
+    });
+    assert!(
+        matches!(result, Err(ApplyError::Rejected(reason)) if reason == "conflicting order id")
+    );
+    assert!(store.tree(tree).get(b"k").expect("get").is_none());
+    assert_eq!(store.outbox_len(), 0);
+    assert!(!store.inbox_contains("evt-2").expect("inbox"));
+}
+
+#[test]
+fn the_outbox_survives_a_reopen_in_write_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (store, _) = Store::open(dir.path(), &[]).expect("open");
+        store
+            .apply(None, |tx| {
+                for n in 0..5 {
+                    tx.publish(&message(n))?;
+                }
+                Ok(())
+            })
+            .expect("apply");
+        store.flush_blocking().expect("flush");
+    }
+    let (store, _) = Store::open(dir.path(), &[]).expect("reopen");
+    let batch = store.outbox_batch(10).expect("batch");
+    let subjects: Vec<_> = batch.iter().map(|(_, m)| m.subject.clone()).collect();
+    assert_eq!(
+        subjects,
+        (0..5)
+            .map(|n| format!("events.test.{n}"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(batch[2].1, message(2));
+    store.outbox_remove(&batch[0].0).expect("remove");
+    assert_eq!(store.outbox_len(), 4);
+}
+
+#[test]
+fn inbox_entries_older_than_the_retention_are_pruned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(dir.path(), &[]).expect("open");
+    store.apply(Some("old"), |_| Ok(())).expect("apply");
+    assert_eq!(
+        store.prune_inbox(60_000).expect("prune"),
+        0,
+        "a fresh entry stays"
+    );
+    assert_eq!(
+        store.prune_inbox(0).expect("prune"),
+        1,
+        "with zero retention it goes"
+    );
+    assert!(!store.inbox_contains("old").expect("inbox"));
+}
+
+#[test]
+fn outbox_messages_round_trip_through_their_binary_form() {
+    let m = message(9);
+    assert_eq!(OutboxMessage::decode(&m.encode()), Some(m));
+    assert_eq!(OutboxMessage::decode(&[0, 0, 0, 9, 1]), None);
+}
