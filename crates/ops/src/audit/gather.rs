@@ -1,0 +1,170 @@
+//! The audit's reads: every event of the three streams, then the services' state for
+//! every order and sku the events mention. All I/O of the audit lives here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_nats::{jetstream, Client};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::nats::{self, answers_ping, outbox_backlog, request_found, SERVICES};
+use crate::reader::{read_event_stream, StoredEvent, EVENT_STREAMS};
+use crate::OpsError;
+
+/// How many per-order requests are in flight at once: enough to read tens of thousands
+/// of orders in seconds, few enough not to crowd out the shop's own work.
+const PARALLEL_REQUESTS: usize = 32;
+
+/// An order as checkout shows it; only what the audit compares.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckoutView {
+    pub status: String,
+    pub deadline_at: Option<String>,
+}
+
+/// An order's payment as payment shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentView {
+    pub status: String,
+    pub captured: i64,
+    pub refunded: i64,
+    pub payment_id: Option<String>,
+}
+
+/// One sku as inventory shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StockView {
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+/// What an idempotency key came to at the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum LedgerStatus {
+    Captured {
+        payment_id: String,
+    },
+    /// Declined and voided keys hold no money; the audit only needs to know they are not captures.
+    Declined {},
+    Voided,
+}
+
+/// One entry of the gateway's books.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LedgerEntry {
+    pub order_id: String,
+    pub status: LedgerStatus,
+    pub amount: i64,
+    pub refunded: i64,
+}
+
+/// Everything the checks look at; a service that did not answer leaves its part `None`.
+#[derive(Debug, Clone)]
+pub struct Books {
+    pub now: OffsetDateTime,
+    /// Every stored event, stream after stream, each stream in order.
+    pub events: Vec<StoredEvent>,
+    /// Checkout's view per order id; `None` inside when checkout does not know the order.
+    pub checkout: Option<HashMap<String, Option<CheckoutView>>>,
+    pub payments: Option<HashMap<String, Option<PaymentView>>>,
+    pub stock: Option<Vec<StockView>>,
+    pub ledger: Option<Vec<LedgerEntry>>,
+    /// STATS outbox backlog per service; `None` when the service did not answer.
+    pub outboxes: BTreeMap<String, Option<u64>>,
+}
+
+pub async fn gather(client: &Client) -> Result<Books, OpsError> {
+    let js = jetstream::new(client.clone());
+    let mut events = Vec::new();
+    for stream in EVENT_STREAMS {
+        events.extend(read_event_stream(&js, stream).await?);
+    }
+    let order_ids: BTreeSet<String> = events
+        .iter()
+        .filter_map(|e| e.envelope())
+        .filter(|e| !e.kind().keyed_by_sku())
+        .map(|e| e.event.key().to_owned())
+        .collect();
+    let mut up = BTreeMap::new();
+    for service in SERVICES {
+        // One PING first, so a service that is down costs one short timeout, not one per order.
+        up.insert(
+            service,
+            answers_ping(client, service, Duration::from_secs(2)).await,
+        );
+    }
+    let is_up = |service: &str| up.get(service).copied().unwrap_or(false);
+    let checkout = if is_up("checkout") {
+        Some(per_order(client, "checkout.orders.get", &order_ids).await?)
+    } else {
+        None
+    };
+    let payments = if is_up("payment") {
+        Some(per_order(client, "payment.payments.get", &order_ids).await?)
+    } else {
+        None
+    };
+    let stock = if is_up("inventory") {
+        Some(list(client, "inventory.stock.list").await?)
+    } else {
+        None
+    };
+    let ledger = if is_up("payment") {
+        Some(list(client, "payment.gateway.ledger").await?)
+    } else {
+        None
+    };
+    let mut outboxes = BTreeMap::new();
+    for service in SERVICES {
+        let backlog = nats::stats(client, service)
+            .await
+            .and_then(|s| outbox_backlog(&s));
+        outboxes.insert(service.to_owned(), backlog);
+    }
+    Ok(Books {
+        now: OffsetDateTime::now_utc(),
+        events,
+        checkout,
+        payments,
+        stock,
+        ledger,
+        outboxes,
+    })
+}
+
+/// Asks `subject` about every order, a bounded number at a time.
+async fn per_order<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    subject: &str,
+    order_ids: &BTreeSet<String>,
+) -> Result<HashMap<String, Option<T>>, OpsError> {
+    let answers: Vec<(String, Result<Option<T>, OpsError>)> =
+        futures::stream::iter(order_ids.iter().cloned())
+            .map(|order_id| async move {
+                let answer = request_found(client, subject, &json!({ "order_id": order_id })).await;
+                (order_id, answer)
+            })
+            .buffer_unordered(PARALLEL_REQUESTS)
+            .collect()
+            .await;
+    answers
+        .into_iter()
+        .map(|(order_id, answer)| answer.map(|view| (order_id, view)))
+        .collect()
+}
+
+async fn list<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    subject: &str,
+) -> Result<Vec<T>, OpsError> {
+    let value: Option<Value> = request_found(client, subject, &json!({})).await?;
+    match value {
+        Some(value) => nats::decode(subject, value),
+        None => Ok(Vec::new()),
+    }
+}
