@@ -166,7 +166,16 @@ pub struct DeadLetterBook {
 #[derive(Debug)]
 pub enum DeadLetterError {
     NotFound(u64),
-    NotOurs { seq: u64, service: String },
+    NotOurs {
+        seq: u64,
+        service: String,
+    },
+    /// Only a truncated copy was parked: replaying it would publish a corrupt event.
+    Truncated {
+        seq: u64,
+        stream: String,
+        sequence: String,
+    },
     Failed(RuntimeError),
 }
 
@@ -244,9 +253,10 @@ impl DeadLetterBook {
             })
             .await
             .map_err(RuntimeError::js)?;
-        let info = stream.get_info().await.map_err(RuntimeError::js)?;
         let mut out = Vec::new();
-        if info.state.messages == 0 {
+        // Counted for our filter, not the whole stream: with only other services'
+        // letters parked, waiting for a first message would just run into the timeout.
+        if consumer.cached_info().num_pending == 0 {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(RuntimeError::js)?;
@@ -295,11 +305,11 @@ impl DeadLetterBook {
     pub async fn replay(&self, seq: u64) -> Result<DeadLetterView, DeadLetterError> {
         let msg = self.fetch(seq).await?;
         if header(&msg.headers, HDR_TRUNCATED) == "true" {
-            return Err(DeadLetterError::Failed(RuntimeError::Config(format!(
-                "dead letter {seq} holds a truncated copy; replay the original from stream {} sequence {}",
-                header(&msg.headers, HDR_STREAM),
-                header(&msg.headers, HDR_SEQUENCE)
-            ))));
+            return Err(DeadLetterError::Truncated {
+                seq,
+                stream: header(&msg.headers, HDR_STREAM),
+                sequence: header(&msg.headers, HDR_SEQUENCE),
+            });
         }
         let subject = header(&msg.headers, HDR_SUBJECT);
         let mut headers = HeaderMap::new();

@@ -167,6 +167,14 @@ fn dead_letter_error(e: crate::deadletter::DeadLetterError) -> ApiError {
         E::NotOurs { seq, service } => ApiError::bad_request(format!(
             "dead letter {seq} belongs to another service; ask that service (this is {service})"
         )),
+        // The request cannot be honoured as asked; nothing inside failed.
+        E::Truncated {
+            seq,
+            stream,
+            sequence,
+        } => ApiError::bad_request(format!(
+            "dead letter {seq} holds a truncated copy; replay the original from stream {stream} sequence {sequence}"
+        )),
         E::Failed(e) => ApiError::internal(e.to_string()),
     }
 }

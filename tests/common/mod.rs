@@ -1,0 +1,226 @@
+//! Helpers shared by the operator, dead-letter and shutdown system tests: a fresh world
+//! per test, ADR-32 verbs, endpoint calls, the dead-letter stream and "the shop is idle".
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, message::StreamMessage};
+use futures::StreamExt;
+use serde_json::Value;
+use shop_events::subjects::DEADLETTER_STREAM;
+use shop_harness::scenario::request;
+use shop_harness::{connect, declare_streams, eventually, NatsServer, Service, Shop, ShopConfig};
+
+/// How long an asynchronous outcome may take on a small, shared machine.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// One test's world: its own nats-server, a client, and the three services.
+pub struct World {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub shop: Shop,
+}
+
+pub async fn world(config: ShopConfig) -> anyhow::Result<World> {
+    let server = NatsServer::start().await?;
+    let client = connect(&server.url()).await?;
+    let js = jetstream::new(client.clone());
+    declare_streams(&js).await?;
+    let shop = Shop::start(&server.url(), config).await?;
+    Ok(World {
+        server,
+        client,
+        js,
+        shop,
+    })
+}
+
+/// A request to an endpoint: `Ok(reply)` or `Err((code, description))`.
+pub async fn call(
+    client: &async_nats::Client,
+    subject: &str,
+    body: Value,
+) -> anyhow::Result<Result<Value, (u16, String)>> {
+    Ok(request(client, subject, body).await?)
+}
+
+/// A request that must succeed.
+pub async fn call_ok(
+    client: &async_nats::Client,
+    subject: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    match call(client, subject, body.clone()).await? {
+        Ok(v) => Ok(v),
+        Err((code, d)) => anyhow::bail!("{subject} {body} answered {code}: {d}"),
+    }
+}
+
+/// A request that must fail; returns the error code and description.
+pub async fn call_err(
+    client: &async_nats::Client,
+    subject: &str,
+    body: Value,
+) -> anyhow::Result<(u16, String)> {
+    match call(client, subject, body.clone()).await? {
+        Ok(v) => anyhow::bail!("{subject} {body} succeeded with {v}, expected an error"),
+        Err(e) => Ok(e),
+    }
+}
+
+/// A request with raw bytes as the body (bad JSON and the like).
+pub async fn call_raw(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &'static [u8],
+) -> anyhow::Result<Result<Value, (u16, String)>> {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject.to_owned(), body.into()),
+    )
+    .await
+    .context("no reply within 5 s")??;
+    if let Some(code) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+    {
+        let description = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error"))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        return Ok(Err((code.as_str().parse()?, description)));
+    }
+    Ok(Ok(serde_json::from_slice(&reply.payload)?))
+}
+
+/// An ADR-32 verb (`PING`, `INFO`, `STATS`) addressed to one service by name.
+pub async fn micro(
+    client: &async_nats::Client,
+    verb: &str,
+    service: &str,
+) -> anyhow::Result<Value> {
+    let subject = format!("$SRV.{verb}.{service}");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject.clone(), "".into()),
+    )
+    .await
+    .with_context(|| format!("no reply to {subject} within 5 s"))??;
+    serde_json::from_slice(&reply.payload).with_context(|| format!("{subject} reply is not JSON"))
+}
+
+/// A service's consumer counters, as the `data` of its first endpoint in STATS
+/// (every endpoint carries the same service-wide counters).
+pub async fn counters(client: &async_nats::Client, service: Service) -> anyhow::Result<Value> {
+    let stats = micro(client, "STATS", service.name()).await?;
+    stats["endpoints"][0]["data"]
+        .as_object()
+        .map(|d| Value::Object(d.clone()))
+        .with_context(|| format!("{service} STATS has no endpoint data: {stats}"))
+}
+
+/// One counter of one service, for example `events_dead_lettered`.
+pub async fn counter(
+    client: &async_nats::Client,
+    service: Service,
+    name: &str,
+) -> anyhow::Result<u64> {
+    counters(client, service).await?[name]
+        .as_u64()
+        .with_context(|| format!("{service} has no counter {name}"))
+}
+
+/// Every message in the DEADLETTER stream right now, oldest first.
+pub async fn dead_letters(js: &jetstream::Context) -> anyhow::Result<Vec<StreamMessage>> {
+    let stream = js.get_stream(DEADLETTER_STREAM).await?;
+    let state = stream.get_info().await?.state;
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(message) = stream.get_raw_message(seq).await {
+            out.push(message);
+        }
+    }
+    Ok(out)
+}
+
+/// A header's value, or "" when it is absent.
+pub fn header<'m>(message: &'m StreamMessage, name: &str) -> &'m str {
+    message.headers.get(name).map(|v| v.as_str()).unwrap_or("")
+}
+
+/// Waits until the dead letter parked by `consumer` for `stream` sequence `sequence` exists.
+pub async fn wait_dead_letter(
+    js: &jetstream::Context,
+    stream: &str,
+    sequence: u64,
+    consumer: &str,
+) -> anyhow::Result<StreamMessage> {
+    let sequence = sequence.to_string();
+    Ok(eventually(
+        SETTLE,
+        &format!("{consumer} to dead-letter {stream} #{sequence}"),
+        || async {
+            dead_letters(js).await.ok()?.into_iter().find(|m| {
+                header(m, "Shop-Dlq-Stream") == stream
+                    && header(m, "Shop-Dlq-Sequence") == sequence
+                    && header(m, "Shop-Dlq-Consumer") == consumer
+            })
+        },
+    )
+    .await?)
+}
+
+async fn outbox_backlog(client: &async_nats::Client) -> Option<u64> {
+    let mut total = 0;
+    for service in Service::ALL {
+        total += counter(client, service, "outbox_backlog").await.ok()?;
+    }
+    Some(total)
+}
+
+async fn last_sequences(js: &jetstream::Context) -> Option<Vec<u64>> {
+    let mut out = Vec::new();
+    for name in shop_harness::EVENT_STREAMS {
+        let stream = js.get_stream(name).await.ok()?;
+        out.push(stream.get_info().await.ok()?.state.last_sequence);
+    }
+    Some(out)
+}
+
+async fn consumers_caught_up(js: &jetstream::Context) -> Option<bool> {
+    for name in shop_harness::EVENT_STREAMS {
+        let stream = js.get_stream(name).await.ok()?;
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.ok()?;
+            if info.num_pending > 0 || info.num_ack_pending > 0 {
+                return Some(false);
+            }
+        }
+    }
+    Some(true)
+}
+
+/// Waits until the shop has nothing left to do: every outbox empty, every durable
+/// consumer caught up with nothing awaiting an ack, and no event published meanwhile
+/// (an event committed while we looked would show up in one of those).
+pub async fn wait_idle(client: &async_nats::Client, js: &jetstream::Context) -> anyhow::Result<()> {
+    Ok(eventually(SETTLE, "the shop to be idle", || async {
+        let before = last_sequences(js).await?;
+        (outbox_backlog(client).await? == 0).then_some(())?;
+        consumers_caught_up(js).await?.then_some(())?;
+        (outbox_backlog(client).await? == 0).then_some(())?;
+        (last_sequences(js).await? == before).then_some(())
+    })
+    .await?)
+}
