@@ -44,6 +44,78 @@ enum Command {
         #[command(flatten)]
         payment: PaymentArgs,
     },
+    /// Drive a realistic mixed workload against a running shop, then show outcomes and latencies.
+    ///
+    /// Replenishes a few skus, then places orders through checkout.orders.place:
+    /// good and declined cards, out-of-stock orders, cancellations of pending and
+    /// confirmed orders, and a few invalid orders (which must be refused with a 400).
+    Demo {
+        /// How many orders to place.
+        #[arg(long, default_value_t = 50)]
+        orders: usize,
+        /// How many orders in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// How long to wait for every order to settle.
+        #[arg(long, default_value = "45s", value_parser = shop_runtime::cli::parse_duration)]
+        settle_timeout: std::time::Duration,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one order's saga: every event with its time, producer and cause, and who acts next.
+    ///
+    /// Says plainly when the saga is stuck (the expected service has not reacted),
+    /// and whether that service answers PING.
+    Trace {
+        order_id: String,
+        /// Call a saga stuck when the expected reaction is this late.
+        #[arg(long, default_value = "5s", value_parser = shop_runtime::cli::parse_duration)]
+        stuck_after: std::time::Duration,
+        /// Print the trace as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the books across the streams and the services' state; exits 1 on any violation.
+    ///
+    /// Orders past their deadline have settled; confirmed orders were captured exactly
+    /// once and their stock sold; cancelled orders net to zero in money and stock; stock
+    /// on hand = replenished − sold and never negative; the gateway's ledger agrees with
+    /// the PAYMENTS stream; outboxes are empty.
+    Audit {
+        /// The order deadline the services run with (SHOP_ORDER_DEADLINE).
+        #[arg(long, env = "SHOP_ORDER_DEADLINE", default_value = "30s", value_parser = shop_runtime::cli::parse_duration)]
+        order_deadline: std::time::Duration,
+        /// Slack after a deadline before an unsettled order counts as stuck.
+        #[arg(long, default_value = "10s", value_parser = shop_runtime::cli::parse_duration)]
+        grace: std::time::Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the chaos scenario on a private nats-server and services as processes, then audit.
+    ///
+    /// Kills services with SIGKILL every few hundred milliseconds, restarts the broker,
+    /// fires every crash point, re-publishes upstream events and injects malformed and
+    /// oversized messages. Exits 1 if the books do not balance. Uses the checkout,
+    /// inventory and payment binaries next to this one.
+    Chaos {
+        /// How many orders to drive.
+        #[arg(long, default_value_t = 300)]
+        orders: usize,
+        /// Broker restarts during the run.
+        #[arg(long, default_value_t = 1)]
+        broker_restarts: u32,
+        /// Probability of each crash point firing where it is reached.
+        #[arg(long, default_value_t = 0.003)]
+        crash_probability: f64,
+        /// Random seed, to repeat a run.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,15 +201,134 @@ async fn run_services(
     result
 }
 
+async fn client(common: &CommonArgs) -> anyhow::Result<async_nats::Client> {
+    let (_trigger, shutdown) = Shutdown::new();
+    let connect = shop_runtime::connect::connect(&common.nats_url, "shop-cli", &shutdown);
+    tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+        .await
+        .with_context(|| {
+            format!(
+                "NATS at {} did not answer within 10 s (is `make run` running?)",
+                common.nats_url
+            )
+        })?
+        .with_context(|| format!("cannot connect to {}", common.nats_url))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let cli = Cli::parse();
     init_subscriber(cli.common.log_format);
+    let mut stdout = std::io::stdout();
     match &cli.command {
         Command::Run {
             services,
             checkout,
             payment,
         } => run_services(&cli.common, services, checkout, payment, on_os_signal()).await,
+        Command::Demo {
+            orders,
+            concurrency,
+            settle_timeout,
+            json,
+        } => {
+            let client = client(&cli.common).await?;
+            let opts = shop_ops::DemoOptions {
+                orders: *orders,
+                concurrency: *concurrency,
+                settle_timeout: *settle_timeout,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            if *json {
+                print_json(&shop_ops::demo(&client, opts, &mut std::io::sink()).await?)
+            } else {
+                shop_ops::demo(&client, opts, &mut stdout)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into)
+            }
+        }
+        Command::Trace {
+            order_id,
+            stuck_after,
+            json,
+        } => {
+            let client = client(&cli.common).await?;
+            if *json {
+                print_json(
+                    &shop_ops::trace_with(
+                        &client,
+                        order_id,
+                        *stuck_after,
+                        &mut std::io::sink(),
+                        false,
+                    )
+                    .await?,
+                )
+            } else {
+                let color = stdout.is_terminal();
+                shop_ops::trace_with(&client, order_id, *stuck_after, &mut stdout, color).await?;
+                Ok(())
+            }
+        }
+        Command::Audit {
+            order_deadline,
+            grace,
+            json,
+        } => {
+            let client = client(&cli.common).await?;
+            let opts = shop_ops::AuditOptions {
+                order_deadline: *order_deadline,
+                grace: *grace,
+            };
+            let report = if *json {
+                let report = shop_ops::audit(&client, opts, &mut std::io::sink()).await?;
+                print_json(&report)?;
+                report
+            } else {
+                shop_ops::audit(&client, opts, &mut stdout).await?
+            };
+            if !report.is_clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Chaos {
+            orders,
+            broker_restarts,
+            crash_probability,
+            seed,
+            json,
+        } => {
+            let bin_dir = std::env::current_exe()?
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .context("cannot locate the service binaries")?;
+            let mut opts = shop_chaos::ChaosOptions::short(bin_dir);
+            opts.orders = *orders;
+            opts.broker_restarts = *broker_restarts;
+            opts.crash_probability = *crash_probability;
+            opts.seed = *seed;
+            let report = if *json {
+                shop_chaos::run(opts, &mut std::io::sink()).await?
+            } else {
+                shop_chaos::run(opts, &mut stdout).await?
+            };
+            if *json {
+                print_json(&report)?;
+            } else {
+                shop_chaos::print_summary(&report, &mut stdout)?;
+            }
+            if report.violations > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }

@@ -18,8 +18,8 @@ use serde::Serialize;
 use shop_events::{Envelope, Event};
 use shop_harness::scenario::{order, request, STOREFRONT};
 use shop_harness::{
-    connect, declare_streams, eventually, publish_event, publish_raw, HarnessError, Mode, NatsServer, Service,
-    Shop, ShopConfig,
+    connect, declare_streams, eventually, publish_event, publish_raw, HarnessError, Mode,
+    NatsServer, Service, Shop, ShopConfig,
 };
 use shop_ops::{audit, AuditOptions, AuditReport};
 use shop_payment::gateway::SimulatorConfig;
@@ -52,6 +52,10 @@ pub struct ChaosOptions {
     pub malformed: usize,
     pub oversized: usize,
     pub order_deadline: Duration,
+    /// Orders placed per second while driving.
+    pub rate: u32,
+    /// Orders placed while payment is down for longer than the deadline: they expire.
+    pub expiring: usize,
     pub seed: u64,
 }
 
@@ -61,13 +65,15 @@ impl ChaosOptions {
         ChaosOptions {
             orders: 300,
             bin_dir,
-            kill_every: Duration::from_millis(400),
+            kill_every: Duration::from_millis(250),
             broker_restarts: 1,
             crash_probability: 0.003,
             duplicate_share: 0.1,
             malformed: 12,
             oversized: 2,
-            order_deadline: Duration::from_secs(6),
+            order_deadline: Duration::from_secs(4),
+            rate: 100,
+            expiring: 15,
             seed: 7,
         }
     }
@@ -79,6 +85,8 @@ pub struct ChaosReport {
     pub orders: usize,
     pub kills: BTreeMap<String, u32>,
     pub broker_restarts: u32,
+    /// Orders placed during the payment outage, all past their deadline before payment returned.
+    pub expiring_orders: usize,
     pub crashpoint_hits: BTreeMap<String, u32>,
     pub duplicates_injected: usize,
     pub malformed_injected: usize,
@@ -93,31 +101,52 @@ pub struct ChaosReport {
 const SKUS: usize = 8;
 
 /// Runs the chaos scenario and audits the result.
-pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> Result<ChaosReport, ChaosError> {
+pub async fn run(
+    opts: ChaosOptions,
+    out: &mut (impl std::io::Write + Send),
+) -> Result<ChaosReport, ChaosError> {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut server = NatsServer::start().await?;
     let client = connect(&server.url()).await?;
     let js = jetstream::new(client.clone());
     declare_streams(&js).await?;
-    let points: Vec<String> = crashpoint::ALL.iter().map(|p| format!("{p}:{}", opts.crash_probability)).collect();
+    let points: Vec<String> = crashpoint::ALL
+        .iter()
+        .map(|p| format!("{p}:{}", opts.crash_probability))
+        .collect();
     let base_points = points.join(",");
     let mut shop = Shop::start(
         &server.url(),
         ShopConfig {
-            mode: Mode::Processes { bin_dir: opts.bin_dir.clone() },
+            mode: Mode::Processes {
+                bin_dir: opts.bin_dir.clone(),
+            },
             order_deadline: opts.order_deadline,
-            gateway: SimulatorConfig { latency: Duration::from_millis(2), failure_rate: 0.05 },
+            gateway: SimulatorConfig {
+                latency: Duration::from_millis(2),
+                failure_rate: 0.05,
+            },
             crashpoints: Some(base_points.clone()),
             ..ShopConfig::default()
         },
     )
     .await?;
-    let _ = writeln!(out, "chaos: {} orders, data in {}", opts.orders, shop.data_dir().display());
+    let _ = writeln!(
+        out,
+        "chaos: {} orders, data in {}",
+        opts.orders,
+        shop.data_dir().display()
+    );
 
     // Stock for most orders, not all: shortages are part of the mix.
     for s in 0..SKUS {
-        shop_harness::scenario::replenish(&js, &format!("chaos-sku-{s}"), (opts.orders as u32 / 3).max(10)).await?;
+        shop_harness::scenario::replenish(
+            &js,
+            &format!("chaos-sku-{s}"),
+            (opts.orders as u32 / 3).max(10),
+        )
+        .await?;
     }
 
     let mut kills: BTreeMap<String, u32> = BTreeMap::new();
@@ -129,14 +158,60 @@ pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> 
         .map(|i| i * opts.orders / (opts.broker_restarts as usize + 1))
         .collect();
 
+    let outage_at = opts.orders / 3;
+    let mut expiring_ids = Vec::new();
+    let mut pace = tokio::time::interval(Duration::from_secs(1) / opts.rate.max(1));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0..opts.orders {
+        pace.tick().await;
+        if n == outage_at && opts.expiring > 0 {
+            // A payment outage longer than the deadline: the orders placed meanwhile time out,
+            // and when payment returns it must not charge them (or must refund what it did).
+            shop.kill_service(Service::Payment).await?;
+            *kills.entry("payment".to_owned()).or_default() += 1;
+            for k in 0..opts.expiring {
+                let id = format!("chaos-{}-expiring-{k}", opts.seed);
+                let sku = format!("chaos-sku-{}", rng.gen_range(0..SKUS));
+                let placed = order(&id, &[(&sku, 1, 700)], "tok_visa");
+                publish_with_retry(&js, &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)))
+                    .await?;
+                expiring_ids.push(id);
+            }
+            for id in &expiring_ids {
+                eventually(
+                    opts.order_deadline * 3 + Duration::from_secs(10),
+                    &format!("{id} to time out"),
+                    || async {
+                        let reply = request(
+                            &client,
+                            "checkout.orders.get",
+                            serde_json::json!({ "order_id": id }),
+                        )
+                        .await
+                        .ok()?;
+                        (reply.ok()?["status"] == "cancelled").then_some(())
+                    },
+                )
+                .await?;
+            }
+            let _ = writeln!(
+                out,
+                "chaos: {} orders expired while payment was down",
+                expiring_ids.len()
+            );
+            shop.start_service(Service::Payment).await?;
+        }
         let id = format!("chaos-{}-{n}", opts.seed);
         let roll: f64 = rng.gen();
         let sku = format!("chaos-sku-{}", rng.gen_range(0..SKUS));
         let placed = if roll < 0.08 {
             order(&id, &[(&sku, 1, 500)], "tok_chargeDeclined")
         } else if roll < 0.12 {
-            order(&id, &[(&sku, 1, 500)], "tok_chargeDeclinedInsufficientFunds")
+            order(
+                &id,
+                &[(&sku, 1, 500)],
+                "tok_chargeDeclinedInsufficientFunds",
+            )
         } else if roll < 0.16 {
             let mut bad = order(&id, &[(&sku, 0, 500)], "tok_visa");
             bad.total = 1;
@@ -144,7 +219,11 @@ pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> 
         } else if roll < 0.20 {
             order(&id, &[(&sku, 5_000, 10)], "tok_visa")
         } else {
-            order(&id, &[(&sku, rng.gen_range(1..3), rng.gen_range(100..5000))], "tok_visa")
+            order(
+                &id,
+                &[(&sku, rng.gen_range(1..3), rng.gen_range(100..5000))],
+                "tok_visa",
+            )
         };
         let envelope = Envelope::new(STOREFRONT, Event::OrderPlaced(placed.clone()));
         publish_with_retry(&js, &envelope).await?;
@@ -156,7 +235,8 @@ pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> 
                 publish_with_retry(&js, &envelope).await?;
             } else {
                 // The same order with a new event id: the services' state makes it a no-op.
-                publish_with_retry(&js, &Envelope::new(STOREFRONT, Event::OrderPlaced(placed))).await?;
+                publish_with_retry(&js, &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)))
+                    .await?;
             }
         }
         if rng.gen::<f64>() < 0.06 {
@@ -164,9 +244,11 @@ pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> 
             let cancel = Envelope::new(
                 STOREFRONT,
                 Event::OrderCancellationRequested(shop_events::OrderCancellationRequested {
-                    order_id: shop_events::OrderId::parse(target).map_err(|e| HarnessError::Publish {
-                        subject: "cancel".into(),
-                        reason: e.to_string(),
+                    order_id: shop_events::OrderId::parse(target).map_err(|e| {
+                        HarnessError::Publish {
+                            subject: "cancel".into(),
+                            reason: e.to_string(),
+                        }
                     })?,
                     reason: "chaos".into(),
                 }),
@@ -198,23 +280,58 @@ pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> 
 
     // Force every crash point to fire at least once, so a short run still covers each window.
     force_every_crashpoint(&mut shop, &js, &base_points, opts.seed, out).await?;
+    // The storm is over: restart every service without crash points and let it settle.
     shop.set_crashpoints(None);
     for service in Service::ALL {
         if shop.has_exited(service) {
             shop.reap(service);
         }
+        shop.kill_service(service).await?;
+        *kills.entry(service.name().to_owned()).or_default() += 1;
         shop.start_service(service).await?;
     }
 
+    placed_ids.extend(expiring_ids.iter().cloned());
     let quiesce_started = Instant::now();
     let settle_within = opts.order_deadline * 3 + Duration::from_secs(60);
-    let outcomes = wait_quiescent(&client, &placed_ids, settle_within).await?;
+    let outcomes = match wait_quiescent(&client, &placed_ids, settle_within).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            // Show where the first unsettled order is stuck before giving up.
+            for id in &placed_ids {
+                let view = request(
+                    &client,
+                    "checkout.orders.get",
+                    serde_json::json!({ "order_id": id }),
+                )
+                .await;
+                let settled = matches!(&view, Ok(Ok(v)) if matches!(v["status"].as_str(), Some("confirmed" | "cancelled" | "rejected")));
+                if !settled {
+                    let _ = writeln!(out, "chaos: {id} did not settle; checkout says {view:?}");
+                    let _ =
+                        shop_ops::trace_with(&client, id, Duration::from_secs(1), out, false).await;
+                    for service in Service::ALL {
+                        let _ = writeln!(
+                            out,
+                            "--- {service} log tail ---\n{}",
+                            shop.log_tail(service)
+                        );
+                    }
+                    break;
+                }
+            }
+            return Err(e);
+        }
+    };
     let time_to_quiescence = quiesce_started.elapsed();
 
     let malformed_dead_lettered = count_dead_lettered(&js, &malformed_subjects).await?;
     let report = audit(
         &client,
-        AuditOptions { order_deadline: opts.order_deadline, grace: Duration::from_secs(10) },
+        AuditOptions {
+            order_deadline: opts.order_deadline,
+            grace: Duration::from_secs(10),
+        },
         out,
     )
     .await?;
@@ -228,6 +345,7 @@ pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> 
         orders: opts.orders,
         kills,
         broker_restarts,
+        expiring_orders: expiring_ids.len(),
         crashpoint_hits,
         duplicates_injected: duplicates,
         malformed_injected: malformed_subjects.len(),
@@ -241,7 +359,10 @@ pub async fn run(opts: ChaosOptions, out: &mut (impl std::io::Write + Send)) -> 
 }
 
 /// Publishes, retrying through a broker restart (the Nats-Msg-Id keeps retries exact).
-async fn publish_with_retry(js: &jetstream::Context, envelope: &Envelope) -> Result<(), ChaosError> {
+async fn publish_with_retry(
+    js: &jetstream::Context,
+    envelope: &Envelope,
+) -> Result<(), ChaosError> {
     let mut last = None;
     for _ in 0..50 {
         match publish_event(js, envelope).await {
@@ -252,7 +373,9 @@ async fn publish_with_retry(js: &jetstream::Context, envelope: &Envelope) -> Res
             }
         }
     }
-    Err(last.map(ChaosError::Harness).unwrap_or_else(|| ChaosError::NotQuiescent("publish".into())))
+    Err(last
+        .map(ChaosError::Harness)
+        .unwrap_or_else(|| ChaosError::NotQuiescent("publish".into())))
 }
 
 /// Malformed and oversized messages on real event subjects; returns (subject, stream sequence) of each.
@@ -280,7 +403,10 @@ async fn inject_hostile(
     for i in 0..opts.oversized {
         let key = format!("huge-{}-{i}", rng.gen::<u32>());
         let subject = format!("events.orders.placed.{key}");
-        let body = format!("{{\"specversion\":\"1.0\",\"padding\":\"{}\"}}", "x".repeat(900 * 1024));
+        let body = format!(
+            "{{\"specversion\":\"1.0\",\"padding\":\"{}\"}}",
+            "x".repeat(900 * 1024)
+        );
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("huge-{key}").as_str());
         let ack = publish_raw(js, &subject, headers, body.into_bytes()).await?;
@@ -307,17 +433,19 @@ async fn force_every_crashpoint(
             shop.reap(Service::Payment);
         }
         shop.kill_service(Service::Payment).await?;
-        shop.start_service(Service::Payment).await?;
-        shop_harness::scenario::replenish(js, "chaos-forced", 1).await?;
-        let id = format!("chaos-{seed}-forced-{i}");
-        publish_with_retry(js, &Envelope::new(STOREFRONT, Event::OrderPlaced(order(&id, &[("chaos-forced", 1, 100)], "tok_visa")))).await?;
-        let exited = eventually(Duration::from_secs(30), &format!("crash point {point} to fire"), || {
-            let exited = shop.has_exited(Service::Payment);
-            async move { exited.then_some(()) }
-        })
-        .await;
-        if exited.is_err() {
-            let _ = writeln!(out, "chaos: crash point {point} did not fire within 30 s");
+        // Starting may already fire the point (an outbox left to drain): that counts.
+        if shop.start_service(Service::Payment).await.is_ok() {
+            shop_harness::scenario::replenish(js, "chaos-forced", 1).await?;
+            let id = format!("chaos-{seed}-forced-{i}");
+            let placed = order(&id, &[("chaos-forced", 1, 100)], "tok_visa");
+            publish_with_retry(js, &Envelope::new(STOREFRONT, Event::OrderPlaced(placed))).await?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !shop.has_exited(Service::Payment) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if shop.crashpoint_hits().get(*point).copied().unwrap_or(0) == 0 {
+            let _ = writeln!(out, "chaos: crash point {point} did not fire");
         }
         shop.reap(Service::Payment);
         shop.set_crashpoints(Some(base.to_owned()));
@@ -337,9 +465,19 @@ async fn wait_quiescent(
     for id in ids {
         let left = deadline.saturating_duration_since(Instant::now());
         let view = eventually(left, &format!("order {id} to settle"), || async {
-            let reply = request(client, "checkout.orders.get", serde_json::json!({ "order_id": id })).await.ok()?;
+            let reply = request(
+                client,
+                "checkout.orders.get",
+                serde_json::json!({ "order_id": id }),
+            )
+            .await
+            .ok()?;
             let view = reply.ok()?;
-            matches!(view["status"].as_str(), Some("confirmed" | "cancelled" | "rejected")).then_some(view)
+            matches!(
+                view["status"].as_str(),
+                Some("confirmed" | "cancelled" | "rejected")
+            )
+            .then_some(view)
         })
         .await
         .map_err(|e| ChaosError::NotQuiescent(e.to_string()))?;
@@ -349,49 +487,125 @@ async fn wait_quiescent(
         };
         *outcomes.entry(key).or_default() += 1;
     }
-    let left = deadline.saturating_duration_since(Instant::now());
-    eventually(left.max(Duration::from_secs(10)), "outboxes to drain and consumers to catch up", || async {
-        for service in Service::ALL {
-            let stats = client.request(format!("$SRV.STATS.{}", service.name()), "".into()).await.ok()?;
-            let value: serde_json::Value = serde_json::from_slice(&stats.payload).ok()?;
-            let backlog = value["endpoints"][0]["data"]["outbox_backlog"].as_u64()?;
-            if backlog > 0 {
-                return None;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(10));
+    let until = Instant::now() + left;
+    let js = jetstream::new(client.clone());
+    loop {
+        match quiescence_blocker(client, &js).await {
+            None => break,
+            Some(what) if Instant::now() >= until => {
+                return Err(ChaosError::NotQuiescent(format!("after {left:?}: {what}")));
             }
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        let js = jetstream::new(client.clone());
-        for stream in ["ORDERS", "INVENTORY", "PAYMENTS"] {
-            let mut s = js.get_stream(stream).await.ok()?;
-            let _ = s.info().await.ok()?;
-            let mut consumers = s.consumers();
-            while let Some(info) = consumers.next().await {
-                let info = info.ok()?;
-                if info.num_pending > 0 || info.num_ack_pending > 0 {
-                    return None;
-                }
-            }
-        }
-        Some(())
-    })
-    .await
-    .map_err(|e| ChaosError::NotQuiescent(e.to_string()))?;
+    }
     Ok(outcomes)
 }
 
+/// What still keeps the shop busy: an outbox with entries, or a consumer with work pending.
+async fn quiescence_blocker(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+) -> Option<String> {
+    for service in Service::ALL {
+        let stats = match client
+            .request(format!("$SRV.STATS.{}", service.name()), "".into())
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => return Some(format!("{service} does not answer STATS: {e}")),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap_or_default();
+        let backlog = value["endpoints"][0]["data"]["outbox_backlog"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        if backlog > 0 {
+            return Some(format!("{service} outbox backlog {backlog}"));
+        }
+    }
+    for stream in ["ORDERS", "INVENTORY", "PAYMENTS"] {
+        let s = match js.get_stream(stream).await {
+            Ok(s) => s,
+            Err(e) => return Some(format!("stream {stream}: {e}")),
+        };
+        let mut consumers = s.consumers();
+        while let Some(info) = consumers.next().await {
+            match info {
+                Ok(info) if info.num_pending > 0 || info.num_ack_pending > 0 => {
+                    return Some(format!(
+                        "consumer {stream}/{}: {} pending, {} awaiting ack, {} redelivered",
+                        info.name, info.num_pending, info.num_ack_pending, info.num_redelivered
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Some(format!("consumers of {stream}: {e}")),
+            }
+        }
+    }
+    None
+}
+
 /// How many injected messages have at least one dead letter pointing at their origin.
-async fn count_dead_lettered(js: &jetstream::Context, injected: &[(String, u64)]) -> Result<usize, ChaosError> {
-    let stream = js.get_stream("DEADLETTER").await.map_err(|e| HarnessError::JetStream(e.to_string()))?;
+async fn count_dead_lettered(
+    js: &jetstream::Context,
+    injected: &[(String, u64)],
+) -> Result<usize, ChaosError> {
+    let stream = js
+        .get_stream("DEADLETTER")
+        .await
+        .map_err(|e| HarnessError::JetStream(e.to_string()))?;
     let mut seen = std::collections::HashSet::new();
     let mut seq = 0;
     loop {
-        let next = stream.direct_get_next_for_subject("deadletter.>", Some(seq + 1)).await;
+        let next = stream
+            .direct_get_next_for_subject("deadletter.>", Some(seq + 1))
+            .await;
         let Ok(message) = next else { break };
         seq = message.sequence;
-        let subject = message.headers.get(shop_runtime::deadletter::HDR_SUBJECT).map(|v| v.as_str().to_owned());
-        let origin = message.headers.get(shop_runtime::deadletter::HDR_SEQUENCE).and_then(|v| v.as_str().parse::<u64>().ok());
+        let subject = message
+            .headers
+            .get(shop_runtime::deadletter::HDR_SUBJECT)
+            .map(|v| v.as_str().to_owned());
+        let origin = message
+            .headers
+            .get(shop_runtime::deadletter::HDR_SEQUENCE)
+            .and_then(|v| v.as_str().parse::<u64>().ok());
         if let (Some(subject), Some(origin)) = (subject, origin) {
             seen.insert((subject, origin));
         }
     }
     Ok(injected.iter().filter(|i| seen.contains(i)).count())
+}
+
+/// The figures of a run as a short table, the way docs/RELIABILITY.md records them.
+pub fn print_summary(report: &ChaosReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(out, "orders driven            {}", report.orders)?;
+    writeln!(out, "outcomes                 {:?}", report.outcomes)?;
+    writeln!(out, "kills per service        {:?}", report.kills)?;
+    writeln!(out, "broker restarts          {}", report.broker_restarts)?;
+    writeln!(out, "deadline expiries forced {}", report.expiring_orders)?;
+    writeln!(out, "crash-point hits         {:?}", report.crashpoint_hits)?;
+    writeln!(
+        out,
+        "duplicates injected      {}",
+        report.duplicates_injected
+    )?;
+    writeln!(
+        out,
+        "malformed injected       {} ({} dead-lettered)",
+        report.malformed_injected, report.malformed_dead_lettered
+    )?;
+    writeln!(out, "violations               {}", report.violations)?;
+    writeln!(
+        out,
+        "time to quiescence       {:.1} s",
+        report.time_to_quiescence_ms as f64 / 1000.0
+    )?;
+    writeln!(
+        out,
+        "total                    {:.1} s",
+        report.total_ms as f64 / 1000.0
+    )
 }

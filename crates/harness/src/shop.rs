@@ -16,7 +16,6 @@ use shop_payment::gateway::SimulatorConfig;
 use shop_runtime::shutdown::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
-use crate::wait::eventually;
 use crate::HarnessError;
 
 /// One of the three services.
@@ -193,13 +192,38 @@ impl Shop {
         if self.running.contains_key(&service) {
             return Ok(());
         }
-        let running = match &self.config.mode {
-            Mode::InProcess => self.spawn_task(service),
-            Mode::Processes { bin_dir } => self.spawn_process(service, &bin_dir.clone())?,
+        // With crash points on, a process may abort while it starts (draining its
+        // outbox, say); that is the point of them, so start it again.
+        let attempts = if self.config.crashpoints.is_some() {
+            20
+        } else {
+            1
         };
-        self.running.insert(service, running);
-        *self.starts.entry(service).or_default() += 1;
-        self.wait_ready(service).await
+        let mut last = None;
+        for _ in 0..attempts {
+            let running = match &self.config.mode {
+                Mode::InProcess => self.spawn_task(service),
+                Mode::Processes { bin_dir } => self.spawn_process(service, &bin_dir.clone())?,
+            };
+            self.running.insert(service, running);
+            *self.starts.entry(service).or_default() += 1;
+            match self.wait_ready(service).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    if self.has_exited(service) {
+                        self.running.remove(&service);
+                    }
+                    last = Some(e);
+                    if self.running.contains_key(&service) {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or(HarnessError::ServiceNotReady {
+            service: service.name().into(),
+            log_tail: String::new(),
+        }))
     }
 
     fn spawn_task(&self, service: Service) -> Running {
@@ -301,34 +325,48 @@ impl Shop {
 
     async fn wait_ready(&mut self, service: Service) -> Result<(), HarnessError> {
         let client = crate::connect(&self.nats_url).await?;
-        let subject = format!("$SRV.PING.{}", service.name());
-        let result = eventually(
-            Duration::from_secs(30),
-            &format!("{service} to answer PING"),
-            || {
-                let client = client.clone();
-                let subject = subject.clone();
-                async move {
-                    tokio::time::timeout(
-                        Duration::from_millis(500),
-                        client.request(subject, "".into()),
-                    )
-                    .await
-                    .ok()?
-                    .ok()
-                    .map(|_| ())
-                }
-            },
-        )
-        .await;
-        if result.is_err() {
-            let log = self.log_tail(service);
-            return Err(HarnessError::ServiceNotReady {
-                service: service.name().into(),
-                log_tail: log,
-            });
+        // INFO rather than PING: a service answers PING as soon as it registers, but
+        // its endpoints come one by one; the dead-letter endpoints are added last.
+        let subject = format!("$SRV.INFO.{}", service.name());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if self.has_exited(service) {
+                return Err(HarnessError::ServiceFailed {
+                    service: service.name().into(),
+                    reason: format!(
+                        "exited while starting; last log lines:\n{}",
+                        self.log_tail(service)
+                    ),
+                });
+            }
+            let reply = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.request(subject.clone(), "".into()),
+            )
+            .await;
+            let ready = reply
+                .ok()
+                .and_then(|r| r.ok())
+                .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+                .and_then(|info| {
+                    info["endpoints"]
+                        .as_array()
+                        .map(|e| e.iter().any(|e| e["name"] == "deadletters_discard"))
+                })
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::ServiceNotReady {
+                    service: service.name().into(),
+                    log_tail: self.log_tail(service),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
-        Ok(())
     }
 
     /// The last lines a process-mode service wrote.
