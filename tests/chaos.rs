@@ -37,8 +37,18 @@ async fn the_books_balance_after_kills_broker_restarts_crash_points_and_hostile_
     assert_eq!(report.violations, 0, "violations: {report:#?}");
     assert_eq!(
         report.outcomes.values().sum::<usize>(),
-        opts.orders,
+        opts.orders + report.expiring_orders,
         "every order settled: {:?}",
+        report.outcomes
+    );
+    let timeouts = report
+        .outcomes
+        .get("cancelled:timeout")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        timeouts >= opts.expiring,
+        "forced deadline expiries: {:?}",
         report.outcomes
     );
     assert_eq!(

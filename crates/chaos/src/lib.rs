@@ -177,22 +177,32 @@ pub async fn run(
                     .await?;
                 expiring_ids.push(id);
             }
-            for id in &expiring_ids {
-                eventually(
-                    opts.order_deadline * 3 + Duration::from_secs(10),
-                    &format!("{id} to time out"),
-                    || async {
-                        let reply = request(
-                            &client,
-                            "checkout.orders.get",
-                            serde_json::json!({ "order_id": id }),
-                        )
-                        .await
-                        .ok()?;
-                        (reply.ok()?["status"] == "cancelled").then_some(())
-                    },
-                )
-                .await?;
+            // Poll with a deadline rather than `eventually`: crashed services must be revived meanwhile.
+            let until = Instant::now() + opts.order_deadline * 3 + Duration::from_secs(20);
+            let mut waiting: Vec<&String> = expiring_ids.iter().collect();
+            while !waiting.is_empty() {
+                shop.revive_crashed().await?;
+                let mut still = Vec::new();
+                for id in waiting {
+                    let reply = request(
+                        &client,
+                        "checkout.orders.get",
+                        serde_json::json!({ "order_id": id }),
+                    )
+                    .await;
+                    let cancelled = matches!(&reply, Ok(Ok(v)) if v["status"] == "cancelled");
+                    if !cancelled {
+                        still.push(id);
+                    }
+                }
+                waiting = still;
+                if !waiting.is_empty() && Instant::now() >= until {
+                    return Err(ChaosError::NotQuiescent(format!(
+                        "{} did not time out while payment was down",
+                        waiting[0]
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let _ = writeln!(
                 out,
