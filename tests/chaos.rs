@@ -1,7 +1,8 @@
 //! The short chaos run CI does: 300 orders while services are SIGKILLed, the broker
 //! restarts, every crash point fires and hostile input arrives; then the books must balance.
 //!
-//! `SHOP_CHAOS_ORDERS` makes it longer (the long run in docs/RELIABILITY.md uses 5000);
+//! `SHOP_CHAOS_ORDERS` makes it longer (the long run in docs/RELIABILITY.md uses 5000) and
+//! `SHOP_CHAOS_SEED` shakes it differently;
 //! `shop chaos` runs the same scenario from the command line with a full report.
 
 use std::path::Path;
@@ -22,6 +23,12 @@ async fn the_books_balance_after_kills_broker_restarts_crash_points_and_hostile_
         .and_then(|v| v.parse().ok())
     {
         opts.orders = n;
+    }
+    if let Some(seed) = std::env::var("SHOP_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.seed = seed;
     }
     let mut out = Vec::new();
     let result = run(opts.clone(), &mut out).await;

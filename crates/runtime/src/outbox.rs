@@ -166,6 +166,11 @@ pub async fn drain_once(
     if batch.is_empty() {
         return Ok(0);
     }
+    // Publish only what is on disk. An entry committed but not yet flushed may vanish
+    // in a crash together with the state change that produced it; the work would then
+    // be done again and publish the same fact under a new event id. Flushing first
+    // (cheap when the committer already flushed) closes that window.
+    store.flush().await?;
     let mut pending: Vec<(sled::IVec, PublishAckFuture)> = Vec::with_capacity(batch.len());
     for (key, message) in &batch {
         let ack = js

@@ -117,6 +117,10 @@ pub struct Store {
     // sled 0.34's flush_async deadlocks with many concurrent callers (sled #1308);
     // flushing through one lock in a blocking thread avoids it.
     flush_lock: Arc<tokio::sync::Mutex<()>>,
+    // Commits counted, and the count covered by the last completed flush: equal means
+    // everything committed so far is on disk.
+    committed: std::sync::atomic::AtomicU64,
+    durable: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,6 +158,8 @@ impl Store {
                 trees,
                 names,
                 flush_lock: Arc::new(tokio::sync::Mutex::new(())),
+                committed: std::sync::atomic::AtomicU64::new(0),
+                durable: std::sync::atomic::AtomicU64::new(0),
             },
             ids,
         ))
@@ -182,7 +188,11 @@ impl Store {
             work(&tx).map(Applied::Done)
         });
         match result {
-            Ok(applied) => Ok(applied),
+            Ok(applied) => {
+                self.committed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(applied)
+            }
             Err(TransactionError::Abort(TxAbort::Reject(reason))) => {
                 Err(ApplyError::Rejected(reason))
             }
@@ -196,17 +206,29 @@ impl Store {
     /// Makes every committed transaction durable (the group-commit flush).
     pub async fn flush(&self) -> Result<(), RuntimeError> {
         let _guard = self.flush_lock.lock().await;
+        let covered = self.committed.load(std::sync::atomic::Ordering::SeqCst);
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| RuntimeError::Transaction(format!("flush task failed: {e}")))??;
+        self.durable
+            .fetch_max(covered, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
     /// Flushes without an async runtime, for shutdown paths and tests.
     pub fn flush_blocking(&self) -> Result<(), RuntimeError> {
+        let covered = self.committed.load(std::sync::atomic::Ordering::SeqCst);
         self.db.flush()?;
+        self.durable
+            .fetch_max(covered, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether every transaction committed so far has been flushed to disk.
+    pub fn all_durable(&self) -> bool {
+        self.durable.load(std::sync::atomic::Ordering::SeqCst)
+            >= self.committed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A service tree, for reads and scans outside transactions.
