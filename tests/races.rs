@@ -9,32 +9,10 @@ use shop_harness::scenario::{
     order, payment, place, replenish, stock, wait_for_status, wait_for_stock, wait_settled,
 };
 use shop_harness::{
-    connect, declare_streams, events_about, eventually, publish_event, publish_raw, NatsServer,
-    Service, Shop, ShopConfig,
+    events_about, eventually, publish_event, publish_raw, world, Service, ShopConfig,
 };
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-struct World {
-    _server: NatsServer,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    shop: Shop,
-}
-
-async fn world(config: ShopConfig) -> anyhow::Result<World> {
-    let server = NatsServer::start().await?;
-    let client = connect(&server.url()).await?;
-    let js = jetstream::new(client.clone());
-    declare_streams(&js).await?;
-    let shop = Shop::start(&server.url(), config).await?;
-    Ok(World {
-        _server: server,
-        client,
-        js,
-        shop,
-    })
-}
 
 async fn count_kind(js: &jetstream::Context, key: &str, kind: &str) -> anyhow::Result<usize> {
     Ok(events_about(js, key)

@@ -7,32 +7,9 @@ use shop_harness::scenario::{
     order, payment, place, replenish, request_cancellation, stock, wait_for_status, wait_for_stock,
     wait_settled,
 };
-use shop_harness::{
-    connect, declare_streams, events_about, eventually, NatsServer, Service, Shop, ShopConfig,
-};
+use shop_harness::{events_about, eventually, world, Service, ShopConfig};
 
 const SETTLE: Duration = Duration::from_secs(20);
-
-struct World {
-    _server: NatsServer,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    shop: Shop,
-}
-
-async fn world(config: ShopConfig) -> anyhow::Result<World> {
-    let server = NatsServer::start().await?;
-    let client = connect(&server.url()).await?;
-    let js = jetstream::new(client.clone());
-    declare_streams(&js).await?;
-    let shop = Shop::start(&server.url(), config).await?;
-    Ok(World {
-        _server: server,
-        client,
-        js,
-        shop,
-    })
-}
 
 async fn kinds(js: &jetstream::Context, key: &str) -> anyhow::Result<Vec<String>> {
     Ok(events_about(js, key)

@@ -12,32 +12,13 @@ use futures::StreamExt;
 use serde_json::Value;
 use shop_events::subjects::DEADLETTER_STREAM;
 use shop_harness::scenario::request;
-use shop_harness::{connect, declare_streams, eventually, NatsServer, Service, Shop, ShopConfig};
+use shop_harness::{eventually, Service};
 
 /// How long an asynchronous outcome may take on a small, shared machine.
 pub const SETTLE: Duration = Duration::from_secs(20);
 
 /// One test's world: its own nats-server, a client, and the three services.
-pub struct World {
-    pub server: NatsServer,
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub shop: Shop,
-}
-
-pub async fn world(config: ShopConfig) -> anyhow::Result<World> {
-    let server = NatsServer::start().await?;
-    let client = connect(&server.url()).await?;
-    let js = jetstream::new(client.clone());
-    declare_streams(&js).await?;
-    let shop = Shop::start(&server.url(), config).await?;
-    Ok(World {
-        server,
-        client,
-        js,
-        shop,
-    })
-}
+pub use shop_harness::world;
 
 /// A request to an endpoint: `Ok(reply)` or `Err((code, description))`.
 pub async fn call(

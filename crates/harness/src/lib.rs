@@ -48,6 +48,7 @@ pub mod scenario;
 pub mod server;
 pub mod shop;
 pub mod wait;
+pub mod world;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,6 +60,7 @@ pub use client::{
 pub use server::{NatsServer, ServerOptions};
 pub use shop::{Mode, Service, Shop, ShopConfig};
 pub use wait::eventually;
+pub use world::{world, World};
 
 /// Everything that can go wrong in the harness; each variant says what to look at.
 #[derive(Debug, thiserror::Error)]

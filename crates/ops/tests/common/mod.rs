@@ -4,32 +4,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream;
-use shop_harness::{connect, declare_streams, eventually, NatsServer, Shop, ShopConfig};
+use shop_harness::eventually;
 use shop_ops::{trace_with, TraceStatus};
 
 pub const SETTLE: Duration = Duration::from_secs(20);
 
-pub struct World {
-    pub server: NatsServer,
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub shop: Shop,
-}
-
-pub async fn world(config: ShopConfig) -> anyhow::Result<World> {
-    let server = NatsServer::start().await?;
-    let client = connect(&server.url()).await?;
-    let js = jetstream::new(client.clone());
-    declare_streams(&js).await?;
-    let shop = Shop::start(&server.url(), config).await?;
-    Ok(World {
-        server,
-        client,
-        js,
-        shop,
-    })
-}
+#[allow(unused_imports)] // each test file uses a different subset
+pub use shop_harness::{world, World};
 
 /// Waits until the trace of `order_id` says its saga is settled, compensations included.
 pub async fn wait_saga_settled(client: &async_nats::Client, order_id: &str) -> anyhow::Result<()> {
