@@ -7,6 +7,7 @@
 //! state and `published(&state, &change)` into the outbox ([`apply`] does exactly that).
 
 use serde::{Deserialize, Serialize};
+use shop_decider::Decider;
 use shop_events::{
     CancelReason, Event, OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderId,
     OrderPlaced, OrderRejected, PaymentCaptured, PaymentDeclined, PaymentId, Problem, Shortage,
@@ -409,20 +410,35 @@ pub fn published(state_after: &State, change: &Change) -> Option<Event> {
     }
 }
 
-/// Evolves `state` through `changes` in order and returns the events to publish.
-pub fn apply(state: &mut State, changes: &[Change]) -> Vec<Event> {
-    changes
-        .iter()
-        .filter_map(|change| {
-            evolve(state, change);
-            published(state, change)
-        })
-        .collect()
+/// Checkout's rules as a [`Decider`]; the shell drives it through `decide` and `apply`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checkout;
+
+impl Decider for Checkout {
+    type State = State;
+    type Input = Input;
+    type Change = Change;
+    type Refusal = Refusal;
+    type Ctx = Ctx;
+    type Event = Event;
+
+    fn decide(state: &State, input: &Input, ctx: &Ctx) -> Result<Vec<Change>, Refusal> {
+        decide(state, input, ctx)
+    }
+
+    fn evolve(state: &mut State, change: &Change) {
+        evolve(state, change)
+    }
+
+    fn published(state_after: &State, change: &Change) -> Option<Event> {
+        published(state_after, change)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shop_decider::spec;
     use shop_events::{Currency, Money, OrderLineInput, ProblemCode, Sku};
 
     const T0: i64 = 1_000_000;
@@ -530,20 +546,11 @@ mod tests {
         .into()
     }
 
-    /// A spec: the state built from past inputs, and the time of the next one.
-    struct Given {
-        state: State,
-        now_ms: i64,
-    }
+    type Given = spec::Given<Checkout>;
 
     /// Builds the state by deciding and applying each input at `T0`.
     fn given(inputs: impl IntoIterator<Item = Input>) -> Given {
-        let mut state = State::default();
-        for input in inputs {
-            let changes = decide(&state, &input, &ctx(T0)).expect("given inputs are accepted");
-            apply(&mut state, &changes);
-        }
-        Given { state, now_ms: T0 }
+        spec::given(ctx(T0), inputs)
     }
 
     fn ctx(now_ms: i64) -> Ctx {
@@ -553,52 +560,14 @@ mod tests {
         }
     }
 
-    impl Given {
-        fn at(mut self, now_ms: i64) -> Given {
-            self.now_ms = now_ms;
-            self
-        }
-
-        fn when(self, input: Input) -> Then {
-            let before = self.state.clone();
-            let mut state = self.state;
-            let result = decide(&state, &input, &ctx(self.now_ms)).map(|c| apply(&mut state, &c));
-            Then {
-                before,
-                state,
-                result,
-            }
-        }
+    /// The next input arrives at `now_ms`.
+    trait At {
+        fn at(self, now_ms: i64) -> Self;
     }
 
-    struct Then {
-        before: State,
-        state: State,
-        result: Result<Vec<Event>, Refusal>,
-    }
-
-    impl Then {
-        fn then(self, expected: Vec<Event>) -> Then {
-            assert_eq!(self.result, Ok(expected));
-            self
-        }
-
-        /// Nothing published and the record untouched.
-        fn then_nothing_happens(self) -> Then {
-            assert_eq!(self.result, Ok(vec![]));
-            assert_eq!(self.state, self.before);
-            self
-        }
-
-        fn then_refused(self, refusal: Refusal) -> Then {
-            assert_eq!(self.result, Err(refusal));
-            assert_eq!(self.state, self.before);
-            self
-        }
-
-        fn and(self, check: impl FnOnce(&State)) -> Then {
-            check(&self.state);
-            self
+    impl At for Given {
+        fn at(self, now_ms: i64) -> Given {
+            self.with_ctx(ctx(now_ms))
         }
     }
 
@@ -975,7 +944,7 @@ mod tests {
             let mut state = State::default();
             for input in inputs {
                 let c = decide(&state, &input, &ctx(T0)).expect("accepted");
-                apply(&mut state, &c);
+                Checkout::apply(&mut state, &c);
                 changes.extend(c);
             }
         }

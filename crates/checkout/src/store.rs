@@ -4,6 +4,7 @@
 //! durable timer index that survives restarts) and `placed` (placed ms ++ order id,
 //! for listing the most recent orders first).
 
+use shop_decider::Decider;
 use shop_events::{Meta, OrderId};
 use shop_runtime::store::{reject, TreeId, Tx, TxResult};
 use shop_shell::publish_all;
@@ -71,7 +72,7 @@ pub fn apply_input(
     }
     let deadline_before = state.pending_deadline();
     let placed_before = state.placed_at_ms;
-    let events = domain::apply(&mut state, &changes);
+    let events = domain::Checkout::apply(&mut state, &changes);
     publish_all(tx, SERVICE, events, cause)?;
     tx.put_json(trees.orders, key, &state)?;
     let deadline_after = state.pending_deadline();

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use shop_decider::Decider;
 use shop_events::{
     Event, OrderCancelled, OrderConfirmed, OrderId, OrderPlaced, Shortage, Sku, StockCommitted,
     StockLine, StockReleased, StockReplenished, StockReservationFailed, StockReserved,
@@ -353,20 +354,35 @@ pub fn published(_state_after: &State, change: &Change) -> Option<Event> {
     }
 }
 
-/// Evolves `state` through `changes` in order and returns the events to publish.
-pub fn apply(state: &mut State, changes: &[Change]) -> Vec<Event> {
-    changes
-        .iter()
-        .filter_map(|change| {
-            evolve(state, change);
-            published(state, change)
-        })
-        .collect()
+/// Inventory's rules as a [`Decider`]; the shell drives it through `decide` and `apply`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inventory;
+
+impl Decider for Inventory {
+    type State = State;
+    type Input = Input;
+    type Change = Change;
+    type Refusal = Refusal;
+    type Ctx = Ctx;
+    type Event = Event;
+
+    fn decide(state: &State, input: &Input, ctx: &Ctx) -> Result<Vec<Change>, Refusal> {
+        decide(state, input, ctx)
+    }
+
+    fn evolve(state: &mut State, change: &Change) {
+        evolve(state, change)
+    }
+
+    fn published(state_after: &State, change: &Change) -> Option<Event> {
+        published(state_after, change)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shop_decider::spec;
     use shop_events::{CancelReason, Currency, Money, OrderLineInput};
 
     fn id(s: &str) -> OrderId {
@@ -437,71 +453,38 @@ mod tests {
         vec![line("sku-a", 2), line("sku-b", 1)]
     }
 
-    struct Given {
-        state: State,
-    }
+    type Then = spec::Then<Inventory>;
 
     /// Starts from shelves holding `stock`, then decides and applies each input.
-    fn given(stock: &[(&str, i64)], inputs: impl IntoIterator<Item = Input>) -> Given {
-        let mut state = State {
+    fn given(
+        stock: &[(&str, i64)],
+        inputs: impl IntoIterator<Item = Input>,
+    ) -> spec::Given<Inventory> {
+        let shelves = State {
             reservation: None,
             stock: stock
                 .iter()
                 .map(|(s, on_hand)| (sku(s), level(*on_hand, 0)))
                 .collect(),
         };
-        for input in inputs {
-            let changes = decide(&state, &input, &Ctx).expect("given inputs are accepted");
-            apply(&mut state, &changes);
-        }
-        Given { state }
+        spec::Given::from_state(shelves, Ctx).and_given(inputs)
     }
 
-    impl Given {
-        fn when(self, input: Input) -> Then {
-            let before = self.state.clone();
-            let mut state = self.state;
-            let result = decide(&state, &input, &Ctx).map(|c| apply(&mut state, &c));
-            Then {
-                before,
-                state,
-                result,
-            }
-        }
+    /// Inventory's own checks on the state after.
+    trait InventoryThen {
+        fn and_stock(self, s: &str, expected: StockLevel) -> Self;
+        fn and_status(self, expected: Option<ReservationStatus>) -> Self;
     }
 
-    struct Then {
-        before: State,
-        state: State,
-        result: Result<Vec<Event>, Refusal>,
-    }
-
-    impl Then {
-        fn then(self, expected: Vec<Event>) -> Then {
-            assert_eq!(self.result, Ok(expected));
-            self
-        }
-
-        fn then_nothing_happens(self) -> Then {
-            assert_eq!(self.result, Ok(vec![]));
-            assert_eq!(self.state, self.before);
-            self
-        }
-
-        fn then_refused(self, refusal: Refusal) -> Then {
-            assert_eq!(self.result, Err(refusal));
-            assert_eq!(self.state, self.before);
-            self
-        }
-
+    impl InventoryThen for Then {
+        #[track_caller]
         fn and_stock(self, s: &str, expected: StockLevel) -> Then {
-            assert_eq!(self.state.level(&sku(s)), expected, "stock of {s}");
-            self
+            self.and(|state| assert_eq!(state.level(&sku(s)), expected, "stock of {s}"))
         }
 
+        #[track_caller]
         fn and_status(self, expected: Option<ReservationStatus>) -> Then {
-            assert_eq!(self.state.reservation.as_ref().map(|r| r.status), expected);
-            self
+            self.and(|state| assert_eq!(state.reservation.as_ref().map(|r| r.status), expected))
         }
     }
 
@@ -780,7 +763,7 @@ mod tests {
                 reservation,
             };
             let changes = decide(&view, &input, &Ctx).expect("accepted");
-            self.events.extend(apply(&mut view, &changes));
+            self.events.extend(Inventory::apply(&mut view, &changes));
             self.stock.extend(view.stock);
             if let (Some(o), Some(r)) = (order_id, view.reservation) {
                 self.reservations.insert(o.clone(), r);

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use shop_decider::Decider;
 use shop_events::{Meta, Sku};
 use shop_runtime::store::{reject, TreeId, Tx, TxResult};
 use shop_shell::publish_all;
@@ -59,7 +60,7 @@ pub fn apply_input(trees: Trees, tx: &Tx<'_>, input: &Input, cause: &Meta) -> Tx
     if changes.is_empty() {
         return Ok(());
     }
-    let events = domain::apply(&mut state, &changes);
+    let events = domain::Inventory::apply(&mut state, &changes);
     publish_all(tx, SERVICE, events, Some(cause))?;
     if let (Some(id), Some(reservation)) = (&order_key, &state.reservation) {
         tx.put_json(trees.reservations, id.as_str().as_bytes(), reservation)?;

@@ -6,6 +6,7 @@
 //! gateway answers, which carry no order id, still publish complete events.
 
 use serde::{Deserialize, Serialize};
+use shop_decider::Decider;
 use shop_events::{
     Currency, Event, Money, OrderCancelled, OrderId, OrderPlaced, PaymentCaptured, PaymentDeclined,
     PaymentId, PaymentRefunded, StockReserved,
@@ -337,20 +338,35 @@ pub fn published(state_after: &State, change: &Change) -> Option<Event> {
     }
 }
 
-/// Evolves `state` through `changes` in order and returns the events to publish.
-pub fn apply(state: &mut State, changes: &[Change]) -> Vec<Event> {
-    changes
-        .iter()
-        .filter_map(|change| {
-            evolve(state, change);
-            published(state, change)
-        })
-        .collect()
+/// Payment's rules as a [`Decider`]; the shell drives it through `decide` and `apply`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Payment;
+
+impl Decider for Payment {
+    type State = State;
+    type Input = Input;
+    type Change = Change;
+    type Refusal = Refusal;
+    type Ctx = Ctx;
+    type Event = Event;
+
+    fn decide(state: &State, input: &Input, ctx: &Ctx) -> Result<Vec<Change>, Refusal> {
+        decide(state, input, ctx)
+    }
+
+    fn evolve(state: &mut State, change: &Change) {
+        evolve(state, change)
+    }
+
+    fn published(state_after: &State, change: &Change) -> Option<Event> {
+        published(state_after, change)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shop_decider::spec;
     use shop_events::{CancelReason, EventKind, OrderLineInput, Sku, StockLine};
 
     fn id(s: &str) -> OrderId {
@@ -443,63 +459,33 @@ mod tests {
         .into()
     }
 
-    struct Given {
-        state: State,
+    type Then = spec::Then<Payment>;
+
+    fn given(inputs: impl IntoIterator<Item = Input>) -> spec::Given<Payment> {
+        spec::given(Ctx, inputs)
     }
 
-    fn given(inputs: impl IntoIterator<Item = Input>) -> Given {
-        let mut state = State::default();
-        for input in inputs {
-            let changes = decide(&state, &input, &Ctx).expect("given inputs are accepted");
-            apply(&mut state, &changes);
-        }
-        Given { state }
+    /// Payment's own checks on the state after.
+    trait PaymentThen {
+        fn and_charge(self, expected: Charge) -> Self;
+        fn and_refund(self, expected: Refund) -> Self;
+        fn and_work(self, expected: Option<GatewayWork>) -> Self;
     }
 
-    impl Given {
-        fn when(self, input: Input) -> Then {
-            let before = self.state.clone();
-            let mut state = self.state;
-            let result = decide(&state, &input, &Ctx).map(|c| apply(&mut state, &c));
-            Then {
-                before,
-                state,
-                result,
-            }
-        }
-    }
-
-    struct Then {
-        before: State,
-        state: State,
-        result: Result<Vec<Event>, Refusal>,
-    }
-
-    impl Then {
-        fn then(self, expected: Vec<Event>) -> Then {
-            assert_eq!(self.result, Ok(expected));
-            self
-        }
-
-        fn then_nothing_happens(self) -> Then {
-            assert_eq!(self.result, Ok(vec![]));
-            assert_eq!(self.state, self.before);
-            self
-        }
-
+    impl PaymentThen for Then {
+        #[track_caller]
         fn and_charge(self, expected: Charge) -> Then {
-            assert_eq!(self.state.charge, expected);
-            self
+            self.and(|s| assert_eq!(s.charge, expected))
         }
 
+        #[track_caller]
         fn and_refund(self, expected: Refund) -> Then {
-            assert_eq!(self.state.refund, expected);
-            self
+            self.and(|s| assert_eq!(s.refund, expected))
         }
 
+        #[track_caller]
         fn and_work(self, expected: Option<GatewayWork>) -> Then {
-            assert_eq!(self.state.gateway_work(), expected);
-            self
+            self.and(|s| assert_eq!(s.gateway_work(), expected))
         }
     }
 
@@ -611,7 +597,7 @@ mod tests {
             let mut g = given([cancelled()]);
             for input in later {
                 let changes = decide(&g.state, &input, &Ctx).expect("accepted");
-                assert!(apply(&mut g.state, &changes).is_empty());
+                assert!(Payment::apply(&mut g.state, &changes).is_empty());
             }
             assert_eq!(g.state.charge, Charge::NotRequested);
             assert_eq!(g.state.gateway_work(), None);
@@ -717,7 +703,7 @@ mod tests {
         let mut events = Vec::new();
         for input in &script {
             let changes = decide(&state, input, &Ctx).expect("accepted");
-            events.extend(apply(&mut state, &changes));
+            events.extend(Payment::apply(&mut state, &changes));
         }
         assert_eq!(events, vec![captured_event(), refunded_event()]);
         assert_eq!(state.refund, Refund::Refunded);
@@ -726,7 +712,7 @@ mod tests {
         let mut state = State::default();
         for input in &cancelled_first {
             let changes = decide(&state, input, &Ctx).expect("accepted");
-            assert!(apply(&mut state, &changes).is_empty());
+            assert!(Payment::apply(&mut state, &changes).is_empty());
         }
         assert_eq!(state.gateway_work(), None);
     }

@@ -4,6 +4,7 @@
 //! gateway a call). The work index is derived from the record in the same
 //! transaction, so a crash can never lose a charge, void or refund that is due.
 
+use shop_decider::Decider;
 use shop_events::{Meta, OrderId};
 use shop_runtime::store::{reject, TreeId, Tx, TxResult};
 use shop_shell::publish_all;
@@ -79,7 +80,7 @@ pub fn apply_input(
     if changes.is_empty() {
         return Ok(());
     }
-    let events = domain::apply(&mut state, &changes);
+    let events = domain::Payment::apply(&mut state, &changes);
     publish_all(tx, SERVICE, events, cause)?;
     tx.put_json(trees.payments, key, &state)?;
     if state.gateway_work().is_some() {
