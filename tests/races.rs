@@ -219,3 +219,38 @@ async fn two_hundred_orders_racing_for_fifty_units_confirm_exactly_fifty() -> an
     w.shop.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_deadline_that_passes_while_checkout_is_down_still_cancels_the_order(
+) -> anyhow::Result<()> {
+    let mut w = world(ShopConfig::in_process().order_deadline(Duration::from_secs(2))).await?;
+    w.shop.stop_service(Service::Payment).await?;
+    replenish(&w.js, "sku-late", 3).await?;
+    wait_for_stock(&w.client, "sku-late", 3, 0, SETTLE).await?;
+    place(&w.js, order("o-down", &[("sku-late", 1, 400)], "tok_visa")).await?;
+    wait_for_status(&w.client, "o-down", "pending", SETTLE).await?;
+
+    // The deadline is only in checkout's sled index while checkout is away.
+    w.shop.stop_service(Service::Checkout).await?;
+    let down_since = std::time::Instant::now();
+    eventually(
+        SETTLE,
+        "the deadline to pass while checkout is down",
+        || async { (down_since.elapsed() > Duration::from_secs(3)).then_some(()) },
+    )
+    .await?;
+    w.shop.start_service(Service::Checkout).await?;
+
+    let view = wait_for_status(&w.client, "o-down", "cancelled", SETTLE).await?;
+    assert_eq!(view["reason"], "timeout");
+    wait_for_stock(&w.client, "sku-late", 3, 0, SETTLE).await?;
+    w.shop.start_service(Service::Payment).await?;
+    let pay = eventually(SETTLE, "payment to see the cancellation", || async {
+        let p = payment(&w.client, "o-down").await.ok()??;
+        (p["status"] == "cancelled" || p["status"] == "voided").then_some(p)
+    })
+    .await?;
+    assert_eq!(pay["captured"], 0);
+    w.shop.shutdown().await?;
+    Ok(())
+}
