@@ -8,7 +8,7 @@ use shop_checkout::CheckoutArgs;
 use shop_payment::PaymentArgs;
 use shop_runtime::cli::CommonArgs;
 use shop_runtime::shutdown::{on_os_signal, Shutdown};
-use shop_runtime::telemetry::init_subscriber;
+use shop_runtime::telemetry::{init_subscriber, init_subscriber_with_default};
 
 /// The shop: an order saga (checkout → inventory → payment) choreographed over NATS JetStream.
 ///
@@ -224,7 +224,10 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let cli = Cli::parse();
-    init_subscriber(cli.common.log_format);
+    match cli.command {
+        Command::Run { .. } => init_subscriber(cli.common.log_format),
+        _ => init_subscriber_with_default(cli.common.log_format, "warn"),
+    }
     let mut stdout = std::io::stdout();
     match &cli.command {
         Command::Run {
