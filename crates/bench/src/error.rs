@@ -1,0 +1,61 @@
+//! The one error type of the bench; each variant says what to look at.
+
+use shop_harness::HarnessError;
+
+/// Why a benchmark run could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The options make no sense (no in-flight levels, a zero level, a zero window).
+    #[error("invalid bench options: {0}")]
+    Options(String),
+
+    /// Starting nats-server or the services, or talking to them through the harness.
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+
+    /// A JetStream request (stream, consumer, purge) failed.
+    #[error("JetStream request failed: {0}")]
+    JetStream(String),
+
+    /// A publish was refused or its PubAck never came.
+    #[error("publish to {subject} failed: {reason}")]
+    Publish { subject: String, reason: String },
+
+    /// The load generator saw no order complete in a measured window: the system under test
+    /// is stuck (look at the service logs in the shop's data directory).
+    #[error("no order completed during the {phase} window at {inflight} in flight ({failed} timed out or failed)")]
+    NoProgress {
+        phase: String,
+        inflight: usize,
+        failed: u64,
+    },
+
+    /// A service process could not be found or measured under `/proc`.
+    #[error("measuring processes: {0}")]
+    Proc(String),
+
+    /// Local plumbing: temp directories, writing the report.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The report could not be rendered as JSON.
+    #[error("rendering the JSON report: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl BenchError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> BenchError {
+        BenchError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn js(context: &str, e: impl std::fmt::Display) -> BenchError {
+        BenchError::JetStream(format!("{context}: {e}"))
+    }
+}
