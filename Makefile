@@ -57,8 +57,11 @@ run: nats-server
 	fi
 	NATS_URL="$(NATS_URL)" cargo run --release --bin shop -- run
 
-bench:
-	NATS_URL="$(NATS_URL)" cargo run --release --bin shop -- bench
+# The bench starts its own nats-server and runs the service binaries as processes,
+# so all of them are built in release first.
+bench: nats-server
+	cargo build --release --workspace --bins
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/release/shop bench $(BENCH_ARGS)
 
 clean-data:
 	rm -rf data

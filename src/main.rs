@@ -93,6 +93,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark the shop against raw JetStream on this machine (see docs/BENCHMARKS.md).
+    ///
+    /// Starts its own nats-server with a fresh store, runs a raw-JetStream baseline with
+    /// the same events, deliveries and payload sizes as the saga's happy path, then the
+    /// three services as processes (the binaries next to this one), at each in-flight level.
+    Bench {
+        /// Measured window per level, after a few seconds of warm-up.
+        #[arg(long, default_value = "20s", value_parser = shop_runtime::cli::parse_duration)]
+        duration: std::time::Duration,
+        /// Orders in flight, one level each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        inflight: Vec<usize>,
+        /// Stored-orders points to preload and measure, e.g. 10000,100000 (slow: see the doc).
+        #[arg(long, value_delimiter = ',')]
+        history: Vec<u64>,
+        /// Print the report as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Short windows for a smoke run; figures are indicative only.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run the chaos scenario on a private nats-server and services as processes, then audit.
     ///
     /// Kills services with SIGKILL every few hundred milliseconds, restarts the broker,
@@ -225,7 +247,7 @@ async fn main() -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. } => init_subscriber(cli.common.log_format),
+        Command::Run { .. } | Command::Bench { .. } => init_subscriber(cli.common.log_format),
         _ => init_subscriber_with_default(cli.common.log_format, "warn"),
     }
     let mut stdout = std::io::stdout();
@@ -300,6 +322,24 @@ async fn main() -> anyhow::Result<()> {
             if !report.is_clean() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Bench {
+            duration,
+            inflight,
+            history,
+            json,
+            quick,
+        } => {
+            let opts = shop_bench::BenchOptions {
+                duration: *duration,
+                inflight: inflight.clone(),
+                history: history.clone(),
+                json: *json,
+                quick: *quick,
+                ..shop_bench::BenchOptions::default()
+            };
+            shop_bench::run(opts, &mut stdout.lock()).await?;
             Ok(())
         }
         Command::Chaos {

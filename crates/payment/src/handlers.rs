@@ -96,15 +96,37 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                 .filter_map(Result::ok)
                 .filter_map(|k| OrderId::parse(String::from_utf8_lossy(&k).into_owned()).ok())
                 .collect();
-            let results: Vec<bool> = futures::stream::iter(keys.clone())
+            let answers: Vec<(OrderId, Input)> = futures::stream::iter(keys.clone())
                 .map(|order_id| {
                     let this = this.clone();
-                    async move { this.settle(&order_id).await }
+                    async move {
+                        this.call_gateway(&order_id)
+                            .await
+                            .map(|input| (order_id, input))
+                    }
                 })
                 .buffer_unordered(GATEWAY_CONCURRENCY)
+                .filter_map(|answer| async move { answer })
                 .collect()
                 .await;
-            let recorded = results.iter().filter(|r| **r).count();
+            let mut recorded = 0;
+            if !answers.is_empty() {
+                // The gateway's books are durable before any of its answers is recorded.
+                let gateway = this.gateway.clone();
+                match tokio::task::spawn_blocking(move || gateway.make_durable()).await {
+                    Ok(Ok(())) => {
+                        crashpoint::hit(crashpoint::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
+                        recorded = answers
+                            .iter()
+                            .filter(|(order_id, input)| this.record(order_id, Some(input)))
+                            .count();
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "gateway books not durable; will retry")
+                    }
+                    Err(e) => tracing::error!(error = %e, "gateway flush task failed"),
+                }
+            }
             if recorded > 0 {
                 if let Err(e) = this.store.flush().await {
                     tracing::error!(error = %e, "flush after gateway answers failed");
@@ -131,41 +153,35 @@ impl<G: PaymentGateway> GatewayWorker<G> {
         }
     }
 
-    /// Performs the call owed for one order and records the answer; true if something was recorded.
-    async fn settle(&self, order_id: &OrderId) -> bool {
+    /// Performs the call owed for one order and returns the gateway's answer as an input.
+    async fn call_gateway(&self, order_id: &OrderId) -> Option<Input> {
         let state: State = match self
             .store
             .read_json(self.trees.payments, order_id.as_str().as_bytes())
         {
             Ok(Some(s)) => s,
-            Ok(None) => return false,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::error!(%order_id, error = %e, "payment record unreadable");
-                return false;
+                return None;
             }
         };
         let Some(work) = state.gateway_work() else {
             // Stale index entry: clean it up in a transaction that re-checks the record.
-            return self.record(order_id, None);
+            self.record(order_id, None);
+            return None;
         };
         let gateway = self.gateway.as_ref();
         let answer = match work {
             GatewayWork::Charge => {
-                let Some(terms) = state.terms.clone() else {
-                    return false;
-                };
+                let terms = state.terms.clone()?;
                 with_retries(|| {
                     gateway.charge(order_id, terms.amount, terms.currency, &terms.payment_token)
                 })
                 .await
-                .map(|outcome| {
-                    crashpoint::hit(crashpoint::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
-                    match outcome {
-                        ChargeOutcome::Captured { payment_id } => {
-                            Input::ChargeSucceeded { payment_id }
-                        }
-                        ChargeOutcome::Declined { reason } => Input::ChargeFailed { reason },
-                    }
+                .map(|outcome| match outcome {
+                    ChargeOutcome::Captured { payment_id } => Input::ChargeSucceeded { payment_id },
+                    ChargeOutcome::Declined { reason } => Input::ChargeFailed { reason },
                 })
             }
             GatewayWork::Void => with_retries(|| gateway.void(order_id))
@@ -178,21 +194,19 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                     VoidOutcome::AlreadyDeclined { reason } => Input::ChargeFailed { reason },
                 }),
             GatewayWork::Refund { payment_id } => {
-                let Some(amount) = state.terms.as_ref().map(|t| t.amount) else {
-                    return false;
-                };
+                let amount = state.terms.as_ref().map(|t| t.amount)?;
                 with_retries(|| gateway.refund(order_id, &payment_id, amount))
                     .await
                     .map(|()| Input::RefundSucceeded)
             }
         };
         match answer {
-            Ok(input) => self.record(order_id, Some(&input)),
+            Ok(input) => Some(input),
             Err(e) => {
                 self.stats
                     .record_error(format!("gateway for {order_id}: {e}"));
                 tracing::warn!(%order_id, error = %e, "gateway unavailable; will retry");
-                false
+                None
             }
         }
     }

@@ -121,6 +121,10 @@ pub struct Store {
     // everything committed so far is on disk.
     committed: std::sync::atomic::AtomicU64,
     durable: std::sync::atomic::AtomicU64,
+    // Held for read while a transaction commits and is counted, for write to read the
+    // count: so an entry visible in the outbox is always already counted, and a flush
+    // that finds nothing new to cover can be skipped safely.
+    commit_gate: std::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,6 +164,7 @@ impl Store {
                 flush_lock: Arc::new(tokio::sync::Mutex::new(())),
                 committed: std::sync::atomic::AtomicU64::new(0),
                 durable: std::sync::atomic::AtomicU64::new(0),
+                commit_gate: std::sync::RwLock::new(()),
             },
             ids,
         ))
@@ -176,6 +181,7 @@ impl Store {
         work: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<Applied<T>, ApplyError> {
         let stamp = now_ms().to_be_bytes();
+        let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
         let result = self.trees.as_slice().transaction(|view| {
             let inbox = &view[0];
             if let Some(key) = dedupe_key {
@@ -205,8 +211,14 @@ impl Store {
 
     /// Makes every committed transaction durable (the group-commit flush).
     pub async fn flush(&self) -> Result<(), RuntimeError> {
+        let wanted = self.committed_now();
         let _guard = self.flush_lock.lock().await;
-        let covered = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+        // Another flush (the consumer's group commit, say) may already cover everything
+        // this caller committed or saw: then there is nothing to wait for.
+        if self.durable.load(std::sync::atomic::Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        let covered = self.committed_now();
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
@@ -216,9 +228,15 @@ impl Store {
         Ok(())
     }
 
+    /// Every commit so far, counted once no transaction is half-way through committing.
+    fn committed_now(&self) -> u64 {
+        let _gate = self.commit_gate.write().unwrap_or_else(|p| p.into_inner());
+        self.committed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Flushes without an async runtime, for shutdown paths and tests.
     pub fn flush_blocking(&self) -> Result<(), RuntimeError> {
-        let covered = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+        let covered = self.committed_now();
         self.db.flush()?;
         self.durable
             .fetch_max(covered, std::sync::atomic::Ordering::SeqCst);
