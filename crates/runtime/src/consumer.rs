@@ -19,7 +19,7 @@ use crate::deadletter::{self, DeadLetter};
 use crate::outbox::RelayWaker;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::store::{Applied, ApplyError, Store, Tx, TxResult};
+use crate::store::{Applied as Applied_, ApplyError, Store, Tx, TxResult};
 use crate::RuntimeError;
 
 /// A message as a handler sees it.
@@ -155,7 +155,8 @@ pub async fn run_consumer<H: EventHandler>(
     mut shutdown: Shutdown,
 ) {
     let mut retry = Duration::from_millis(200);
-    while !shutdown.is_requested() {
+    let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    'consume: while !shutdown.is_requested() {
         let consumer = match declare(&ctx, &spec).await {
             Ok(c) => c,
             Err(e) => {
@@ -163,7 +164,7 @@ pub async fn run_consumer<H: EventHandler>(
                 tracing::warn!(error = %e, "consumer not ready; retrying in {retry:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
-                    _ = shutdown.requested() => return,
+                    _ = shutdown.requested() => break 'consume,
                 }
                 retry = (retry * 2).min(Duration::from_secs(5));
                 continue;
@@ -184,7 +185,7 @@ pub async fn run_consumer<H: EventHandler>(
                 tracing::warn!(error = %e, "cannot pull; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
-                    _ = shutdown.requested() => return,
+                    _ = shutdown.requested() => break 'consume,
                 }
                 continue;
             }
@@ -193,7 +194,7 @@ pub async fn run_consumer<H: EventHandler>(
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.requested() => return,
+                _ = shutdown.requested() => break 'consume,
                 chunk = chunks.next() => match chunk {
                     None => break,
                     Some(items) => {
@@ -209,7 +210,19 @@ pub async fn run_consumer<H: EventHandler>(
                                 }
                             }
                         }
-                        process_batch(&ctx, &spec, handler.as_ref(), batch).await;
+                        // Apply this batch while the previous one flushes; wait for that
+                        // commit before starting this one's, so acks stay in order.
+                        let applied = apply_batch(&ctx, &spec, handler.as_ref(), batch);
+                        if let Some(previous) = in_flight.take() {
+                            let _ = previous.await;
+                        }
+                        let handler = handler.clone();
+                        in_flight = Some(tokio::spawn(commit_batch(
+                            ctx.clone(),
+                            spec.clone(),
+                            move || handler.after_commit(),
+                            applied,
+                        )));
                         if broken {
                             // Re-declare: the consumer may be gone after a broker restart without its store.
                             break;
@@ -219,22 +232,36 @@ pub async fn run_consumer<H: EventHandler>(
             }
         }
     }
+    // The batch whose commit is under way is finished before the consumer stops.
+    if let Some(last) = in_flight {
+        let _ = last.await;
+    }
 }
 
 type Parked = (jetstream::Message, String);
 
-async fn process_batch<H: EventHandler>(
+/// A batch after its transactions: what to ack once durable, and what to park or retry.
+struct Applied {
+    to_ack: Vec<jetstream::Message>,
+    parked: Vec<Parked>,
+    retry: Vec<(jetstream::Message, Duration)>,
+    committed: u64,
+}
+
+/// Decodes and applies every message of a batch, each in its own transaction; no I/O
+/// but sled's in-memory commit, so the next batch can be applied while this one flushes.
+fn apply_batch<H: EventHandler>(
     ctx: &ConsumerCtx,
     spec: &ConsumerSpec,
     handler: &H,
     batch: Vec<jetstream::Message>,
-) {
-    if batch.is_empty() {
-        return;
-    }
-    let mut to_ack = Vec::with_capacity(batch.len());
-    let mut parked: Vec<Parked> = Vec::new();
-    let mut committed = 0u64;
+) -> Applied {
+    let mut applied = Applied {
+        to_ack: Vec::with_capacity(batch.len()),
+        parked: Vec::new(),
+        retry: Vec::new(),
+        committed: 0,
+    };
     for message in batch {
         let (seq, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered),
@@ -253,7 +280,7 @@ async fn process_batch<H: EventHandler>(
         let event = match handler.decode(&incoming) {
             Ok(event) => event,
             Err(reason) => {
-                parked.push((message, reason));
+                applied.parked.push((message, reason));
                 continue;
             }
         };
@@ -264,21 +291,21 @@ async fn process_batch<H: EventHandler>(
             })
         });
         match outcome {
-            Ok(Applied::Done(())) => {
-                committed += 1;
-                to_ack.push(message);
+            Ok(Applied_::Done(())) => {
+                applied.committed += 1;
+                applied.to_ack.push(message);
                 crashpoint::hit(crashpoint::MID_GROUP_COMMIT);
             }
-            Ok(Applied::Duplicate) => {
+            Ok(Applied_::Duplicate) => {
                 ctx.stats.add_duplicate();
                 span.in_scope(|| tracing::debug!("duplicate event skipped"));
-                to_ack.push(message);
+                applied.to_ack.push(message);
             }
-            Err(ApplyError::Rejected(reason)) => parked.push((message, reason)),
+            Err(ApplyError::Rejected(reason)) => applied.parked.push((message, reason)),
             Err(ApplyError::Failed(e)) => {
                 ctx.stats.record_error(e.to_string());
                 if delivered >= spec.max_deliver {
-                    parked.push((
+                    applied.parked.push((
                         message,
                         format!("gave up after {delivered} deliveries: {e}"),
                     ));
@@ -286,15 +313,31 @@ async fn process_batch<H: EventHandler>(
                     span.in_scope(
                         || tracing::warn!(error = %e, delivered, "transient failure; nak"),
                     );
-                    ctx.stats.add_nak();
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(nak_delay(delivered))))
-                        .await;
+                    applied.retry.push((message, nak_delay(delivered)));
                 }
             }
         }
     }
+    applied
+}
 
+/// Makes an applied batch durable (the group commit), then acks, parks and naks.
+async fn commit_batch(
+    ctx: ConsumerCtx,
+    spec: ConsumerSpec,
+    after_commit: impl FnOnce(),
+    applied: Applied,
+) {
+    let Applied {
+        to_ack,
+        parked,
+        retry,
+        committed,
+    } = applied;
+    for (message, delay) in retry {
+        ctx.stats.add_nak();
+        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+    }
     if committed > 0 {
         if let Err(e) = ctx.store.flush().await {
             // Not durable: let JetStream redeliver; the inbox makes the retry exact.
@@ -309,7 +352,7 @@ async fn process_batch<H: EventHandler>(
         ctx.stats.add_group_commit();
         crashpoint::hit(crashpoint::AFTER_COMMIT_BEFORE_ACK);
         ctx.waker.wake();
-        handler.after_commit();
+        after_commit();
     }
     ctx.stats.add_processed(committed);
     for m in to_ack {
@@ -319,7 +362,7 @@ async fn process_batch<H: EventHandler>(
         }
     }
     for (message, reason) in parked {
-        park(ctx, spec, message, &reason).await;
+        park(&ctx, &spec, message, &reason).await;
     }
 }
 

@@ -78,15 +78,17 @@ impl OutboxMessage {
         })
     }
 
-    fn publish_message(&self) -> jetstream::message::PublishMessage {
+    /// The subject and the JetStream publish, moving the payload instead of copying it.
+    fn into_publish(self) -> (String, jetstream::message::PublishMessage) {
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
             headers.insert(name.as_str(), value.as_str());
         }
-        jetstream::message::PublishMessage::build()
+        let message = jetstream::message::PublishMessage::build()
             .headers(headers)
             .message_id(&self.msg_id)
-            .payload(Bytes::from(self.payload.clone()))
+            .payload(Bytes::from(self.payload));
+        (self.subject, message)
     }
 }
 
@@ -172,20 +174,34 @@ pub async fn drain_once(
     // (cheap when the committer already flushed) closes that window.
     store.flush().await?;
     let mut pending: Vec<(sled::IVec, PublishAckFuture)> = Vec::with_capacity(batch.len());
-    for (key, message) in &batch {
+    for (key, message) in batch {
+        let (subject, publish) = message.into_publish();
         let ack = js
-            .send_publish(message.subject.clone(), message.publish_message())
+            .send_publish(subject.clone(), publish)
             .await
-            .map_err(|e| RuntimeError::Publish(format!("{}: {e}", message.subject)))?;
-        pending.push((key.clone(), ack));
+            .map_err(|e| RuntimeError::Publish(format!("{subject}: {e}")))?;
+        pending.push((key, ack));
     }
-    let mut done = 0;
+    let mut acked = Vec::with_capacity(pending.len());
+    let mut failure = None;
     for (key, ack) in pending {
-        ack.await
-            .map_err(|e| RuntimeError::Publish(format!("PubAck: {e}")))?;
+        match ack.await {
+            Ok(_) => acked.push(key),
+            Err(e) => {
+                failure = Some(RuntimeError::Publish(format!("PubAck: {e}")));
+                break;
+            }
+        }
+    }
+    if !acked.is_empty() {
         crashpoint::hit(crashpoint::AFTER_PUBLISH_BEFORE_OUTBOX_REMOVE);
-        store.outbox_remove(&key)?;
-        done += 1;
+        // One batch instead of one remove per entry.
+        store.outbox_remove_all(&acked)?;
+    }
+    let done = acked.len();
+    if let Some(e) = failure {
+        stats.add_published(done as u64);
+        return Err(e);
     }
     stats.add_published(done as u64);
     Ok(done)

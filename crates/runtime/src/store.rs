@@ -317,6 +317,16 @@ impl Store {
         Ok(())
     }
 
+    /// Removes published entries in one batch.
+    pub fn outbox_remove_all(&self, keys: &[IVec]) -> Result<(), RuntimeError> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key.clone());
+        }
+        self.trees[1].apply_batch(batch)?;
+        Ok(())
+    }
+
     pub fn outbox_len(&self) -> usize {
         self.trees[1].len()
     }
