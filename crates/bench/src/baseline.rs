@@ -100,28 +100,12 @@ impl std::fmt::Debug for Chain {
     }
 }
 
+/// The runtime's own declaration, so the server does the same work as for the services.
 async fn declare(
     js: &Context,
     spec: &ConsumerSpec,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, BenchError> {
-    let stream = js
-        .get_stream(&spec.stream)
-        .await
-        .map_err(|e| BenchError::js(&format!("opening stream {}", spec.stream), e))?;
-    // The same settings as the runtime's consumer declaration, so the server does the same work.
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some(spec.durable.clone()),
-            description: Some(spec.description.clone()),
-            filter_subjects: spec.filter_subjects.clone(),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            max_deliver: spec.max_deliver,
-            ack_wait: spec.ack_wait,
-            backoff: spec.backoff.clone(),
-            max_ack_pending: spec.max_ack_pending,
-            ..Default::default()
-        })
+    shop_runtime::consumer::declare(js, spec)
         .await
         .map_err(|e| BenchError::js(&format!("declaring consumer {}", spec.durable), e))
 }

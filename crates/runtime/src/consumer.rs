@@ -113,12 +113,12 @@ pub fn nak_delay(delivered: i64) -> Duration {
     (Duration::from_millis(250) * 2u32.pow(exp)).min(Duration::from_secs(30))
 }
 
-async fn declare(
-    ctx: &ConsumerCtx,
+/// Declares (creates or updates) the durable pull consumer `spec` describes.
+pub async fn declare(
+    js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, RuntimeError> {
-    let stream = ctx
-        .js
+    let stream = js
         .get_stream(&spec.stream)
         .await
         .map_err(RuntimeError::js)?;
@@ -157,7 +157,7 @@ pub async fn run_consumer<H: EventHandler>(
     let mut retry = Duration::from_millis(200);
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
     'consume: while !shutdown.is_requested() {
-        let consumer = match declare(&ctx, &spec).await {
+        let consumer = match declare(&ctx.js, &spec).await {
             Ok(c) => c,
             Err(e) => {
                 ctx.stats.record_error(e.to_string());
