@@ -26,6 +26,9 @@ nats-server:
 test: nats-server
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	# Process-mode tests (chaos, shutdown) run the real service binaries: build them first,
+	# so they are never stale.
+	cargo build --workspace --bins
 	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" cargo test --workspace
 
 # The server alone, in the foreground; Ctrl-C stops it.
