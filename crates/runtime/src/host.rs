@@ -48,7 +48,6 @@ pub struct Host {
     shutdown: Shutdown,
     // Workers and consumers stop on the service's shutdown; the relay stops last, on its own.
     inner_trigger: ShutdownTrigger,
-    inner: Shutdown,
     consumers: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     relay: Option<tokio::task::JoinHandle<()>>,
@@ -79,7 +78,7 @@ impl Host {
             stats.clone(),
             inner.clone(),
         ));
-        tokio::spawn(prune_inbox_periodically(store.clone(), inner.clone()));
+        tokio::spawn(prune_inbox_periodically(store.clone(), inner));
         if store.outbox_len() > 0 {
             tracing::info!(backlog = store.outbox_len(), service = %config.service, "draining outbox left by the previous run");
             waker.wake();
@@ -102,7 +101,6 @@ impl Host {
             dead_letters,
             shutdown,
             inner_trigger,
-            inner,
             consumers: Vec::new(),
             workers: Vec::new(),
             relay: Some(relay),
@@ -197,7 +195,6 @@ impl Host {
         if let Err(e) = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await {
             tracing::debug!(error = %e, "drain timed out");
         }
-        let _ = &self.inner;
         tracing::info!(service = %self.service, outbox = self.store.outbox_len(), "stopped");
         Ok(())
     }
