@@ -94,31 +94,12 @@ pub async fn request(
     subject: &str,
     body: Value,
 ) -> Result<Result<Value, (u16, String)>, HarnessError> {
-    let fail = |reason: String| HarnessError::Request {
-        subject: subject.to_owned(),
-        reason,
-    };
-    let payload = serde_json::to_vec(&body).map_err(|e| fail(e.to_string()))?;
-    let reply = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request(subject.to_owned(), payload.into()),
-    )
-    .await
-    .map_err(|_| fail("no reply within 5 s".into()))?
-    .map_err(|e| fail(e.to_string()))?;
-    if let Some(headers) = &reply.headers {
-        if let Some(code) = headers.get("Nats-Service-Error-Code") {
-            let code = code.as_str().parse().unwrap_or(500);
-            let description = headers
-                .get("Nats-Service-Error")
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
-            return Ok(Err((code, description)));
-        }
-    }
-    serde_json::from_slice(&reply.payload)
-        .map(Ok)
-        .map_err(|e| fail(format!("reply is not JSON: {e}")))
+    shop_runtime::micro::request_json(client, subject, &body, Duration::from_secs(5))
+        .await
+        .map_err(|e| HarnessError::Request {
+            subject: subject.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Like [`request`], decoding a successful reply into `T`.

@@ -15,38 +15,22 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SERVICES: [&str; 3] = ["checkout", "inventory", "payment"];
 
 /// What an endpoint answered: a JSON value, or a micro-service error (code, description).
-pub type Reply = Result<Value, (u16, String)>;
+pub use shop_runtime::micro::Reply;
 
 /// Sends a JSON request; a service error reply becomes `Ok(Err((code, description)))`
 /// so callers can treat 400 and 404 as answers rather than failures.
 pub async fn request(client: &Client, subject: &str, body: &Value) -> Result<Reply, OpsError> {
-    let no_answer = |reason: String| OpsError::NoAnswer {
-        subject: subject.to_owned(),
-        reason,
-    };
-    let payload = serde_json::to_vec(body).map_err(|e| no_answer(e.to_string()))?;
-    let message = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.request(subject.to_owned(), payload.into()),
-    )
-    .await
-    .map_err(|_| no_answer(format!("no reply within {REQUEST_TIMEOUT:?}")))?
-    .map_err(|e| no_answer(e.to_string()))?;
-    if let Some(headers) = &message.headers {
-        if let Some(code) = headers.get("Nats-Service-Error-Code") {
-            let code = code.as_str().parse().unwrap_or(500);
-            let description = headers
-                .get("Nats-Service-Error")
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
-            return Ok(Err((code, description)));
-        }
-    }
-    serde_json::from_slice(&message.payload)
-        .map(Ok)
-        .map_err(|e| OpsError::UnexpectedReply {
-            subject: subject.to_owned(),
-            reason: e.to_string(),
+    use shop_runtime::RuntimeError;
+    shop_runtime::micro::request_json(client, subject, body, REQUEST_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            RuntimeError::UnexpectedReply { subject, reason } => {
+                OpsError::UnexpectedReply { subject, reason }
+            }
+            other => OpsError::NoAnswer {
+                subject: subject.to_owned(),
+                reason: other.to_string(),
+            },
         })
 }
 

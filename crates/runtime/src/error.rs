@@ -18,6 +18,10 @@ pub enum RuntimeError {
     Corrupt(String),
     #[error("micro service setup failed: {0}")]
     Service(String),
+    #[error("request {subject} got no answer: {reason}")]
+    NoAnswer { subject: String, reason: String },
+    #[error("request {subject} got a reply that is not JSON: {reason}")]
+    UnexpectedReply { subject: String, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
 }

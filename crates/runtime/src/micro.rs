@@ -282,3 +282,42 @@ pub async fn serve_api<A: Api>(
     }
     Ok(())
 }
+
+/// What an endpoint answered: its JSON reply, or its service error (code, description).
+pub type Reply = Result<serde_json::Value, (u16, String)>;
+
+/// The client side of the convention above: sends a JSON request and turns a reply
+/// carrying `Nats-Service-Error-Code` into `Ok(Err((code, description)))`, so callers
+/// can treat 400 and 404 as answers rather than failures.
+pub async fn request_json(
+    client: &Client,
+    subject: &str,
+    body: &serde_json::Value,
+    within: std::time::Duration,
+) -> Result<Reply, RuntimeError> {
+    let no_answer = |reason: String| RuntimeError::NoAnswer {
+        subject: subject.to_owned(),
+        reason,
+    };
+    let payload = serde_json::to_vec(body).map_err(|e| no_answer(e.to_string()))?;
+    let message = tokio::time::timeout(within, client.request(subject.to_owned(), payload.into()))
+        .await
+        .map_err(|_| no_answer(format!("no reply within {within:?}")))?
+        .map_err(|e| no_answer(e.to_string()))?;
+    if let Some(headers) = &message.headers {
+        if let Some(code) = headers.get("Nats-Service-Error-Code") {
+            let code = code.as_str().parse().unwrap_or(500);
+            let description = headers
+                .get("Nats-Service-Error")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            return Ok(Err((code, description)));
+        }
+    }
+    serde_json::from_slice(&message.payload)
+        .map(Ok)
+        .map_err(|e| RuntimeError::UnexpectedReply {
+            subject: subject.to_owned(),
+            reason: e.to_string(),
+        })
+}
