@@ -76,23 +76,31 @@ pub async fn run_deadline_timer(
             .filter_map(Result::ok)
             .map(|k| k.to_vec())
             .collect();
-        let mut expired = 0;
+        let mut owed = Vec::with_capacity(due.len());
         for key in &due {
-            let Some(order_id) =
-                split_time_key(key).and_then(|(_, id)| shop_events::OrderId::parse(id).ok())
-            else {
-                let _ = store.tree(trees.deadlines).remove(key);
-                continue;
-            };
-            let ctx = Ctx {
-                now_ms: now,
-                deadline_ms,
-            };
-            let result = store.apply(None, |tx| {
+            match split_time_key(key).and_then(|(_, id)| shop_events::OrderId::parse(id).ok()) {
+                Some(order_id) => owed.push((key, order_id)),
+                None => {
+                    let _ = store.tree(trees.deadlines).remove(key);
+                }
+            }
+        }
+        let ctx = Ctx {
+            now_ms: now,
+            deadline_ms,
+        };
+        // One transaction for the sweep (see Store::apply_batch for why that matters).
+        let results = store.apply_batch(
+            &owed,
+            |_| None,
+            |tx, (key, order_id)| {
                 // Removing first makes a stale entry disappear; apply_input re-adds a live one.
                 tx.remove(trees.deadlines, key)?;
-                apply_input(trees, tx, &order_id, &Input::DeadlinePassed, &ctx, None)
-            });
+                apply_input(trees, tx, order_id, &Input::DeadlinePassed, &ctx, None)
+            },
+        );
+        let mut expired = 0;
+        for ((_, order_id), result) in owed.iter().zip(results) {
             match result {
                 Ok(_) => expired += 1,
                 Err(e) => {

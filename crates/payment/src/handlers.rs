@@ -116,10 +116,7 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                 match tokio::task::spawn_blocking(move || gateway.make_durable()).await {
                     Ok(Ok(())) => {
                         crashpoint::hit(crashpoint::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
-                        recorded = answers
-                            .iter()
-                            .filter(|(order_id, input)| this.record(order_id, Some(input)))
-                            .count();
+                        recorded = this.record_answers(&answers);
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "gateway books not durable; will retry")
@@ -168,7 +165,7 @@ impl<G: PaymentGateway> GatewayWorker<G> {
         };
         let Some(work) = state.gateway_work() else {
             // Stale index entry: clean it up in a transaction that re-checks the record.
-            self.record(order_id, None);
+            self.forget_stale(order_id);
             return None;
         };
         let gateway = self.gateway.as_ref();
@@ -211,30 +208,46 @@ impl<G: PaymentGateway> GatewayWorker<G> {
         }
     }
 
-    fn record(&self, order_id: &OrderId, input: Option<&Input>) -> bool {
+    /// Feeds a sweep's answers back through `decide`, in one transaction (see
+    /// `Store::apply_batch` for why); returns how many were recorded.
+    fn record_answers(&self, answers: &[(OrderId, Input)]) -> usize {
         let trees = self.trees;
-        let result = self.store.apply(None, |tx| match input {
-            Some(input) => {
+        let results = self.store.apply_batch(
+            answers,
+            |_| None,
+            |tx, (order_id, input)| {
                 let cause = tx
                     .get_json::<CauseRef>(trees.work, order_id.as_str().as_bytes())?
                     .and_then(|c| c.as_meta());
                 apply_input(trees, tx, order_id, input, cause.as_ref())
-            }
-            None => {
-                let state: Option<State> =
-                    tx.get_json(trees.payments, order_id.as_str().as_bytes())?;
-                if state.and_then(|s| s.gateway_work()).is_none() {
-                    tx.remove(trees.work, order_id.as_str().as_bytes())?;
+            },
+        );
+        answers
+            .iter()
+            .zip(results)
+            .filter(|((order_id, _), result)| match result {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::error!(%order_id, error = ?e, "cannot record gateway answer; will retry");
+                    false
                 }
-                Ok(())
+            })
+            .count()
+    }
+
+    /// Drops a work-index entry whose record no longer owes a call, re-checking inside
+    /// the transaction.
+    fn forget_stale(&self, order_id: &OrderId) {
+        let trees = self.trees;
+        let result = self.store.apply(None, |tx| {
+            let state: Option<State> = tx.get_json(trees.payments, order_id.as_str().as_bytes())?;
+            if state.and_then(|s| s.gateway_work()).is_none() {
+                tx.remove(trees.work, order_id.as_str().as_bytes())?;
             }
+            Ok(())
         });
-        match result {
-            Ok(_) => input.is_some(),
-            Err(e) => {
-                tracing::error!(%order_id, error = ?e, "cannot record gateway answer; will retry");
-                false
-            }
+        if let Err(e) = result {
+            tracing::error!(%order_id, error = ?e, "cannot clean the work index; will retry");
         }
     }
 }

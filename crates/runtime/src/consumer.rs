@@ -1,4 +1,4 @@
-//! The consumer loop: pull a batch, decode, apply each event in its own transaction,
+//! The consumer loop: pull a batch, decode, apply the batch's events in one transaction,
 //! flush once for the batch (group commit), then ack; dead-letter what cannot be processed.
 //!
 //! Ack decisions live here and nowhere else:
@@ -248,8 +248,9 @@ struct Applied {
     committed: u64,
 }
 
-/// Decodes and applies every message of a batch, each in its own transaction; no I/O
-/// but sled's in-memory commit, so the next batch can be applied while this one flushes.
+/// Decodes every message of a batch and applies the decodable ones in one transaction
+/// ([`Store::apply_batch`]); no I/O but sled's in-memory commit, so the next batch can be
+/// applied while this one flushes.
 fn apply_batch<H: EventHandler>(
     ctx: &ConsumerCtx,
     spec: &ConsumerSpec,
@@ -262,6 +263,7 @@ fn apply_batch<H: EventHandler>(
         retry: Vec::new(),
         committed: 0,
     };
+    let mut decoded = Vec::with_capacity(batch.len());
     for message in batch {
         let (seq, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered),
@@ -277,19 +279,20 @@ fn apply_batch<H: EventHandler>(
             stream_sequence: seq,
             delivered,
         };
-        let event = match handler.decode(&incoming) {
-            Ok(event) => event,
-            Err(reason) => {
-                applied.parked.push((message, reason));
-                continue;
+        match handler.decode(&incoming) {
+            Ok(event) => {
+                let span = handler.span(&event);
+                decoded.push((message, event, span, delivered));
             }
-        };
-        let span = handler.span(&event);
-        let outcome = span.in_scope(|| {
-            ctx.store.apply(Some(handler.event_id(&event)), |tx| {
-                handler.apply(&event, tx)
-            })
-        });
+            Err(reason) => applied.parked.push((message, reason)),
+        }
+    }
+    let outcomes = ctx.store.apply_batch(
+        &decoded,
+        |(_, event, _, _)| Some(handler.event_id(event)),
+        |tx, (_, event, span, _)| span.in_scope(|| handler.apply(event, tx)),
+    );
+    for ((message, _, span, delivered), outcome) in decoded.into_iter().zip(outcomes) {
         match outcome {
             Ok(Applied_::Done(())) => {
                 applied.committed += 1;

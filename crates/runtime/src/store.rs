@@ -209,6 +209,56 @@ impl Store {
         }
     }
 
+    /// Runs `work` for every item in **one** transaction, each item deduplicated by its
+    /// own inbox key; returns one outcome per item, in order.
+    ///
+    /// Why one transaction: sled 0.34 rolls its IO buffer twice per transaction (and
+    /// per `Tree::apply_batch`) in `PageCache::pin_log`, i.e. every transaction costs
+    /// two log writes with `sync_file_range` on sled's IO threads, whatever its size.
+    /// Per event that was most of a service's CPU (docs/BENCHMARKS.md, v4); per pulled
+    /// batch it is noise. Items see each other's writes (sled's transactional view reads
+    /// its own pending writes), so the batch behaves like its items applied in order.
+    ///
+    /// If any item is refused (or the batch fails), nothing of the batch is committed and
+    /// every item is applied again in a transaction of its own, so one bad event only
+    /// costs its own outcome.
+    pub fn apply_batch<I, T>(
+        &self,
+        items: &[I],
+        dedupe_key: impl Fn(&I) -> Option<&str>,
+        work: impl Fn(&Tx<'_>, &I) -> TxResult<T>,
+    ) -> Vec<Result<Applied<T>, ApplyError>> {
+        if items.len() > 1 {
+            let stamp = now_ms().to_be_bytes();
+            let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
+            let result = self.trees.as_slice().transaction(|view| {
+                let inbox = &view[0];
+                let tx = Tx { view };
+                let mut outcomes = Vec::with_capacity(items.len());
+                for item in items {
+                    if let Some(key) = dedupe_key(item) {
+                        if inbox.get(key.as_bytes())?.is_some() {
+                            outcomes.push(Applied::Duplicate);
+                            continue;
+                        }
+                        inbox.insert(key.as_bytes(), &stamp)?;
+                    }
+                    outcomes.push(Applied::Done(work(&tx, item)?));
+                }
+                Ok(outcomes)
+            });
+            if let Ok(outcomes) = result {
+                self.committed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return outcomes.into_iter().map(Ok).collect();
+            }
+        }
+        items
+            .iter()
+            .map(|item| self.apply(dedupe_key(item), |tx| work(tx, item)))
+            .collect()
+    }
+
     /// Makes every committed transaction durable (the group-commit flush).
     pub async fn flush(&self) -> Result<(), RuntimeError> {
         let wanted = self.committed_now();
@@ -317,13 +367,15 @@ impl Store {
         Ok(())
     }
 
-    /// Removes published entries in one batch.
+    /// Removes published entries.
+    ///
+    /// Plain removes, not a `sled::Batch`: a batch pins sled's log (two IO-buffer
+    /// writes, see [`Store::apply_batch`]), and removal needs no atomicity — an entry
+    /// left behind by a crash is published again and dropped by JetStream's dedupe.
     pub fn outbox_remove_all(&self, keys: &[IVec]) -> Result<(), RuntimeError> {
-        let mut batch = sled::Batch::default();
         for key in keys {
-            batch.remove(key.clone());
+            self.trees[1].remove(key)?;
         }
-        self.trees[1].apply_batch(batch)?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! the outbox keeps messages in order until removed.
 
 use shop_runtime::outbox::OutboxMessage;
-use shop_runtime::store::{reject, Applied, ApplyError, Store};
+use shop_runtime::store::{reject, Applied, ApplyError, Store, TreeId, Tx, TxResult};
 
 fn message(n: u8) -> OutboxMessage {
     OutboxMessage {
@@ -103,4 +103,87 @@ fn outbox_messages_round_trip_through_their_binary_form() {
     let m = message(9);
     assert_eq!(OutboxMessage::decode(&m.encode()), Some(m));
     assert_eq!(OutboxMessage::decode(&[0, 0, 0, 9, 1]), None);
+}
+
+/// A counter kept in the state tree: each item of a batch adds to what the earlier ones wrote.
+fn add(tx: &Tx<'_>, tree: TreeId, by: u8) -> TxResult<u8> {
+    let now = tx.get(tree, b"count")?.map(|v| v[0]).unwrap_or(0);
+    tx.insert(tree, b"count", &[now + by])?;
+    Ok(now + by)
+}
+
+#[test]
+fn a_batch_applies_its_items_in_order_each_seeing_the_ones_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, trees) = Store::open(dir.path(), &["state"]).expect("open");
+    let tree = trees[0];
+    // evt-b twice in one batch (a redelivery overtaking its ack): applied once.
+    let items = [("evt-a", 1u8), ("evt-b", 2), ("evt-b", 2), ("evt-c", 4)];
+    let outcomes = store.apply_batch(
+        &items,
+        |(id, _)| Some(id),
+        |tx, (_, by)| {
+            tx.publish(&message(*by))?;
+            add(tx, tree, *by)
+        },
+    );
+    let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("applied")).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Applied::Done(1),
+            Applied::Done(3),
+            Applied::Duplicate,
+            Applied::Done(7)
+        ]
+    );
+    assert_eq!(
+        store.tree(tree).get(b"count").expect("get").as_deref(),
+        Some(&[7u8][..])
+    );
+    assert_eq!(store.outbox_len(), 3);
+    for id in ["evt-a", "evt-b", "evt-c"] {
+        assert!(store.inbox_contains(id).expect("inbox"), "{id} recorded");
+    }
+    // A second delivery of the whole batch changes nothing.
+    let again = store.apply_batch(&items, |(id, _)| Some(id), |tx, (_, by)| add(tx, tree, *by));
+    assert!(again
+        .into_iter()
+        .all(|o| o.expect("applied") == Applied::Duplicate));
+    assert_eq!(
+        store.tree(tree).get(b"count").expect("get").as_deref(),
+        Some(&[7u8][..])
+    );
+}
+
+#[test]
+fn a_refused_item_costs_only_its_own_outcome_in_a_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, trees) = Store::open(dir.path(), &["state"]).expect("open");
+    let tree = trees[0];
+    let items = [("evt-1", 1u8), ("evt-bad", 0), ("evt-3", 4)];
+    let outcomes = store.apply_batch(
+        &items,
+        |(id, _)| Some(id),
+        |tx, (_, by)| {
+            if *by == 0 {
+                tx.publish(&message(0))?;
+                return reject("zero is not an amount");
+            }
+            tx.publish(&message(*by))?;
+            add(tx, tree, *by)
+        },
+    );
+    assert!(matches!(outcomes[0], Ok(Applied::Done(1))));
+    assert!(matches!(&outcomes[1], Err(ApplyError::Rejected(r)) if r == "zero is not an amount"));
+    assert!(matches!(outcomes[2], Ok(Applied::Done(5))));
+    assert_eq!(
+        store.tree(tree).get(b"count").expect("get").as_deref(),
+        Some(&[5u8][..])
+    );
+    // Only the two applied items left messages; the refused one is not marked processed.
+    assert_eq!(store.outbox_len(), 2);
+    assert!(!store.inbox_contains("evt-bad").expect("inbox"));
+    assert!(store.inbox_contains("evt-1").expect("inbox"));
+    assert!(store.inbox_contains("evt-3").expect("inbox"));
 }
