@@ -10,6 +10,9 @@ use shop_runtime::cli::CommonArgs;
 use shop_runtime::shutdown::{on_os_signal, Shutdown};
 use shop_runtime::telemetry::{init_subscriber, init_subscriber_with_default};
 
+#[global_allocator]
+static ALLOCATOR: shop_runtime::Allocator = shop_runtime::Allocator;
+
 /// The shop: an order saga (checkout → inventory → payment) choreographed over NATS JetStream.
 ///
 /// Start a local NATS with `make run` (which also runs `shop run`), then drive

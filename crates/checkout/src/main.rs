@@ -6,6 +6,9 @@ use shop_runtime::cli::CommonArgs;
 use shop_runtime::shutdown::on_os_signal;
 use shop_runtime::telemetry::init_subscriber;
 
+#[global_allocator]
+static ALLOCATOR: shop_runtime::Allocator = shop_runtime::Allocator;
+
 /// Checkout: owns orders and decides their outcome in the shop's saga.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -22,3 +22,11 @@ pub mod streams;
 pub mod telemetry;
 
 pub use error::RuntimeError;
+
+/// The allocator every shop binary installs (`#[global_allocator]` in each `main`).
+///
+/// Why not glibc's: under load the services allocate and free many small buffers
+/// (sled node copies, transaction write sets, JSON), and glibc's `malloc`/`free`/
+/// `malloc_consolidate` were ~30 % of the services' worker-thread CPU in the v4 profile
+/// (docs/BENCHMARKS.md).
+pub use mimalloc::MiMalloc as Allocator;

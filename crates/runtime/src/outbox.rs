@@ -45,6 +45,25 @@ fn take_str(buf: &mut &[u8]) -> Option<String> {
     String::from_utf8(take(buf)?.to_vec()).ok()
 }
 
+/// Starts an entry holding several messages. A single-message entry (the older form)
+/// starts with its subject's length, which is never this large.
+const ENTRY_MARK: [u8; 4] = [0xFF; 4];
+
+/// Builds one outbox entry from messages already in their [`OutboxMessage::encode`] form.
+///
+/// One entry per transaction, not per message: every sled insert and remove costs a log
+/// record and a share of the flush, and a pulled batch commits dozens of messages at once.
+pub fn encode_entry(encoded: &[Vec<u8>]) -> Vec<u8> {
+    let len = encoded.iter().map(|m| m.len() + 4).sum::<usize>() + 8;
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(&ENTRY_MARK);
+    buf.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    for message in encoded {
+        put(&mut buf, message);
+    }
+    buf
+}
+
 impl OutboxMessage {
     /// A length-prefixed binary form: cheaper than JSON-in-JSON for the payload.
     pub fn encode(&self) -> Vec<u8> {
@@ -76,6 +95,23 @@ impl OutboxMessage {
             headers,
             payload,
         })
+    }
+
+    /// Decodes an outbox entry: the messages one transaction queued, in publish order.
+    ///
+    /// Accepts the older one-message-per-entry form too, so an outbox left by an earlier
+    /// version is still published after an upgrade.
+    pub fn decode_entry(buf: &[u8]) -> Option<Vec<OutboxMessage>> {
+        let Some(mut rest) = buf.strip_prefix(&ENTRY_MARK[..]) else {
+            return OutboxMessage::decode(buf).map(|m| vec![m]);
+        };
+        let count = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        rest = &rest[4..];
+        let mut messages = Vec::with_capacity(count.min(4096));
+        for _ in 0..count {
+            messages.push(OutboxMessage::decode(take(&mut rest)?)?);
+        }
+        Some(messages)
     }
 
     /// The subject and the JetStream publish, moving the payload instead of copying it.
@@ -158,7 +194,9 @@ pub async fn run_relay(
     }
 }
 
-/// Publishes up to one batch; returns how many entries were published and removed.
+/// Publishes up to about [`RELAY_BATCH`] messages; returns how many were published.
+///
+/// An entry is removed only when every one of its messages got its PubAck.
 pub async fn drain_once(
     js: &jetstream::Context,
     store: &Store,
@@ -173,36 +211,41 @@ pub async fn drain_once(
     // be done again and publish the same fact under a new event id. Flushing first
     // (cheap when the committer already flushed) closes that window.
     store.flush().await?;
-    let mut pending: Vec<(sled::IVec, PublishAckFuture)> = Vec::with_capacity(batch.len());
-    for (key, message) in batch {
-        let (subject, publish) = message.into_publish();
-        let ack = js
-            .send_publish(subject.clone(), publish)
-            .await
-            .map_err(|e| RuntimeError::Publish(format!("{subject}: {e}")))?;
-        pending.push((key, ack));
+    let mut pending: Vec<(sled::IVec, Vec<PublishAckFuture>)> = Vec::with_capacity(batch.len());
+    for (key, messages) in batch {
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (subject, publish) = message.into_publish();
+            let ack = js
+                .send_publish(subject.clone(), publish)
+                .await
+                .map_err(|e| RuntimeError::Publish(format!("{subject}: {e}")))?;
+            acks.push(ack);
+        }
+        pending.push((key, acks));
     }
     let mut acked = Vec::with_capacity(pending.len());
+    let mut published = 0;
     let mut failure = None;
-    for (key, ack) in pending {
-        match ack.await {
-            Ok(_) => acked.push(key),
-            Err(e) => {
-                failure = Some(RuntimeError::Publish(format!("PubAck: {e}")));
-                break;
+    'entries: for (key, acks) in pending {
+        for ack in acks {
+            match ack.await {
+                Ok(_) => published += 1,
+                Err(e) => {
+                    failure = Some(RuntimeError::Publish(format!("PubAck: {e}")));
+                    break 'entries;
+                }
             }
         }
+        acked.push(key);
     }
     if !acked.is_empty() {
         crashpoint::hit(crashpoint::AFTER_PUBLISH_BEFORE_OUTBOX_REMOVE);
-        // One batch instead of one remove per entry.
         store.outbox_remove_all(&acked)?;
     }
-    let done = acked.len();
-    if let Some(e) = failure {
-        stats.add_published(done as u64);
-        return Err(e);
+    stats.add_published(published as u64);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(published),
     }
-    stats.add_published(done as u64);
-    Ok(done)
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Db, IVec, Transactional, Tree};
 
-use crate::outbox::OutboxMessage;
+use crate::outbox::{encode_entry, OutboxMessage};
 use crate::RuntimeError;
 
 const INBOX: &str = "inbox";
@@ -60,9 +60,30 @@ pub enum ApplyError {
 /// The transactional view handed to domain glue: typed reads and writes plus `publish`.
 pub struct Tx<'a> {
     view: &'a [TransactionalTree],
+    // Messages queued by `publish`, encoded; written as one outbox entry at the end.
+    outgoing: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
-impl Tx<'_> {
+impl<'a> Tx<'a> {
+    fn new(view: &'a [TransactionalTree]) -> Tx<'a> {
+        Tx {
+            view,
+            outgoing: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Writes the queued messages as one outbox entry (none if nothing was queued).
+    fn write_outbox(&self) -> TxResult<()> {
+        let outgoing = self.outgoing.borrow();
+        if outgoing.is_empty() {
+            return Ok(());
+        }
+        let outbox = &self.view[1];
+        let key = outbox.generate_id()?.to_be_bytes();
+        outbox.insert(&key, encode_entry(&outgoing))?;
+        Ok(())
+    }
+
     fn tree(&self, id: TreeId) -> &TransactionalTree {
         &self.view[id.0]
     }
@@ -102,9 +123,7 @@ impl Tx<'_> {
 
     /// Queues a message in the outbox; the relay publishes it after the commit.
     pub fn publish(&self, message: &OutboxMessage) -> TxResult<()> {
-        let outbox = &self.view[1];
-        let key = outbox.generate_id()?.to_be_bytes();
-        outbox.insert(&key, message.encode())?;
+        self.outgoing.borrow_mut().push(message.encode());
         Ok(())
     }
 }
@@ -190,8 +209,10 @@ impl Store {
                 }
                 inbox.insert(key.as_bytes(), &stamp)?;
             }
-            let tx = Tx { view };
-            work(&tx).map(Applied::Done)
+            let tx = Tx::new(view);
+            let done = work(&tx)?;
+            tx.write_outbox()?;
+            Ok(Applied::Done(done))
         });
         match result {
             Ok(applied) => {
@@ -233,7 +254,7 @@ impl Store {
             let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
             let result = self.trees.as_slice().transaction(|view| {
                 let inbox = &view[0];
-                let tx = Tx { view };
+                let tx = Tx::new(view);
                 let mut outcomes = Vec::with_capacity(items.len());
                 for item in items {
                     if let Some(key) = dedupe_key(item) {
@@ -245,6 +266,7 @@ impl Store {
                     }
                     outcomes.push(Applied::Done(work(&tx, item)?));
                 }
+                tx.write_outbox()?;
                 Ok(outcomes)
             });
             if let Ok(outcomes) = result {
@@ -350,14 +372,24 @@ impl Store {
         self.trees[0].len()
     }
 
-    /// The oldest outbox entries, in the order they were written.
-    pub fn outbox_batch(&self, max: usize) -> Result<Vec<(IVec, OutboxMessage)>, RuntimeError> {
-        let mut out = Vec::with_capacity(max.min(1024));
-        for item in self.trees[1].iter().take(max) {
+    /// The oldest outbox entries, in the order they were written, each with its messages;
+    /// whole entries until at least `max` messages (or the outbox's end) are reached.
+    #[allow(clippy::type_complexity)]
+    pub fn outbox_batch(
+        &self,
+        max: usize,
+    ) -> Result<Vec<(IVec, Vec<OutboxMessage>)>, RuntimeError> {
+        let mut out = Vec::new();
+        let mut messages = 0;
+        for item in self.trees[1].iter() {
+            if messages >= max {
+                break;
+            }
             let (key, value) = item?;
-            let message = OutboxMessage::decode(&value)
+            let entry = OutboxMessage::decode_entry(&value)
                 .ok_or_else(|| RuntimeError::Corrupt("outbox entry does not decode".into()))?;
-            out.push((key, message));
+            messages += entry.len();
+            out.push((key, entry));
         }
         Ok(out)
     }
@@ -379,6 +411,7 @@ impl Store {
         Ok(())
     }
 
+    /// Outbox entries waiting: committed transactions whose messages are not all published.
     pub fn outbox_len(&self) -> usize {
         self.trees[1].len()
     }

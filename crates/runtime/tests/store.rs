@@ -1,7 +1,7 @@
 //! The sled store on a real temp dir: the inbox makes work happen once, refusals leave no trace,
 //! the outbox keeps messages in order until removed.
 
-use shop_runtime::outbox::OutboxMessage;
+use shop_runtime::outbox::{encode_entry, OutboxMessage};
 use shop_runtime::store::{reject, Applied, ApplyError, Store, TreeId, Tx, TxResult};
 
 fn message(n: u8) -> OutboxMessage {
@@ -68,16 +68,42 @@ fn the_outbox_survives_a_reopen_in_write_order() {
     }
     let (store, _) = Store::open(dir.path(), &[]).expect("reopen");
     let batch = store.outbox_batch(10).expect("batch");
-    let subjects: Vec<_> = batch.iter().map(|(_, m)| m.subject.clone()).collect();
+    assert_eq!(batch.len(), 1, "one entry for the transaction");
+    let subjects: Vec<_> = batch[0].1.iter().map(|m| m.subject.clone()).collect();
     assert_eq!(
         subjects,
         (0..5)
             .map(|n| format!("events.test.{n}"))
             .collect::<Vec<_>>()
     );
-    assert_eq!(batch[2].1, message(2));
+    assert_eq!(batch[0].1[2], message(2));
     store.outbox_remove(&batch[0].0).expect("remove");
-    assert_eq!(store.outbox_len(), 4);
+    assert_eq!(store.outbox_len(), 0);
+}
+
+/// Every message waiting in the outbox, in publish order.
+fn outbox_messages(store: &Store) -> Vec<OutboxMessage> {
+    store
+        .outbox_batch(usize::MAX)
+        .expect("outbox")
+        .into_iter()
+        .flat_map(|(_, messages)| messages)
+        .collect()
+}
+
+#[test]
+fn an_outbox_entry_of_the_older_one_message_form_still_decodes() {
+    let m = message(7);
+    assert_eq!(
+        OutboxMessage::decode_entry(&m.encode()),
+        Some(vec![m.clone()])
+    );
+    let entry = encode_entry(&[message(1).encode(), m.encode()]);
+    assert_eq!(
+        OutboxMessage::decode_entry(&entry),
+        Some(vec![message(1), m])
+    );
+    assert_eq!(OutboxMessage::decode_entry(&entry[..entry.len() - 1]), None);
 }
 
 #[test]
@@ -141,7 +167,12 @@ fn a_batch_applies_its_items_in_order_each_seeing_the_ones_before() {
         store.tree(tree).get(b"count").expect("get").as_deref(),
         Some(&[7u8][..])
     );
-    assert_eq!(store.outbox_len(), 3);
+    // One outbox entry for the batch, its messages in the items' order.
+    assert_eq!(store.outbox_len(), 1);
+    assert_eq!(
+        outbox_messages(&store),
+        vec![message(1), message(2), message(4)]
+    );
     for id in ["evt-a", "evt-b", "evt-c"] {
         assert!(store.inbox_contains(id).expect("inbox"), "{id} recorded");
     }
@@ -182,7 +213,7 @@ fn a_refused_item_costs_only_its_own_outcome_in_a_batch() {
         Some(&[5u8][..])
     );
     // Only the two applied items left messages; the refused one is not marked processed.
-    assert_eq!(store.outbox_len(), 2);
+    assert_eq!(outbox_messages(&store), vec![message(1), message(4)]);
     assert!(!store.inbox_contains("evt-bad").expect("inbox"));
     assert!(store.inbox_contains("evt-1").expect("inbox"));
     assert!(store.inbox_contains("evt-3").expect("inbox"));
