@@ -25,8 +25,8 @@ pub use error::RuntimeError;
 
 /// The allocator every shop binary installs (`#[global_allocator]` in each `main`).
 ///
-/// Why not glibc's: its heap fragments as a service's history grows — at 1M stored
-/// orders the saga ran at 0.53× its fresh rate with glibc (`malloc_consolidate` and
-/// `unlink_chunk` in the profile), and flat with mimalloc, for ≈ 80 MiB more resident
-/// memory per service (docs/BENCHMARKS.md, v6 and the allocator experiment).
-pub use mimalloc::MiMalloc as Allocator;
+/// Measured at 1M stored orders (docs/BENCHMARKS.md, v7): glibc's heap fragments as a
+/// service's history grows (0.53× its fresh rate, `malloc_consolidate` in the profile);
+/// mimalloc stays fast but holds ≈ 80 MiB more per service (248 MiB peak); jemalloc stays
+/// within 0.88× of its fresh rate at 192 MiB peak.
+pub use tikv_jemallocator::Jemalloc as Allocator;
