@@ -130,6 +130,17 @@ impl<'a> Tx<'a> {
     }
 }
 
+/// Records `key` in the inbox unless it is there already; `false` means a duplicate.
+/// Without a key there is nothing to deduplicate on, so the work always runs.
+fn first_time(inbox: &TransactionalTree, key: Option<&str>, stamp: &[u8]) -> TxResult<bool> {
+    let Some(key) = key else { return Ok(true) };
+    if inbox.get(key.as_bytes())?.is_some() {
+        return Ok(false);
+    }
+    inbox.insert(key.as_bytes(), stamp)?;
+    Ok(true)
+}
+
 /// A service's sled database: inbox, outbox and the service's own trees.
 pub struct Store {
     db: Db,
@@ -207,12 +218,8 @@ impl Store {
         let stamp = now_ms().to_be_bytes();
         let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
         let result = self.trees.as_slice().transaction(|view| {
-            let inbox = &view[0];
-            if let Some(key) = dedupe_key {
-                if inbox.get(key.as_bytes())?.is_some() {
-                    return Ok(Applied::Duplicate);
-                }
-                inbox.insert(key.as_bytes(), &stamp)?;
+            if !first_time(&view[0], dedupe_key, &stamp)? {
+                return Ok(Applied::Duplicate);
             }
             let tx = Tx::new(view);
             let done = work(&tx)?;
@@ -262,12 +269,9 @@ impl Store {
                 let tx = Tx::new(view);
                 let mut outcomes = Vec::with_capacity(items.len());
                 for item in items {
-                    if let Some(key) = dedupe_key(item) {
-                        if inbox.get(key.as_bytes())?.is_some() {
-                            outcomes.push(Applied::Duplicate);
-                            continue;
-                        }
-                        inbox.insert(key.as_bytes(), &stamp)?;
+                    if !first_time(inbox, dedupe_key(item), &stamp)? {
+                        outcomes.push(Applied::Duplicate);
+                        continue;
                     }
                     outcomes.push(Applied::Done(work(&tx, item)?));
                 }
