@@ -15,7 +15,7 @@ NATS_READY_SECONDS ?= 15
 INSTALL_NATS := scripts/install-nats-server.sh
 NATS_SERVER_PATH_FILE := .tools/nats-server-path
 
-.PHONY: all test fmt-check clippy cargo-test nats-server nats run bench clean-data
+.PHONY: all test fmt-check clippy cargo-test nats-server nats run bench chaos chaos-long clean-data
 
 all: test
 
@@ -58,13 +58,23 @@ run: nats-server
 			sleep 0.2; \
 		done; \
 	fi
-	NATS_URL="$(NATS_URL)" cargo run --release --bin shop -- run
+	NATS_URL="$(NATS_URL)" cargo run --profile fast --bin shop -- run
 
-# The bench starts its own nats-server and runs the service binaries as processes,
-# so all of them are built in release first.
+# The bench (shop-lab) starts its own nats-server and runs the service binaries as
+# processes, so all of them are built in release (the LTO profile) first.
 bench: nats-server
-	cargo build --release --workspace --bins
-	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/release/shop bench $(BENCH_ARGS)
+	cargo build --release -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment --bins
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/release/shop-lab bench $(BENCH_ARGS)
+
+# The chaos suite (shop-lab) on debug builds, as docs/RELIABILITY.md runs it.
+# `make chaos` is the short run; `make chaos-long` the 5,000-order run. CHAOS_ARGS adds flags.
+chaos: nats-server
+	cargo build -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment --bins
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/debug/shop-lab chaos $(CHAOS_ARGS)
+
+chaos-long: nats-server
+	cargo build -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment --bins
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/debug/shop-lab chaos --orders 5000 --broker-restarts 3 $(CHAOS_ARGS)
 
 clean-data:
 	rm -rf data

@@ -1,4 +1,7 @@
 //! `shop`: run the services in one process, and the operator tools around them.
+//!
+//! This is the binary operators deploy, so it links no test machinery: the benchmark
+//! and the chaos suite live in `shop-lab` (crates/lab).
 
 use std::str::FromStr;
 
@@ -92,51 +95,6 @@ enum Command {
         /// Slack after a deadline before an unsettled order counts as stuck.
         #[arg(long, default_value = "10s", value_parser = shop_runtime::cli::parse_duration)]
         grace: std::time::Duration,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Benchmark the shop against raw JetStream on this machine (see docs/BENCHMARKS.md).
-    ///
-    /// Starts its own nats-server with a fresh store, runs a raw-JetStream baseline with
-    /// the same events, deliveries and payload sizes as the saga's happy path, then the
-    /// three services as processes (the binaries next to this one), at each in-flight level.
-    Bench {
-        /// Measured window per level, after a few seconds of warm-up.
-        #[arg(long, default_value = "20s", value_parser = shop_runtime::cli::parse_duration)]
-        duration: std::time::Duration,
-        /// Orders in flight, one level each.
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
-        inflight: Vec<usize>,
-        /// Stored-orders points to preload and measure, e.g. 10000,100000 (slow: see the doc).
-        #[arg(long, value_delimiter = ',')]
-        history: Vec<u64>,
-        /// Print the report as JSON instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Short windows for a smoke run; figures are indicative only.
-        #[arg(long)]
-        quick: bool,
-    },
-    /// Run the chaos scenario on a private nats-server and services as processes, then audit.
-    ///
-    /// Kills services with SIGKILL every few hundred milliseconds, restarts the broker,
-    /// fires every crash point, re-publishes upstream events and injects malformed and
-    /// oversized messages. Exits 1 if the books do not balance. Uses the checkout,
-    /// inventory and payment binaries next to this one.
-    Chaos {
-        /// How many orders to drive.
-        #[arg(long, default_value_t = 300)]
-        orders: usize,
-        /// Broker restarts during the run.
-        #[arg(long, default_value_t = 1)]
-        broker_restarts: u32,
-        /// Probability of each crash point firing where it is reached.
-        #[arg(long, default_value_t = 0.003)]
-        crash_probability: f64,
-        /// Random seed, to repeat a run.
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -250,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. } | Command::Bench { .. } => init_subscriber(cli.common.log_format),
+        Command::Run { .. } => init_subscriber(cli.common.log_format),
         _ => init_subscriber_with_default(cli.common.log_format, "warn"),
     }
     let mut stdout = std::io::stdout();
@@ -323,55 +281,6 @@ async fn main() -> anyhow::Result<()> {
                 shop_ops::audit(&client, opts, &mut stdout).await?
             };
             if !report.is_clean() {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        Command::Bench {
-            duration,
-            inflight,
-            history,
-            json,
-            quick,
-        } => {
-            let opts = shop_bench::BenchOptions {
-                duration: *duration,
-                inflight: inflight.clone(),
-                history: history.clone(),
-                json: *json,
-                quick: *quick,
-                ..shop_bench::BenchOptions::default()
-            };
-            shop_bench::run(opts, &mut stdout.lock()).await?;
-            Ok(())
-        }
-        Command::Chaos {
-            orders,
-            broker_restarts,
-            crash_probability,
-            seed,
-            json,
-        } => {
-            let bin_dir = std::env::current_exe()?
-                .parent()
-                .map(std::path::Path::to_path_buf)
-                .context("cannot locate the service binaries")?;
-            let mut opts = shop_chaos::ChaosOptions::short(bin_dir);
-            opts.orders = *orders;
-            opts.broker_restarts = *broker_restarts;
-            opts.crash_probability = *crash_probability;
-            opts.seed = *seed;
-            let report = if *json {
-                shop_chaos::run(opts, &mut std::io::sink()).await?
-            } else {
-                shop_chaos::run(opts, &mut stdout).await?
-            };
-            if *json {
-                print_json(&report)?;
-            } else {
-                shop_chaos::print_summary(&report, &mut stdout)?;
-            }
-            if report.violations > 0 {
                 std::process::exit(1);
             }
             Ok(())

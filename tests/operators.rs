@@ -3,6 +3,9 @@
 
 mod common;
 
+use shop_events::api::checkout::{ORDERS_CANCEL, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE};
+use shop_events::api::inventory::{STOCK_GET, STOCK_LIST, STOCK_REPLENISH};
+use shop_events::api::payment::{GATEWAY_LEDGER, PAYMENTS_GET};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -29,17 +32,17 @@ const CONSUMER_COUNTERS: [&str; 5] = [
 fn expected_subjects(service: Service) -> BTreeSet<String> {
     let own: &[&str] = match service {
         Service::Checkout => &[
-            "checkout.orders.place",
-            "checkout.orders.get",
-            "checkout.orders.cancel",
-            "checkout.orders.list",
+            ORDERS_PLACE.subject,
+            ORDERS_GET.subject,
+            ORDERS_CANCEL.subject,
+            ORDERS_LIST.subject,
         ],
         Service::Inventory => &[
-            "inventory.stock.get",
-            "inventory.stock.list",
-            "inventory.stock.replenish",
+            STOCK_GET.subject,
+            STOCK_LIST.subject,
+            STOCK_REPLENISH.subject,
         ],
-        Service::Payment => &["payment.payments.get", "payment.gateway.ledger"],
+        Service::Payment => &[PAYMENTS_GET.subject, GATEWAY_LEDGER.subject],
     };
     own.iter()
         .map(|s| s.to_string())
@@ -215,7 +218,7 @@ async fn placing_an_order_through_the_api_accepts_it_once_and_refuses_bad_ones(
     wait_for_stock(&w.client, "sku-api", 10, 0, SETTLE).await?;
 
     let placed = order("o-api", &[("sku-api", 2, 1250)], "tok_visa");
-    let accepted = call_ok(&w.client, "checkout.orders.place", json!(placed)).await?;
+    let accepted = call_ok(&w.client, ORDERS_PLACE.subject, json!(placed)).await?;
     assert_eq!(accepted["order_id"], "o-api");
     assert_eq!(accepted["status"], "pending");
     assert!(accepted["event_id"]
@@ -225,7 +228,7 @@ async fn placing_an_order_through_the_api_accepts_it_once_and_refuses_bad_ones(
     assert_eq!(view["total"], 2500);
 
     // The same order again is answered with where it stands, and nothing happens twice.
-    let again = call_ok(&w.client, "checkout.orders.place", json!(placed)).await?;
+    let again = call_ok(&w.client, ORDERS_PLACE.subject, json!(placed)).await?;
     assert_eq!(again["order_id"], "o-api");
     assert_eq!(again["status"], "confirmed");
     common::wait_idle(&w.client, &w.js).await?;
@@ -233,15 +236,10 @@ async fn placing_an_order_through_the_api_accepts_it_once_and_refuses_bad_ones(
 
     // The same id with different data is refused, and the first order stands.
     let other = order("o-api", &[("sku-api", 3, 1250)], "tok_visa");
-    let (code, description) = call_err(&w.client, "checkout.orders.place", json!(other)).await?;
+    let (code, description) = call_err(&w.client, ORDERS_PLACE.subject, json!(other)).await?;
     assert_eq!(code, 400);
     assert!(description.contains("o-api"), "{description}");
-    let view = call_ok(
-        &w.client,
-        "checkout.orders.get",
-        json!({"order_id": "o-api"}),
-    )
-    .await?;
+    let view = call_ok(&w.client, ORDERS_GET.subject, json!({"order_id": "o-api"})).await?;
     assert_eq!(view["total"], 2500);
     assert_eq!(view["status"], "confirmed");
 
@@ -250,7 +248,7 @@ async fn placing_an_order_through_the_api_accepts_it_once_and_refuses_bad_ones(
     bad.total = 7;
     let problems = bad.validate().expect_err("the order is invalid");
     assert!(problems.len() >= 5, "{problems:?}");
-    let (code, description) = call_err(&w.client, "checkout.orders.place", json!(bad)).await?;
+    let (code, description) = call_err(&w.client, ORDERS_PLACE.subject, json!(bad)).await?;
     assert_eq!(code, 400);
     assert!(
         description.contains(&format!("{} problem(s)", problems.len())),
@@ -264,28 +262,23 @@ async fn placing_an_order_through_the_api_accepts_it_once_and_refuses_bad_ones(
     }
     let unknown = call_err(
         &w.client,
-        "checkout.orders.get",
+        ORDERS_GET.subject,
         json!({"order_id": "o-api-bad"}),
     )
     .await?;
     assert_eq!(unknown.0, 404, "a refused order is not recorded");
 
     // Bodies that are not an order at all.
-    let (code, description) = call_raw(&w.client, "checkout.orders.place", b"{not json")
+    let (code, description) = call_raw(&w.client, ORDERS_PLACE.subject, b"{not json")
         .await?
         .expect_err("bad JSON is refused");
     assert_eq!(code, 400);
     assert!(description.contains("JSON"), "{description}");
-    let (code, _) = call_err(
-        &w.client,
-        "checkout.orders.place",
-        json!({"order_id": "o-x"}),
-    )
-    .await?;
+    let (code, _) = call_err(&w.client, ORDERS_PLACE.subject, json!({"order_id": "o-x"})).await?;
     assert_eq!(code, 400, "missing fields");
     let mut bad_id = json!(order("o-y", &[("sku-api", 1, 1)], "tok_visa"));
     bad_id["order_id"] = json!("not an id!");
-    let (code, description) = call_err(&w.client, "checkout.orders.place", bad_id).await?;
+    let (code, description) = call_err(&w.client, ORDERS_PLACE.subject, bad_id).await?;
     assert_eq!(code, 400);
     assert!(description.contains("not an id!"), "{description}");
 
@@ -298,7 +291,7 @@ async fn getting_an_order_shows_its_lines_total_and_times_or_says_why_not() -> a
     let w = world(ShopConfig::in_process()).await?;
     let (code, description) = call_err(
         &w.client,
-        "checkout.orders.get",
+        ORDERS_GET.subject,
         json!({"order_id": "o-nobody"}),
     )
     .await?;
@@ -309,7 +302,7 @@ async fn getting_an_order_shows_its_lines_total_and_times_or_says_why_not() -> a
         json!({"order_id": ""}),
         json!({}),
     ] {
-        let (code, _) = call_err(&w.client, "checkout.orders.get", bad.clone()).await?;
+        let (code, _) = call_err(&w.client, ORDERS_GET.subject, bad.clone()).await?;
         assert_eq!(code, 400, "{bad}");
     }
 
@@ -354,14 +347,14 @@ async fn cancelling_an_order_through_the_api_cancels_it_for_the_customer() -> an
     let w = world(ShopConfig::in_process()).await?;
     let (code, _) = call_err(
         &w.client,
-        "checkout.orders.cancel",
+        ORDERS_CANCEL.subject,
         json!({"order_id": "o-ghost"}),
     )
     .await?;
     assert_eq!(code, 404);
     let (code, _) = call_err(
         &w.client,
-        "checkout.orders.cancel",
+        ORDERS_CANCEL.subject,
         json!({"order_id": "no/such"}),
     )
     .await?;
@@ -376,7 +369,7 @@ async fn cancelling_an_order_through_the_api_cancels_it_for_the_customer() -> an
     wait_for_status(&w.client, "o-cancel", "confirmed", SETTLE).await?;
     let reply = call_ok(
         &w.client,
-        "checkout.orders.cancel",
+        ORDERS_CANCEL.subject,
         json!({"order_id": "o-cancel", "reason": "changed my mind"}),
     )
     .await?;
@@ -400,7 +393,7 @@ async fn cancelling_an_order_through_the_api_cancels_it_for_the_customer() -> an
 #[tokio::test]
 async fn listing_orders_shows_the_most_recent_first_and_filters_by_status() -> anyhow::Result<()> {
     let w = world(ShopConfig::in_process()).await?;
-    let empty = call_ok(&w.client, "checkout.orders.list", json!({})).await?;
+    let empty = call_ok(&w.client, ORDERS_LIST.subject, json!({})).await?;
     assert_eq!(empty, json!([]));
 
     replenish(&w.js, "sku-list", 10).await?;
@@ -428,30 +421,25 @@ async fn listing_orders_shows_the_most_recent_first_and_filters_by_status() -> a
             .filter_map(|o| o["order_id"].as_str().map(str::to_owned))
             .collect()
     };
-    let all = call_ok(&w.client, "checkout.orders.list", json!({})).await?;
+    let all = call_ok(&w.client, ORDERS_LIST.subject, json!({})).await?;
     assert_eq!(ids(&all), ["o-list-3", "o-list-2", "o-list-1"]);
     let confirmed = call_ok(
         &w.client,
-        "checkout.orders.list",
+        ORDERS_LIST.subject,
         json!({"status": "confirmed"}),
     )
     .await?;
     assert_eq!(ids(&confirmed), ["o-list-3", "o-list-1"]);
     let rejected = call_ok(
         &w.client,
-        "checkout.orders.list",
+        ORDERS_LIST.subject,
         json!({"status": "rejected"}),
     )
     .await?;
     assert_eq!(ids(&rejected), ["o-list-2"]);
-    let newest = call_ok(&w.client, "checkout.orders.list", json!({"limit": 1})).await?;
+    let newest = call_ok(&w.client, ORDERS_LIST.subject, json!({"limit": 1})).await?;
     assert_eq!(ids(&newest), ["o-list-3"]);
-    let (code, _) = call_err(
-        &w.client,
-        "checkout.orders.list",
-        json!({"status": "shipped"}),
-    )
-    .await?;
+    let (code, _) = call_err(&w.client, ORDERS_LIST.subject, json!({"status": "shipped"})).await?;
     assert_eq!(code, 400, "an unknown status is a bad request");
     w.shop.shutdown().await?;
     Ok(())
@@ -461,13 +449,13 @@ async fn listing_orders_shows_the_most_recent_first_and_filters_by_status() -> a
 async fn stock_can_be_read_listed_and_replenished_through_the_api() -> anyhow::Result<()> {
     let w = world(ShopConfig::in_process()).await?;
     let (code, description) =
-        call_err(&w.client, "inventory.stock.get", json!({"sku": "sku-none"})).await?;
+        call_err(&w.client, STOCK_GET.subject, json!({"sku": "sku-none"})).await?;
     assert_eq!(code, 404);
     assert!(description.contains("sku-none"), "{description}");
-    let (code, _) = call_err(&w.client, "inventory.stock.get", json!({"sku": "bad sku"})).await?;
+    let (code, _) = call_err(&w.client, STOCK_GET.subject, json!({"sku": "bad sku"})).await?;
     assert_eq!(code, 400);
     assert_eq!(
-        call_ok(&w.client, "inventory.stock.list", json!({})).await?,
+        call_ok(&w.client, STOCK_LIST.subject, json!({})).await?,
         json!([])
     );
 
@@ -482,7 +470,7 @@ async fn stock_can_be_read_listed_and_replenished_through_the_api() -> anyhow::R
         (json!({"sku": "", "quantity": 0}), vec!["sku", "quantity"]),
     ] {
         let (code, description) =
-            call_err(&w.client, "inventory.stock.replenish", body.clone()).await?;
+            call_err(&w.client, STOCK_REPLENISH.subject, body.clone()).await?;
         assert_eq!(code, 400, "{body}");
         for field in expected {
             assert!(
@@ -491,14 +479,14 @@ async fn stock_can_be_read_listed_and_replenished_through_the_api() -> anyhow::R
             );
         }
     }
-    let (code, _) = call_raw(&w.client, "inventory.stock.replenish", b"[1, 2")
+    let (code, _) = call_raw(&w.client, STOCK_REPLENISH.subject, b"[1, 2")
         .await?
         .expect_err("bad JSON is refused");
     assert_eq!(code, 400);
 
     let reply = call_ok(
         &w.client,
-        "inventory.stock.replenish",
+        STOCK_REPLENISH.subject,
         json!({"sku": "sku-r", "quantity": 7}),
     )
     .await?;
@@ -507,25 +495,25 @@ async fn stock_can_be_read_listed_and_replenished_through_the_api() -> anyhow::R
     wait_for_stock(&w.client, "sku-r", 7, 0, SETTLE).await?;
     call_ok(
         &w.client,
-        "inventory.stock.replenish",
+        STOCK_REPLENISH.subject,
         json!({"sku": "sku-r", "quantity": 5}),
     )
     .await?;
     wait_for_stock(&w.client, "sku-r", 12, 0, SETTLE).await?;
     call_ok(
         &w.client,
-        "inventory.stock.replenish",
+        STOCK_REPLENISH.subject,
         json!({"sku": "sku-a", "quantity": 1}),
     )
     .await?;
     wait_for_stock(&w.client, "sku-a", 1, 0, SETTLE).await?;
 
-    let one = call_ok(&w.client, "inventory.stock.get", json!({"sku": "sku-r"})).await?;
+    let one = call_ok(&w.client, STOCK_GET.subject, json!({"sku": "sku-r"})).await?;
     assert_eq!(
         one,
         json!({"sku": "sku-r", "on_hand": 12, "reserved": 0, "available": 12})
     );
-    let list = call_ok(&w.client, "inventory.stock.list", json!({})).await?;
+    let list = call_ok(&w.client, STOCK_LIST.subject, json!({})).await?;
     let skus: Vec<&str> = list
         .as_array()
         .into_iter()
@@ -542,7 +530,7 @@ async fn a_payment_shows_captured_amounts_in_minor_units() -> anyhow::Result<()>
     let w = world(ShopConfig::in_process()).await?;
     let (code, description) = call_err(
         &w.client,
-        "payment.payments.get",
+        PAYMENTS_GET.subject,
         json!({"order_id": "o-unpaid"}),
     )
     .await?;
@@ -550,13 +538,13 @@ async fn a_payment_shows_captured_amounts_in_minor_units() -> anyhow::Result<()>
     assert!(description.contains("o-unpaid"), "{description}");
     let (code, _) = call_err(
         &w.client,
-        "payment.payments.get",
+        PAYMENTS_GET.subject,
         json!({"order_id": "o unpaid"}),
     )
     .await?;
     assert_eq!(code, 400);
     assert_eq!(
-        call_ok(&w.client, "payment.gateway.ledger", json!({})).await?,
+        call_ok(&w.client, GATEWAY_LEDGER.subject, json!({})).await?,
         json!([])
     );
 
@@ -580,7 +568,7 @@ async fn a_payment_shows_captured_amounts_in_minor_units() -> anyhow::Result<()>
     assert_eq!(pay["currency"], "EUR");
     assert!(pay["payment_id"].as_str().is_some(), "{pay}");
 
-    let ledger = call_ok(&w.client, "payment.gateway.ledger", json!({})).await?;
+    let ledger = call_ok(&w.client, GATEWAY_LEDGER.subject, json!({})).await?;
     let entries = ledger.as_array().expect("ledger entries");
     assert_eq!(entries.len(), 1, "{ledger}");
     assert_eq!(entries[0]["order_id"], "o-pay");
@@ -590,7 +578,7 @@ async fn a_payment_shows_captured_amounts_in_minor_units() -> anyhow::Result<()>
     // Asking does not change anything: the order is charged once.
     let _ = call(
         &w.client,
-        "payment.payments.get",
+        PAYMENTS_GET.subject,
         json!({"order_id": "o-pay"}),
     )
     .await?;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use shop_events::api::payment::GATEWAY_LEDGER;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -151,7 +152,7 @@ async fn sigterm_with_orders_in_flight_loses_nothing() -> anyhow::Result<()> {
         }
     }
     wait_idle(&w.client, &w.js).await?;
-    let ledger = call_ok(&w.client, "payment.gateway.ledger", serde_json::json!({})).await?;
+    let ledger = call_ok(&w.client, GATEWAY_LEDGER.subject, serde_json::json!({})).await?;
     let captured: Vec<&Value> = ledger
         .as_array()
         .into_iter()

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use serde::{Deserialize, Serialize};
-use shop_events::{
-    CancelReason, Envelope, Event, OrderCancellationRequested, OrderId, OrderLineInput,
-    OrderPlaced, Problem,
+use shop_events::api::checkout::{
+    Accepted, CancelRequest, Cancellation, CancellationAccepted, ListRequest, OrderView, ENDPOINTS,
+    ORDERS_CANCEL, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE,
 };
+use shop_events::api::{Endpoint, OrderRef};
+use shop_events::{Envelope, Event, OrderCancellationRequested, OrderId, OrderPlaced, Problem};
 use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
 use shop_runtime::store::Store;
 use shop_shell::{format_ms, publish_event};
@@ -24,68 +25,24 @@ pub struct Api {
     pub trees: Trees,
 }
 
-/// An order as `checkout.orders.get` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OrderView {
-    pub order_id: String,
-    pub status: OrderStatus,
-    pub reason: Option<CancelReason>,
-    pub detail: Option<String>,
-    pub problems: Vec<Problem>,
-    pub customer_id: String,
-    pub lines: Vec<OrderLineInput>,
-    pub total: i64,
-    pub currency: String,
-    pub payment_id: Option<String>,
-    pub placed_at: Option<String>,
-    pub deadline_at: Option<String>,
-    pub settled_at: Option<String>,
-}
-
 fn view(state: &State) -> Option<OrderView> {
-    let placed = state.placed.as_ref()?;
+    let placed = state.placed()?;
+    let cancellation = state.cancellation();
     Some(OrderView {
         order_id: placed.order_id.to_string(),
-        status: state.status?,
-        reason: state.reason,
-        detail: state.detail.clone(),
-        problems: state.problems.clone(),
+        status: state.status()?,
+        reason: cancellation.map(|(reason, _)| reason),
+        detail: cancellation.map(|(_, detail)| detail.to_owned()),
+        problems: state.problems().to_vec(),
         customer_id: placed.customer_id.clone(),
         lines: placed.lines.clone(),
         total: placed.total,
         currency: placed.currency.clone(),
-        payment_id: state.payment_id.as_ref().map(|p| p.to_string()),
-        placed_at: state.placed_at_ms.map(format_ms),
+        payment_id: state.payment_id().map(|p| p.to_string()),
+        placed_at: state.placed_at_ms().map(format_ms),
         deadline_at: state.pending_deadline().map(format_ms),
-        settled_at: state.settled_at_ms.map(format_ms),
+        settled_at: state.settled_at_ms().map(format_ms),
     })
-}
-
-#[derive(Deserialize)]
-struct OrderRef {
-    order_id: String,
-}
-
-#[derive(Deserialize)]
-struct CancelRequest {
-    order_id: String,
-    #[serde(default)]
-    reason: String,
-}
-
-#[derive(Deserialize)]
-struct ListRequest {
-    #[serde(default)]
-    status: Option<OrderStatus>,
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct Accepted {
-    order_id: String,
-    status: &'static str,
-    event_id: String,
 }
 
 fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
@@ -119,7 +76,7 @@ impl Api {
             return Err(ApiError::bad_request(describe_problems(&problems)));
         }
         if let Some(existing) = self.load(&placed.order_id)? {
-            if let Some(first) = &existing.placed {
+            if let Some(first) = existing.placed() {
                 if first != &placed {
                     return Err(ApiError::bad_request(format!(
                         "order_id `{}` is already used by a different order",
@@ -127,7 +84,7 @@ impl Api {
                     )));
                 }
                 // Same order again: idempotent, answer with where it stands.
-                let status = existing.status.map(status_text).unwrap_or("pending");
+                let status = existing.status().unwrap_or(OrderStatus::Pending);
                 return reply(&Accepted {
                     order_id: placed.order_id.to_string(),
                     status,
@@ -139,7 +96,7 @@ impl Api {
         publish_event(&self.js, &envelope).await?;
         reply(&Accepted {
             order_id: envelope.event.key().to_owned(),
-            status: "pending",
+            status: OrderStatus::Pending,
             event_id: envelope.meta.id,
         })
     }
@@ -161,7 +118,7 @@ impl Api {
     pub async fn cancel(&self, body: &[u8]) -> ApiResult {
         let request: CancelRequest = parse_request(body)?;
         let order_id = parse_order_id(&request.order_id)?;
-        let Some(state) = self.load(&order_id)?.filter(|s| s.status.is_some()) else {
+        let Some(status) = self.load(&order_id)?.and_then(|s| s.status()) else {
             return Err(ApiError::not_found(format!(
                 "no order `{order_id}` is known to checkout"
             )));
@@ -178,12 +135,12 @@ impl Api {
             }),
         );
         publish_event(&self.js, &envelope).await?;
-        reply(&serde_json::json!({
-            "order_id": order_id.to_string(),
-            "status": state.status.map(status_text),
-            "cancellation": "requested",
-            "event_id": envelope.meta.id,
-        }))
+        reply(&CancellationAccepted {
+            order_id: order_id.to_string(),
+            status,
+            cancellation: Cancellation::Requested,
+            event_id: envelope.meta.id,
+        })
     }
 
     /// `checkout.orders.list`: most recent first.
@@ -213,32 +170,18 @@ impl Api {
     }
 }
 
-fn status_text(status: OrderStatus) -> &'static str {
-    match status {
-        OrderStatus::Pending => "pending",
-        OrderStatus::Confirmed => "confirmed",
-        OrderStatus::Cancelled => "cancelled",
-        OrderStatus::Rejected => "rejected",
-    }
-}
-
 impl shop_runtime::micro::Api for Api {
     fn endpoints(&self) -> Vec<(&'static str, &'static str)> {
-        vec![
-            ("orders_place", "checkout.orders.place"),
-            ("orders_get", "checkout.orders.get"),
-            ("orders_cancel", "checkout.orders.cancel"),
-            ("orders_list", "checkout.orders.list"),
-        ]
+        ENDPOINTS.map(Endpoint::registration).to_vec()
     }
 
     async fn call(&self, name: &'static str, body: bytes::Bytes) -> ApiResult {
-        match name {
-            "orders_place" => self.place(&body).await,
-            "orders_get" => self.get(&body).await,
-            "orders_cancel" => self.cancel(&body).await,
-            "orders_list" => self.list(&body).await,
-            other => Err(ApiError::not_found(format!("no endpoint {other}"))),
+        match Endpoint::find(&ENDPOINTS, name) {
+            Some(ORDERS_PLACE) => self.place(&body).await,
+            Some(ORDERS_GET) => self.get(&body).await,
+            Some(ORDERS_CANCEL) => self.cancel(&body).await,
+            Some(ORDERS_LIST) => self.list(&body).await,
+            _ => Err(ApiError::not_found(format!("no endpoint {name}"))),
         }
     }
 }

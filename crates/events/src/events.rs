@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Currency, Money, OrderId, PaymentId, Sku};
-use crate::validation::Problem;
+use crate::problem::Problem;
+use crate::stream::Domain;
 
 /// One line of an order as the storefront sent it; see [`crate::validation`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -187,7 +188,7 @@ macro_rules! event_kinds {
 
             /// The subject's domain token (`orders`, `inventory`, `payments`).
             pub fn domain(self) -> &'static str {
-                match self { $(EventKind::$variant => crate::subjects::Domain::$stream.token(),)* }
+                match self { $(EventKind::$variant => Domain::$stream.token(),)* }
             }
 
             /// The subject's verb token, for example `placed`.
@@ -197,7 +198,7 @@ macro_rules! event_kinds {
 
             /// The JetStream stream that stores this event.
             pub fn stream(self) -> &'static str {
-                match self { $(EventKind::$variant => crate::subjects::Domain::$stream.stream(),)* }
+                match self { $(EventKind::$variant => Domain::$stream.stream(),)* }
             }
 
             /// JSON Schema of the event's `data`.
@@ -277,12 +278,5 @@ impl EventKind {
     /// Whether the subject key is a sku rather than an order id.
     pub fn keyed_by_sku(self) -> bool {
         matches!(self, EventKind::StockReplenished)
-    }
-}
-
-impl Event {
-    /// The full NATS subject this event is published on.
-    pub fn subject(&self) -> String {
-        crate::subjects::event_subject(self.kind(), self.key())
     }
 }

@@ -25,11 +25,14 @@
 //!
 //! `docs/architecture.md` spells out the races (events that arrive out of order).
 
+pub mod api;
 pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod problem;
 pub mod schema;
+pub mod stream;
 pub mod subjects;
 pub mod validation;
 

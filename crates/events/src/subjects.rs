@@ -5,45 +5,10 @@
 
 use std::time::Duration;
 
-use crate::events::EventKind;
-
-/// The three event domains, one stream each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Domain {
-    Orders,
-    Inventory,
-    Payments,
-}
-
-impl Domain {
-    pub const ALL: [Domain; 3] = [Domain::Orders, Domain::Inventory, Domain::Payments];
-
-    pub fn token(self) -> &'static str {
-        match self {
-            Domain::Orders => "orders",
-            Domain::Inventory => "inventory",
-            Domain::Payments => "payments",
-        }
-    }
-
-    pub fn stream(self) -> &'static str {
-        match self {
-            Domain::Orders => ORDERS_STREAM,
-            Domain::Inventory => INVENTORY_STREAM,
-            Domain::Payments => PAYMENTS_STREAM,
-        }
-    }
-
-    /// The wildcard subject the domain's stream captures.
-    pub fn wildcard(self) -> String {
-        format!("events.{}.>", self.token())
-    }
-}
-
-pub const ORDERS_STREAM: &str = "ORDERS";
-pub const INVENTORY_STREAM: &str = "INVENTORY";
-pub const PAYMENTS_STREAM: &str = "PAYMENTS";
-pub const DEADLETTER_STREAM: &str = "DEADLETTER";
+use crate::events::{Event, EventKind};
+pub use crate::stream::{
+    Domain, DEADLETTER_STREAM, EVENT_STREAMS, INVENTORY_STREAM, ORDERS_STREAM, PAYMENTS_STREAM,
+};
 
 /// How a stream is configured, as plain data; the runtime turns it into a JetStream config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +56,13 @@ pub fn event_subject(kind: EventKind, key: &str) -> String {
     format!("events.{}.{}.{}", kind.domain(), kind.verb(), key)
 }
 
+impl Event {
+    /// The full NATS subject this event is published on.
+    pub fn subject(&self) -> String {
+        event_subject(self.kind(), self.key())
+    }
+}
+
 /// `events.<domain>.<verb>.*`: every event of one kind, for consumer filters.
 pub fn event_filter(kind: EventKind) -> String {
     format!("events.{}.{}.*", kind.domain(), kind.verb())
@@ -123,9 +95,4 @@ pub fn deadletter_subject(service: &str, stream: &str) -> String {
 /// Every dead letter of one service.
 pub fn deadletter_filter(service: &str) -> String {
     format!("deadletter.{service}.>")
-}
-
-/// A micro-service endpoint subject, for example `checkout.orders.get`.
-pub fn endpoint(service: &str, group: &str, name: &str) -> String {
-    format!("{service}.{group}.{name}")
 }

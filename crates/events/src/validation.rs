@@ -3,49 +3,15 @@
 //! Validation reports every problem at once, as typed codes, and on success
 //! returns a [`ValidOrder`] whose types make the broken states unrepresentable.
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::events::OrderPlaced;
 use crate::ids::{check_token, Currency, CustomerId, Money, OrderId, Sku};
-use crate::OrderPlaced;
+pub use crate::problem::{Problem, ProblemCode};
 
 pub const MAX_LINES: usize = 100;
 pub const MAX_QUANTITY: i64 = 10_000;
 pub const MAX_PAYMENT_TOKEN_LEN: usize = 256;
-
-/// What is wrong with one field of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemCode {
-    InvalidId,
-    NoLines,
-    TooManyLines,
-    DuplicateSku,
-    QuantityOutOfRange,
-    NegativeUnitPrice,
-    TotalMismatch,
-    AmountOverflow,
-    InvalidCurrency,
-    MissingPaymentToken,
-}
-
-/// One problem with an order: the field (a JSON path), a typed code and a sentence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Problem {
-    pub field: String,
-    pub code: ProblemCode,
-    pub message: String,
-}
-
-impl Problem {
-    fn new(field: impl Into<String>, code: ProblemCode, message: impl Into<String>) -> Problem {
-        Problem {
-            field: field.into(),
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 /// One line of an order that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

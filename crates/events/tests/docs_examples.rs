@@ -232,3 +232,20 @@ fn the_nats_pub_example_publishes_a_valid_event_with_its_id() {
     };
     assert!(order.validate().is_ok());
 }
+
+#[test]
+fn every_endpoint_of_the_contract_is_in_the_docs_table() {
+    let doc = doc();
+    let table = doc
+        .split("## 11. Request/reply endpoints")
+        .nth(1)
+        .expect("docs/events.md has a section 11 on endpoints");
+    for endpoint in shop_events::api::all_endpoints() {
+        let row = format!("| `{}` |", endpoint.subject);
+        assert!(
+            table.contains(&row),
+            "docs/events.md section 11 has no row for {}",
+            endpoint.subject
+        );
+    }
+}

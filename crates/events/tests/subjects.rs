@@ -211,7 +211,11 @@ fn dead_letter_and_endpoint_subjects() {
         "deadletter.checkout.ORDERS"
     );
     assert_eq!(deadletter_filter("payment"), "deadletter.payment.>");
-    assert_eq!(endpoint("checkout", "orders", "get"), "checkout.orders.get");
+    assert_eq!(
+        shop_events::api::checkout::ORDERS_GET.subject,
+        "checkout.orders.get"
+    );
+    assert_eq!(shop_events::api::checkout::ORDERS_GET.name, "orders_get");
     assert_eq!(
         parse_event_subject(&deadletter_subject("checkout", "ORDERS")),
         None

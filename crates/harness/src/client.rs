@@ -1,5 +1,6 @@
 //! Talking to the test server the way the shop does: connect, declare streams, publish
 //! CloudEvents (well-formed or hostile), and read back everything stored about one order.
+//! Declaring, publishing and reading are the shop's own code (shell and ops), not copies.
 
 use std::time::Duration;
 
@@ -19,12 +20,7 @@ use tokio::time::Instant;
 use crate::wait::Backoff;
 use crate::HarnessError;
 
-/// The streams that hold events, in saga order; the dead-letter stream is not one of them.
-pub const EVENT_STREAMS: [&str; 3] = [
-    subjects::ORDERS_STREAM,
-    subjects::INVENTORY_STREAM,
-    subjects::PAYMENTS_STREAM,
-];
+pub use shop_ops::reader::{StoredEvent, EVENT_STREAMS};
 
 /// How long [`connect`] keeps trying; covers a server that is still coming up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
@@ -58,35 +54,18 @@ pub async fn connect(url: &str) -> Result<Client, HarnessError> {
 }
 
 /// Declares the shop's streams (events and dead letters) exactly as the services do,
-/// from the contract's specs, so scenarios can publish before any service starts.
+/// so scenarios can publish before any service starts.
 pub async fn declare_streams(js: &Context) -> Result<(), HarnessError> {
-    let decls: Vec<StreamDecl> = subjects::stream_specs(DEFAULT_EVENT_MAX_AGE)
-        .iter()
-        .map(|spec| {
-            StreamDecl::new(
-                spec.name,
-                &spec.subjects,
-                spec.description,
-                spec.max_age,
-                spec.duplicate_window,
-            )
-        })
-        .collect();
+    let decls = shop_shell::stream_decls(DEFAULT_EVENT_MAX_AGE);
     shop_runtime::streams::declare_streams(js, &decls).await?;
     Ok(())
 }
 
-/// Publishes an event as a producer should: structured-mode JSON on its subject, with
-/// `Nats-Msg-Id` set to the event id so the stream drops redeliveries inside its
-/// duplicate window. Returns the PubAck so tests can check `duplicate` and `sequence`.
+/// Publishes an event exactly as the services' endpoints do (`shop_shell::publish_event`:
+/// structured-mode JSON, `Nats-Msg-Id` = event id, `traceparent` carried), and returns the
+/// PubAck so tests can check `duplicate` and `sequence`.
 pub async fn publish_event(js: &Context, envelope: &Envelope) -> Result<PublishAck, HarnessError> {
-    let subject = envelope.subject();
-    let mut headers = HeaderMap::new();
-    headers.insert(NATS_MESSAGE_ID, envelope.meta.id.as_str());
-    let ack = js
-        .publish_with_headers(subject.clone(), headers, Bytes::from(envelope.to_json()))
-        .await;
-    await_ack(&subject, ack).await
+    Ok(shop_shell::publish_event(js, envelope).await?)
 }
 
 /// Publishes arbitrary bytes and headers, for hostile-input scenarios (bad JSON,
@@ -127,75 +106,9 @@ pub async fn stream_message_count(js: &Context, stream: &str) -> Result<u64, Har
     Ok(info.state.messages)
 }
 
-/// One message as the stream stored it, decoded when it is a valid event.
-#[derive(Debug, Clone)]
-pub struct StoredEvent {
-    pub stream: String,
-    pub sequence: u64,
-    pub subject: String,
-    /// When the server stored it; the order [`events_about`] sorts by.
-    pub stored_at: OffsetDateTime,
-    pub headers: HeaderMap,
-    pub payload: Bytes,
-    /// The checked event, or why `shop_events::decode` refused it (hostile input stays visible).
-    pub decoded: Result<Envelope, DecodeError>,
-}
-
-impl StoredEvent {
-    /// The event, if the message decoded.
-    pub fn envelope(&self) -> Option<&Envelope> {
-        self.decoded.as_ref().ok()
-    }
-
-    /// The event's name (`OrderPlaced`, …), if the message decoded.
-    pub fn kind_name(&self) -> Option<&'static str> {
-        self.envelope().map(|e| e.kind().name())
-    }
-}
-
 /// Every event stored about one order (or sku) across ORDERS, INVENTORY and PAYMENTS,
-/// oldest first by the time the server stored it.
-///
-/// Reads with stream message gets (`STREAM.MSG.GET`, next by subject) on `events.*.*.<key>`, hopping from one match to
-/// the next, so it sees exactly what is stored at the moment of the call and never
-/// creates consumers that could disturb a scenario.
+/// oldest first by the time the server stored it; the operators' reader
+/// (`shop_ops::reader::events_about`), so a scenario sees what `shop trace` sees.
 pub async fn events_about(js: &Context, key: &str) -> Result<Vec<StoredEvent>, HarnessError> {
-    let filter = subjects::events_about(key);
-    let mut found = Vec::new();
-    for stream_name in EVENT_STREAMS {
-        let stream = js
-            .get_stream_no_info(stream_name)
-            .await
-            .map_err(|e| HarnessError::JetStream(format!("opening stream {stream_name}: {e}")))?;
-        let mut next_sequence = 1;
-        loop {
-            let message = match stream
-                .get_first_raw_message_by_subject(&filter, next_sequence)
-                .await
-            {
-                Ok(message) => message,
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
-                Err(e) => {
-                    return Err(HarnessError::JetStream(format!(
-                        "reading {filter} from {stream_name}: {e}"
-                    )))
-                }
-            };
-            next_sequence = message.sequence + 1;
-            let subject = message.subject.to_string();
-            found.push(StoredEvent {
-                stream: stream_name.to_owned(),
-                sequence: message.sequence,
-                decoded: shop_events::decode(&subject, &message.payload),
-                subject,
-                stored_at: message.time,
-                headers: message.headers,
-                payload: message.payload,
-            });
-        }
-    }
-    // Stream sequences are only ordered within a stream; the stored timestamp orders
-    // across streams, and the stable sort keeps same-instant events in stream order.
-    found.sort_by_key(|e| e.stored_at);
-    Ok(found)
+    Ok(shop_ops::reader::events_about(js, key).await?)
 }

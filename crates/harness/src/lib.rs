@@ -112,6 +112,8 @@ pub enum HarnessError {
     /// Declaring streams through the runtime failed.
     #[error(transparent)]
     Runtime(#[from] shop_runtime::RuntimeError),
+    #[error(transparent)]
+    Read(#[from] shop_ops::OpsError),
 
     /// A service did not come up; its log tail says why.
     #[error("{service} did not answer PING in time; last log lines:\n{log_tail}")]

@@ -3,6 +3,9 @@
 //! They talk to the shop the way upstream systems and operators do: events
 //! published on JetStream and requests to the services' micro endpoints.
 
+use shop_events::api::checkout::ORDERS_GET;
+use shop_events::api::inventory::STOCK_GET;
+use shop_events::api::payment::PAYMENTS_GET;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -124,7 +127,7 @@ pub async fn request_as<T: DeserializeOwned>(
 pub async fn order_status(client: &Client, order_id: &str) -> Result<Option<Value>, HarnessError> {
     match request(
         client,
-        "checkout.orders.get",
+        ORDERS_GET.subject,
         serde_json::json!({ "order_id": order_id }),
     )
     .await?
@@ -132,7 +135,7 @@ pub async fn order_status(client: &Client, order_id: &str) -> Result<Option<Valu
         Ok(view) => Ok(Some(view)),
         Err((404, _)) => Ok(None),
         Err((code, d)) => Err(HarnessError::Request {
-            subject: "checkout.orders.get".into(),
+            subject: ORDERS_GET.subject.into(),
             reason: format!("{code}: {d}"),
         }),
     }
@@ -175,13 +178,7 @@ pub async fn wait_settled(
 
 /// A sku's stock as inventory reports it: (on_hand, reserved, available).
 pub async fn stock(client: &Client, sku: &str) -> Result<Option<(i64, i64, i64)>, HarnessError> {
-    match request(
-        client,
-        "inventory.stock.get",
-        serde_json::json!({ "sku": sku }),
-    )
-    .await?
-    {
+    match request(client, STOCK_GET.subject, serde_json::json!({ "sku": sku })).await? {
         Ok(v) => Ok(Some((
             v["on_hand"].as_i64().unwrap_or_default(),
             v["reserved"].as_i64().unwrap_or_default(),
@@ -189,7 +186,7 @@ pub async fn stock(client: &Client, sku: &str) -> Result<Option<(i64, i64, i64)>
         ))),
         Err((404, _)) => Ok(None),
         Err((code, d)) => Err(HarnessError::Request {
-            subject: "inventory.stock.get".into(),
+            subject: STOCK_GET.subject.into(),
             reason: format!("{code}: {d}"),
         }),
     }
@@ -218,7 +215,7 @@ pub async fn wait_for_stock(
 pub async fn payment(client: &Client, order_id: &str) -> Result<Option<Value>, HarnessError> {
     match request(
         client,
-        "payment.payments.get",
+        PAYMENTS_GET.subject,
         serde_json::json!({ "order_id": order_id }),
     )
     .await?
@@ -226,7 +223,7 @@ pub async fn payment(client: &Client, order_id: &str) -> Result<Option<Value>, H
         Ok(v) => Ok(Some(v)),
         Err((404, _)) => Ok(None),
         Err((code, d)) => Err(HarnessError::Request {
-            subject: "payment.payments.get".into(),
+            subject: PAYMENTS_GET.subject.into(),
             reason: format!("{code}: {d}"),
         }),
     }

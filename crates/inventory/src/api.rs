@@ -3,7 +3,11 @@
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use serde::{Deserialize, Serialize};
+use shop_events::api::inventory::{
+    ReplenishRequest, Replenished, SkuRef, StockView, ENDPOINTS, MAX_REPLENISH, STOCK_GET,
+    STOCK_LIST, STOCK_REPLENISH,
+};
+use shop_events::api::Endpoint;
 use shop_events::{Envelope, Event, Sku, StockReplenished};
 use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
 use shop_runtime::store::Store;
@@ -13,23 +17,11 @@ use crate::domain::StockLevel;
 use crate::store::Trees;
 use crate::SERVICE;
 
-/// Largest replenishment accepted in one event.
-pub const MAX_REPLENISH: u32 = 1_000_000;
-
 #[derive(Clone)]
 pub struct Api {
     pub js: jetstream::Context,
     pub store: Arc<Store>,
     pub trees: Trees,
-}
-
-/// One sku as `inventory.stock.get` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StockView {
-    pub sku: String,
-    pub on_hand: i64,
-    pub reserved: i64,
-    pub available: i64,
 }
 
 fn stock_view(sku: &str, level: &StockLevel) -> StockView {
@@ -39,17 +31,6 @@ fn stock_view(sku: &str, level: &StockLevel) -> StockView {
         reserved: level.reserved,
         available: level.available(),
     }
-}
-
-#[derive(Deserialize)]
-struct SkuRef {
-    sku: String,
-}
-
-#[derive(Deserialize)]
-struct Replenish {
-    sku: String,
-    quantity: i64,
 }
 
 impl Api {
@@ -83,7 +64,7 @@ impl Api {
 
     /// `inventory.stock.replenish`: publishes `StockReplenished`.
     pub async fn replenish(&self, body: &[u8]) -> ApiResult {
-        let request: Replenish = parse_request(body)?;
+        let request: ReplenishRequest = parse_request(body)?;
         let mut problems = Vec::new();
         let sku = Sku::parse(request.sku)
             .map_err(|e| problems.push(format!("sku: {e}")))
@@ -105,27 +86,25 @@ impl Api {
             }),
         );
         publish_event(&self.js, &envelope).await?;
-        reply(
-            &serde_json::json!({ "sku": sku.to_string(), "quantity": request.quantity, "event_id": envelope.meta.id }),
-        )
+        reply(&Replenished {
+            sku: sku.to_string(),
+            quantity: request.quantity,
+            event_id: envelope.meta.id,
+        })
     }
 }
 
 impl shop_runtime::micro::Api for Api {
     fn endpoints(&self) -> Vec<(&'static str, &'static str)> {
-        vec![
-            ("stock_get", "inventory.stock.get"),
-            ("stock_list", "inventory.stock.list"),
-            ("stock_replenish", "inventory.stock.replenish"),
-        ]
+        ENDPOINTS.map(Endpoint::registration).to_vec()
     }
 
     async fn call(&self, name: &'static str, body: bytes::Bytes) -> ApiResult {
-        match name {
-            "stock_get" => self.get(&body).await,
-            "stock_list" => self.list(&body).await,
-            "stock_replenish" => self.replenish(&body).await,
-            other => Err(ApiError::not_found(format!("no endpoint {other}"))),
+        match Endpoint::find(&ENDPOINTS, name) {
+            Some(STOCK_GET) => self.get(&body).await,
+            Some(STOCK_LIST) => self.list(&body).await,
+            Some(STOCK_REPLENISH) => self.replenish(&body).await,
+            _ => Err(ApiError::not_found(format!("no endpoint {name}"))),
         }
     }
 }

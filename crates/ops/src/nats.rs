@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_nats::Client;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::OpsError;
@@ -11,17 +12,23 @@ use crate::OpsError;
 /// How long an endpoint may take before the service is considered unresponsive.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The shop's three services, by their micro-service names.
-pub const SERVICES: [&str; 3] = ["checkout", "inventory", "payment"];
+/// The shop's three services, by their micro-service names (the contract's list).
+pub const SERVICES: [&str; 3] = shop_events::api::service::ALL;
 
 /// What an endpoint answered: a JSON value, or a micro-service error (code, description).
 pub use shop_runtime::micro::Reply;
 
-/// Sends a JSON request; a service error reply becomes `Ok(Err((code, description)))`
-/// so callers can treat 400 and 404 as answers rather than failures.
-pub async fn request(client: &Client, subject: &str, body: &Value) -> Result<Reply, OpsError> {
+/// Sends a JSON request (one of the contract's request types, or any JSON value); a
+/// service error reply becomes `Ok(Err((code, description)))` so callers can treat 400
+/// and 404 as answers rather than failures.
+pub async fn request<B: Serialize + ?Sized>(
+    client: &Client,
+    subject: &str,
+    body: &B,
+) -> Result<Reply, OpsError> {
     use shop_runtime::RuntimeError;
-    shop_runtime::micro::request_json(client, subject, body, REQUEST_TIMEOUT)
+    let body = serde_json::to_value(body).map_err(|e| OpsError::InvalidOptions(e.to_string()))?;
+    shop_runtime::micro::request_json(client, subject, &body, REQUEST_TIMEOUT)
         .await
         .map_err(|e| match e {
             RuntimeError::UnexpectedReply { subject, reason } => {
@@ -35,10 +42,10 @@ pub async fn request(client: &Client, subject: &str, body: &Value) -> Result<Rep
 }
 
 /// Like [`request`], but a 404 is `None` and any other error reply is an [`OpsError::Refused`].
-pub async fn request_found<T: DeserializeOwned>(
+pub async fn request_found<T: DeserializeOwned, B: Serialize + ?Sized>(
     client: &Client,
     subject: &str,
-    body: &Value,
+    body: &B,
 ) -> Result<Option<T>, OpsError> {
     match request(client, subject, body).await? {
         Ok(value) => decode(subject, value).map(Some),

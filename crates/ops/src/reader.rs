@@ -1,5 +1,6 @@
 //! Reading what the streams hold: one order's events by subject, whole streams in order,
-//! and the dead letters that mention an order. The only place stream bytes become events.
+//! and the dead letters that mention an order. The only place stream bytes become events:
+//! the operators' tools, the harness and the chaos suite all read through here.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use async_nats::jetstream::Context;
 use async_nats::jetstream::ErrorCode;
 use async_nats::HeaderMap;
+use bytes::Bytes;
 use futures::StreamExt;
 use shop_events::subjects;
 use shop_events::{DecodeError, Envelope};
@@ -17,12 +19,7 @@ use time::OffsetDateTime;
 
 use crate::OpsError;
 
-/// The streams that hold events, in saga order; the dead-letter stream is not one of them.
-pub const EVENT_STREAMS: [&str; 3] = [
-    subjects::ORDERS_STREAM,
-    subjects::INVENTORY_STREAM,
-    subjects::PAYMENTS_STREAM,
-];
+pub use shop_events::subjects::EVENT_STREAMS;
 
 /// How long a whole-stream read waits for the next message before deciding the stream
 /// has nothing more: messages can vanish (max age, purge) between the snapshot and the read.
@@ -36,13 +33,22 @@ pub struct StoredEvent {
     pub subject: String,
     /// When the server stored it; orders events across streams.
     pub stored_at: OffsetDateTime,
+    pub headers: HeaderMap,
+    /// The bytes as stored, so hostile input can be inspected or published again.
+    pub payload: Bytes,
     /// The checked event, or why the contract refuses it (hostile input stays visible).
     pub decoded: Result<Envelope, DecodeError>,
 }
 
 impl StoredEvent {
+    /// The event, if the message decoded.
     pub fn envelope(&self) -> Option<&Envelope> {
         self.decoded.as_ref().ok()
+    }
+
+    /// The event's name (`OrderPlaced`, …), if the message decoded.
+    pub fn kind_name(&self) -> Option<&'static str> {
+        self.envelope().map(|e| e.kind().name())
     }
 }
 
@@ -112,6 +118,8 @@ pub async fn events_about(js: &Context, key: &str) -> Result<Vec<StoredEvent>, O
                 decoded: shop_events::decode(&subject, &message.payload),
                 subject,
                 stored_at: message.time,
+                headers: message.headers,
+                payload: message.payload,
             });
         }
     }
@@ -127,7 +135,7 @@ struct Raw {
     subject: String,
     stored_at: OffsetDateTime,
     headers: Option<HeaderMap>,
-    payload: Vec<u8>,
+    payload: Bytes,
 }
 
 /// Every message of a stream up to its last sequence at the time of the call, in order.
@@ -170,7 +178,7 @@ async fn read_all(js: &Context, name: &str) -> Result<Vec<Raw>, OpsError> {
             subject: message.subject.to_string(),
             stored_at,
             headers: message.headers.clone(),
-            payload: message.payload.to_vec(),
+            payload: message.payload.clone(),
         });
         if sequence >= state.last_sequence {
             break;
@@ -190,6 +198,8 @@ pub async fn read_event_stream(js: &Context, name: &str) -> Result<Vec<StoredEve
             decoded: shop_events::decode(&raw.subject, &raw.payload),
             subject: raw.subject,
             stored_at: raw.stored_at,
+            headers: raw.headers.unwrap_or_default(),
+            payload: raw.payload,
         })
         .collect())
 }

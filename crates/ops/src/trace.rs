@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_nats::{jetstream, Client};
 use serde::Serialize;
-use serde_json::{json, Value};
+
+use shop_events::api::checkout::{OrderView, ORDERS_GET};
+use shop_events::api::OrderRef;
 use shop_events::OrderId;
 use time::macros::format_description;
 use time::OffsetDateTime;
@@ -33,7 +35,7 @@ pub struct Trace {
     pub events: Vec<TraceEvent>,
     pub dead_letters: Vec<TraceDeadLetter>,
     /// `checkout.orders.get`, when checkout knows the order and answers.
-    pub checkout: Option<Value>,
+    pub checkout: Option<OrderView>,
     /// Why checkout's view is missing when it is not simply unknown to checkout.
     pub checkout_error: Option<String>,
     pub status: TraceStatus,
@@ -121,18 +123,15 @@ pub async fn trace_with(
     let js = jetstream::new(client.clone());
     let stored = events_about(&js, &order_id).await?;
     let dead = dead_letters_about(&js, &order_id).await?;
-    let (checkout, checkout_error) = match request_found::<Value>(
-        client,
-        "checkout.orders.get",
-        &json!({ "order_id": order_id }),
-    )
-    .await
-    {
-        Ok(view) => (view, None),
-        // The trace is most needed when a service is down, so checkout's silence is
-        // reported, not fatal.
-        Err(e) => (None, Some(e.to_string())),
-    };
+    let (checkout, checkout_error) =
+        match request_found::<OrderView, _>(client, ORDERS_GET.subject, &OrderRef::new(&order_id))
+            .await
+        {
+            Ok(view) => (view, None),
+            // The trace is most needed when a service is down, so checkout's silence is
+            // reported, not fatal.
+            Err(e) => (None, Some(e.to_string())),
+        };
     if stored.is_empty() && dead.is_empty() && checkout.is_none() && checkout_error.is_none() {
         return Err(OpsError::UnknownOrder { order_id });
     }
@@ -332,22 +331,18 @@ fn render_checkout(trace: &Trace, out: &mut impl Write, paint: Paint) -> Result<
     let label = paint.bold("checkout");
     match (&trace.checkout, &trace.checkout_error) {
         (Some(view), _) => {
-            let mut parts = vec![view["status"].as_str().unwrap_or("?").to_owned()];
-            if let Some(reason) = view["reason"].as_str() {
-                parts.push(format!("reason {reason}"));
+            let mut parts = vec![view.status.as_str().to_owned()];
+            if let Some(reason) = view.reason {
+                parts.push(format!("reason {}", reason.as_str()));
             }
-            parts.push(format!(
-                "total {} {}",
-                view["total"],
-                view["currency"].as_str().unwrap_or("")
-            ));
-            if let Some(payment) = view["payment_id"].as_str() {
+            parts.push(format!("total {} {}", view.total, view.currency));
+            if let Some(payment) = &view.payment_id {
                 parts.push(format!("payment {payment}"));
             }
-            if let Some(deadline) = view["deadline_at"].as_str() {
+            if let Some(deadline) = &view.deadline_at {
                 parts.push(format!("deadline {deadline}"));
             }
-            if let Some(settled) = view["settled_at"].as_str() {
+            if let Some(settled) = &view.settled_at {
                 parts.push(format!("settled {settled}"));
             }
             writeln!(out, "{label}  {}", parts.join(" · "))?;

@@ -69,8 +69,8 @@ async fn a_confirmed_order_is_traced_settled_with_its_events_in_causal_order() -
         .windows(2)
         .all(|w| w[0].offset_ms <= w[1].offset_ms));
     assert_eq!(
-        trace.checkout.as_ref().map(|c| c["status"].clone()),
-        Some("confirmed".into())
+        trace.checkout.as_ref().map(|c| c.status),
+        Some(shop_events::api::checkout::OrderStatus::Confirmed)
     );
     let text = String::from_utf8(out)?;
     assert!(text.contains("└─"), "a timeline is drawn:\n{text}");

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use shop_events::api::payment::{
+    PaymentStatus, PaymentView, ENDPOINTS, GATEWAY_LEDGER, PAYMENTS_GET,
+};
+use shop_events::api::{Endpoint, OrderRef};
 use shop_events::OrderId;
 use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
 use shop_runtime::store::Store;
@@ -18,33 +21,19 @@ pub struct Api {
     pub gateway: Arc<SimulatedGateway>,
 }
 
-/// One order's payment as `payment.payments.get` shows it; amounts in minor units.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PaymentView {
-    pub order_id: String,
-    /// `awaiting_order`, `awaiting_stock`, `charging`, `voiding`, `captured`, `refunding`,
-    /// `refunded`, `declined`, `voided`, `cancelled`.
-    pub status: String,
-    pub captured: i64,
-    pub refunded: i64,
-    pub currency: Option<String>,
-    pub payment_id: Option<String>,
-    pub decline_reason: Option<String>,
-}
-
-/// The status word for a record.
-pub fn status_of(state: &State) -> &'static str {
+/// Where a record stands, in the contract's words.
+pub fn status_of(state: &State) -> PaymentStatus {
     match (&state.charge, state.refund) {
-        (Charge::Captured { .. }, Refund::Refunded) => "refunded",
-        (Charge::Captured { .. }, Refund::Due) => "refunding",
-        (Charge::Captured { .. }, Refund::NotNeeded) => "captured",
-        (Charge::Due, _) => "charging",
-        (Charge::VoidDue, _) => "voiding",
-        (Charge::Declined { .. }, _) => "declined",
-        (Charge::Voided, _) => "voided",
-        (Charge::NotRequested, _) if state.cancelled => "cancelled",
-        (Charge::NotRequested, _) if state.terms.is_none() => "awaiting_order",
-        (Charge::NotRequested, _) => "awaiting_stock",
+        (Charge::Captured { .. }, Refund::Refunded) => PaymentStatus::Refunded,
+        (Charge::Captured { .. }, Refund::Due) => PaymentStatus::Refunding,
+        (Charge::Captured { .. }, Refund::NotNeeded) => PaymentStatus::Captured,
+        (Charge::Due, _) => PaymentStatus::Charging,
+        (Charge::VoidDue, _) => PaymentStatus::Voiding,
+        (Charge::Declined { .. }, _) => PaymentStatus::Declined,
+        (Charge::Voided, _) => PaymentStatus::Voided,
+        (Charge::NotRequested, _) if state.cancelled => PaymentStatus::Cancelled,
+        (Charge::NotRequested, _) if state.terms.is_none() => PaymentStatus::AwaitingOrder,
+        (Charge::NotRequested, _) => PaymentStatus::AwaitingStock,
     }
 }
 
@@ -61,7 +50,7 @@ pub fn payment_view(order_id: &OrderId, state: &State) -> PaymentView {
     };
     PaymentView {
         order_id: order_id.to_string(),
-        status: status_of(state).to_owned(),
+        status: status_of(state),
         captured,
         refunded: if state.refund == Refund::Refunded {
             amount
@@ -72,11 +61,6 @@ pub fn payment_view(order_id: &OrderId, state: &State) -> PaymentView {
         payment_id,
         decline_reason,
     }
-}
-
-#[derive(Deserialize)]
-struct OrderRef {
-    order_id: String,
 }
 
 impl Api {
@@ -108,17 +92,14 @@ impl Api {
 
 impl shop_runtime::micro::Api for Api {
     fn endpoints(&self) -> Vec<(&'static str, &'static str)> {
-        vec![
-            ("payments_get", "payment.payments.get"),
-            ("gateway_ledger", "payment.gateway.ledger"),
-        ]
+        ENDPOINTS.map(Endpoint::registration).to_vec()
     }
 
     async fn call(&self, name: &'static str, body: bytes::Bytes) -> ApiResult {
-        match name {
-            "payments_get" => self.get(&body).await,
-            "gateway_ledger" => self.ledger(&body).await,
-            other => Err(ApiError::not_found(format!("no endpoint {other}"))),
+        match Endpoint::find(&ENDPOINTS, name) {
+            Some(PAYMENTS_GET) => self.get(&body).await,
+            Some(GATEWAY_LEDGER) => self.ledger(&body).await,
+            _ => Err(ApiError::not_found(format!("no endpoint {name}"))),
         }
     }
 }

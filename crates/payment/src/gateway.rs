@@ -65,26 +65,7 @@ pub trait PaymentGateway: Send + Sync + 'static {
     }
 }
 
-/// One idempotency key in the simulator's books.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
-    pub order_id: OrderId,
-    pub status: LedgerStatus,
-    pub amount: Money,
-    pub currency: Option<Currency>,
-    /// How many charge calls arrived for this key (retries and redeliveries included).
-    pub charge_calls: u32,
-    pub refunded: Money,
-    pub refund_calls: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum LedgerStatus {
-    Captured { payment_id: PaymentId },
-    Declined { reason: String },
-    Voided,
-}
+pub use shop_events::api::payment::{LedgerEntry, LedgerStatus};
 
 /// Simulator settings: `SHOP_GATEWAY_LATENCY` and `SHOP_GATEWAY_FAILURE_RATE`.
 #[derive(Debug, Clone, Copy, PartialEq)]

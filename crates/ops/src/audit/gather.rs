@@ -1,6 +1,9 @@
 //! The audit's reads: every event of the three streams, then the services' state for
 //! every order and sku the events mention. All I/O of the audit lives here.
 
+use shop_events::api::checkout::ORDERS_GET;
+use shop_events::api::inventory::STOCK_LIST;
+use shop_events::api::payment::{GATEWAY_LEDGER, PAYMENTS_GET};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -100,22 +103,22 @@ pub async fn gather(client: &Client) -> Result<Books, OpsError> {
     }
     let is_up = |service: &str| up.get(service).copied().unwrap_or(false);
     let checkout = if is_up("checkout") {
-        Some(per_order(client, "checkout.orders.get", &order_ids).await?)
+        Some(per_order(client, ORDERS_GET.subject, &order_ids).await?)
     } else {
         None
     };
     let payments = if is_up("payment") {
-        Some(per_order(client, "payment.payments.get", &order_ids).await?)
+        Some(per_order(client, PAYMENTS_GET.subject, &order_ids).await?)
     } else {
         None
     };
     let stock = if is_up("inventory") {
-        Some(list(client, "inventory.stock.list").await?)
+        Some(list(client, STOCK_LIST.subject).await?)
     } else {
         None
     };
     let ledger = if is_up("payment") {
-        Some(list(client, "payment.gateway.ledger").await?)
+        Some(list(client, GATEWAY_LEDGER.subject).await?)
     } else {
         None
     };

@@ -12,10 +12,14 @@ use async_nats::Client;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use serde_json::{json, Value};
+use shop_events::api::checkout::{
+    CancelRequest, OrderStatus, OrderView, ORDERS_CANCEL, ORDERS_GET, ORDERS_PLACE,
+};
+use shop_events::api::inventory::{ReplenishRequest, SkuRef, StockView, STOCK_GET, STOCK_REPLENISH};
+use shop_events::api::OrderRef;
 use tokio::time::Instant;
 
-use crate::nats::{request, require_services, SERVICES};
+use crate::nats::{decode, request, require_services, SERVICES};
 use crate::OpsError;
 pub use plan::Scenario;
 use plan::{Plan, PlannedOrder};
@@ -196,13 +200,12 @@ fn progress_bar(opts: &DemoOptions) -> ProgressBar {
 /// orders do not race the replenishments (they travel on different consumers).
 async fn stock_up(client: &Client, plan: &Plan, within: Duration) -> Result<(), OpsError> {
     for (sku, quantity) in &plan.stock {
-        let subject = "inventory.stock.replenish";
-        if let Err((code, description)) = request(
-            client,
-            subject,
-            &json!({ "sku": sku, "quantity": quantity }),
-        )
-        .await?
+        let subject = STOCK_REPLENISH.subject;
+        let body = ReplenishRequest {
+            sku: sku.clone(),
+            quantity: i64::from(*quantity),
+        };
+        if let Err((code, description)) = request(client, subject, &body).await?
         {
             return Err(OpsError::Refused {
                 subject: subject.into(),
@@ -214,11 +217,10 @@ async fn stock_up(client: &Client, plan: &Plan, within: Duration) -> Result<(), 
     for (sku, quantity) in &plan.stock {
         let what = format!("inventory to show {quantity} of {sku}");
         poll(within, &what, || async {
-            let level = request(client, "inventory.stock.get", &json!({ "sku": sku }))
-                .await
-                .ok()?
-                .ok()?;
-            (level["on_hand"].as_i64()? >= i64::from(*quantity)).then_some(())
+            let body = SkuRef { sku: sku.clone() };
+            let level = request(client, STOCK_GET.subject, &body).await.ok()?.ok()?;
+            let level: StockView = decode(STOCK_GET.subject, level).ok()?;
+            (level.on_hand >= i64::from(*quantity)).then_some(())
         })
         .await?;
     }
@@ -250,32 +252,22 @@ where
     }
 }
 
-fn is_settled(view: &Value) -> bool {
-    matches!(
-        view["status"].as_str(),
-        Some("confirmed" | "cancelled" | "rejected")
-    )
+fn is_settled(view: &OrderView) -> bool {
+    view.status != OrderStatus::Pending
 }
 
-async fn order_view(client: &Client, order_id: &str) -> Option<Value> {
-    request(
-        client,
-        "checkout.orders.get",
-        &json!({ "order_id": order_id }),
-    )
-    .await
-    .ok()?
-    .ok()
+async fn order_view(client: &Client, order_id: &str) -> Option<OrderView> {
+    let view = request(client, ORDERS_GET.subject, &OrderRef::new(order_id))
+        .await
+        .ok()?
+        .ok()?;
+    decode(ORDERS_GET.subject, view).ok()
 }
 
 /// Places one order and follows it to its end, cancelling it when its scenario says so.
 async fn drive(client: &Client, planned: &PlannedOrder, within: Duration) -> Ending {
     let started = Instant::now();
-    let body = match serde_json::to_value(&planned.order) {
-        Ok(body) => body,
-        Err(e) => return Ending::Error(e.to_string()),
-    };
-    match request(client, "checkout.orders.place", &body).await {
+    match request(client, ORDERS_PLACE.subject, &planned.order).await {
         Ok(Ok(_)) => {}
         Ok(Err((400, _))) => return Ending::RejectedAtApi,
         Ok(Err((code, description))) => {
@@ -298,7 +290,9 @@ async fn drive(client: &Client, planned: &PlannedOrder, within: Duration) -> End
         return Ending::Pending;
     };
     let latency = started.elapsed();
-    let last = if planned.scenario == Scenario::CancelConfirmed && first["status"] == "confirmed" {
+    let last = if planned.scenario == Scenario::CancelConfirmed
+        && first.status == OrderStatus::Confirmed
+    {
         if let Err(e) = cancel(client, id, within).await {
             return Ending::Error(e.to_string());
         }
@@ -306,7 +300,7 @@ async fn drive(client: &Client, planned: &PlannedOrder, within: Duration) -> End
         match poll(within, &what, || async {
             order_view(client, id)
                 .await
-                .filter(|v| v["status"] == "cancelled")
+                .filter(|v| v.status == OrderStatus::Cancelled)
         })
         .await
         {
@@ -317,16 +311,19 @@ async fn drive(client: &Client, planned: &PlannedOrder, within: Duration) -> End
         first
     };
     Ending::Settled {
-        status: last["status"].as_str().unwrap_or("unknown").to_owned(),
-        reason: last["reason"].as_str().map(str::to_owned),
+        status: last.status.as_str().to_owned(),
+        reason: last.reason.map(|r| r.as_str().to_owned()),
         latency,
     }
 }
 
 /// Asks checkout to cancel, retrying while checkout has not yet seen the order (404).
 async fn cancel(client: &Client, order_id: &str, within: Duration) -> Result<(), OpsError> {
-    let subject = "checkout.orders.cancel";
-    let body = json!({ "order_id": order_id, "reason": "demo: the customer changed their mind" });
+    let subject = ORDERS_CANCEL.subject;
+    let body = CancelRequest {
+        order_id: order_id.to_owned(),
+        reason: "demo: the customer changed their mind".to_owned(),
+    };
     let what = format!("checkout to accept the cancellation of {order_id}");
     let answer = poll(within, &what, || async {
         match request(client, subject, &body).await {
