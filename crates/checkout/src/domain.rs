@@ -6,6 +6,8 @@
 //! `decide` on the loaded [`State`], then for each [`Change`] in order `evolve` the
 //! state and `published(&state, &change)` into the outbox ([`apply`] does exactly that).
 
+mod stored;
+
 use serde::{Deserialize, Serialize};
 use shop_decider::Decider;
 use shop_events::{
@@ -14,15 +16,8 @@ use shop_events::{
     StockReservationFailed, ValidOrder,
 };
 
-/// Where an order stands. `None` in [`State::status`] means checkout has not seen it placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    Pending,
-    Confirmed,
-    Cancelled,
-    Rejected,
-}
+/// Where an order stands (the contract's word for it, so the view cannot drift from the state).
+pub use shop_events::api::checkout::OrderStatus;
 
 /// A settling fact that reached checkout before the order itself did.
 ///
@@ -38,55 +33,178 @@ pub enum EarlyOutcome {
     PaymentDeclined { reason: String },
 }
 
-/// One order's record as checkout stores it (serde_json in sled, keyed by order id).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct State {
+/// What reached checkout about an order it has not seen placed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Early {
+    /// The first stock or payment outcome; placement settles the order with it.
+    pub outcome: Option<EarlyOutcome>,
+    /// The reason of a cancellation requested before the order; placement cancels it.
+    pub cancellation_requested: Option<String>,
+}
+
+/// A placed order that passed validation: what every stage after placement carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedOrder {
     /// The order exactly as first received, to tell a redelivery from a conflicting reuse of the id.
-    pub placed: Option<OrderPlaced>,
-    /// The typed order, present when `placed` passed validation.
-    pub order: Option<ValidOrder>,
-    pub status: Option<OrderStatus>,
-    /// Why the order was cancelled (only for `Cancelled`).
-    pub reason: Option<CancelReason>,
-    /// Human-readable detail of the cancellation, as published in `OrderCancelled`.
-    pub detail: Option<String>,
-    /// Every validation problem (only for `Rejected`).
-    pub problems: Vec<Problem>,
-    pub placed_at_ms: Option<i64>,
-    pub deadline_at_ms: Option<i64>,
-    /// When the order reached `Confirmed`, `Cancelled` or `Rejected` (last settlement wins).
-    pub settled_at_ms: Option<i64>,
-    pub payment_id: Option<PaymentId>,
-    /// Tombstone: the reason of a cancellation requested before the order was placed.
-    pub cancel_requested: Option<String>,
-    /// The first stock or payment outcome seen before the order was placed.
-    pub early_outcome: Option<EarlyOutcome>,
+    pub placed: OrderPlaced,
+    /// The same order, typed.
+    pub order: ValidOrder,
+    pub placed_at_ms: i64,
+    /// When a still pending order times out.
+    pub deadline_at_ms: i64,
+}
+
+/// One order's record: its stage, with exactly the data that stage has.
+///
+/// Stored as serde_json in sled (keyed by order id) in the flat shape checkout has
+/// always written (see [`stored`]), so records from before this type still load and a
+/// rolled-back binary still reads what this one writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "stored::StoredOrder", into = "stored::StoredOrder")]
+pub enum State {
+    /// Not placed, as far as checkout knows; possibly with facts that came first.
+    Unplaced(Early),
+    /// Accepted and waiting for stock and payment, until its deadline.
+    Pending(AcceptedOrder),
+    Confirmed {
+        order: AcceptedOrder,
+        payment_id: PaymentId,
+        confirmed_at_ms: i64,
+    },
+    Cancelled {
+        order: AcceptedOrder,
+        reason: CancelReason,
+        /// Human-readable detail, as published in `OrderCancelled`.
+        detail: String,
+        /// The capture, when the order was confirmed before it was cancelled.
+        payment_id: Option<PaymentId>,
+        cancelled_at_ms: i64,
+    },
+    /// Failed validation; `placed` is kept to recognise a redelivery.
+    Rejected {
+        placed: OrderPlaced,
+        problems: Vec<Problem>,
+        rejected_at_ms: i64,
+    },
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Unplaced(Early::default())
+    }
 }
 
 impl State {
+    /// `None` while checkout has not seen the order placed.
     pub fn status(&self) -> Option<OrderStatus> {
-        self.status
+        match self {
+            State::Unplaced(_) => None,
+            State::Pending(_) => Some(OrderStatus::Pending),
+            State::Confirmed { .. } => Some(OrderStatus::Confirmed),
+            State::Cancelled { .. } => Some(OrderStatus::Cancelled),
+            State::Rejected { .. } => Some(OrderStatus::Rejected),
+        }
     }
 
     /// The deadline the shell's timer must watch; `None` once the order left `Pending`.
     pub fn pending_deadline(&self) -> Option<i64> {
-        match self.status {
-            Some(OrderStatus::Pending) => self.deadline_at_ms,
+        match self {
+            State::Pending(order) => Some(order.deadline_at_ms),
             _ => None,
         }
     }
 
+    /// The accepted order, in every stage after a valid placement.
+    pub fn accepted(&self) -> Option<&AcceptedOrder> {
+        match self {
+            State::Pending(order)
+            | State::Confirmed { order, .. }
+            | State::Cancelled { order, .. } => Some(order),
+            State::Unplaced(_) | State::Rejected { .. } => None,
+        }
+    }
+
+    /// The order as first received, valid or not.
+    pub fn placed(&self) -> Option<&OrderPlaced> {
+        match self {
+            State::Rejected { placed, .. } => Some(placed),
+            other => other.accepted().map(|o| &o.placed),
+        }
+    }
+
+    /// The typed order, once a valid order was placed.
+    pub fn order(&self) -> Option<&ValidOrder> {
+        self.accepted().map(|o| &o.order)
+    }
+
     /// The order id, once the order has been placed.
     pub fn order_id(&self) -> Option<&OrderId> {
-        self.placed.as_ref().map(|p| &p.order_id)
+        self.placed().map(|p| &p.order_id)
+    }
+
+    pub fn placed_at_ms(&self) -> Option<i64> {
+        match self {
+            State::Rejected { rejected_at_ms, .. } => Some(*rejected_at_ms),
+            other => other.accepted().map(|o| o.placed_at_ms),
+        }
+    }
+
+    /// When the order reached `Confirmed`, `Cancelled` or `Rejected` (last settlement wins).
+    pub fn settled_at_ms(&self) -> Option<i64> {
+        match self {
+            State::Confirmed {
+                confirmed_at_ms: at,
+                ..
+            }
+            | State::Cancelled {
+                cancelled_at_ms: at,
+                ..
+            }
+            | State::Rejected {
+                rejected_at_ms: at, ..
+            } => Some(*at),
+            State::Unplaced(_) | State::Pending(_) => None,
+        }
+    }
+
+    /// The capture that confirmed the order, kept if it was cancelled afterwards.
+    pub fn payment_id(&self) -> Option<&PaymentId> {
+        match self {
+            State::Confirmed { payment_id, .. } => Some(payment_id),
+            State::Cancelled { payment_id, .. } => payment_id.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Why the order was cancelled, and the published detail.
+    pub fn cancellation(&self) -> Option<(CancelReason, &str)> {
+        match self {
+            State::Cancelled { reason, detail, .. } => Some((*reason, detail)),
+            _ => None,
+        }
+    }
+
+    /// Every validation problem of a rejected order; empty otherwise.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            State::Rejected { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+
+    /// What arrived before the order, while it is not placed.
+    pub fn early(&self) -> Option<&Early> {
+        match self {
+            State::Unplaced(early) => Some(early),
+            _ => None,
+        }
     }
 }
 
 /// What the shell knows that the domain must not look up itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ctx {
-    /// Wall-clock time of this decision, milliseconds since the Unix epoch.
+    /// The time of this decision by checkout's clock, milliseconds since the Unix epoch.
     pub now_ms: i64,
     /// How long a placed order may stay pending before it is cancelled with `timeout`.
     pub deadline_ms: i64,
@@ -201,16 +319,16 @@ pub fn decide(state: &State, input: &Input, ctx: &Ctx) -> Result<Vec<Change>, Re
 }
 
 fn place(state: &State, placed: &OrderPlaced, ctx: &Ctx) -> Result<Vec<Change>, Refusal> {
-    if let Some(first) = &state.placed {
+    let State::Unplaced(early) = state else {
         // A redelivery is harmless; a different order under a used id must not overwrite it.
-        return if first == placed {
+        return if state.placed() == Some(placed) {
             Ok(Vec::new())
         } else {
             Err(Refusal::ConflictingOrderId {
                 order_id: placed.order_id.clone(),
             })
         };
-    }
+    };
     let order = match placed.validate() {
         Ok(order) => order,
         Err(problems) => {
@@ -230,24 +348,27 @@ fn place(state: &State, placed: &OrderPlaced, ctx: &Ctx) -> Result<Vec<Change>, 
     // Inventory and payment act on the order regardless, so an early cancellation must
     // be published as a real `OrderCancelled` for them to compensate. The customer's
     // wish wins over an early outcome: either way the money and stock come back.
-    if let Some(reason) = &state.cancel_requested {
+    if let Some(reason) = &early.cancellation_requested {
         changes.push(Change::Cancelled {
             reason: CancelReason::CustomerRequest,
             detail: customer_detail(reason),
             at_ms: ctx.now_ms,
         });
-    } else if let Some(outcome) = &state.early_outcome {
+    } else if let Some(outcome) = &early.outcome {
         changes.push(settle(outcome, ctx));
     }
     Ok(changes)
 }
 
 fn settle_or_remember(state: &State, outcome: EarlyOutcome, ctx: &Ctx) -> Vec<Change> {
-    match state.status {
-        None if state.early_outcome.is_none() => vec![Change::OutcomeArrivedEarly { outcome }],
-        Some(OrderStatus::Pending) => vec![settle(&outcome, ctx)],
-        // Settled orders ignore late outcomes: payment refunds a late capture on its own
-        // when it sees `OrderCancelled`, and stock was already released.
+    match state {
+        State::Unplaced(Early { outcome: None, .. }) => {
+            vec![Change::OutcomeArrivedEarly { outcome }]
+        }
+        State::Pending(_) => vec![settle(&outcome, ctx)],
+        // Only the first early outcome counts. Settled orders ignore late outcomes:
+        // payment refunds a late capture on its own when it sees `OrderCancelled`, and
+        // stock was already released.
         _ => Vec::new(),
     }
 }
@@ -272,13 +393,16 @@ fn settle(outcome: &EarlyOutcome, ctx: &Ctx) -> Change {
 }
 
 fn request_cancellation(state: &State, reason: &str, ctx: &Ctx) -> Vec<Change> {
-    match state.status {
-        None if state.cancel_requested.is_none() => vec![Change::CancellationRequestedEarly {
+    match state {
+        State::Unplaced(Early {
+            cancellation_requested: None,
+            ..
+        }) => vec![Change::CancellationRequestedEarly {
             reason: reason.to_owned(),
         }],
         // A confirmed order can still be cancelled: inventory puts the sold stock back
         // on the shelf and payment refunds when they see `OrderCancelled`.
-        Some(OrderStatus::Pending | OrderStatus::Confirmed) => vec![Change::Cancelled {
+        State::Pending(_) | State::Confirmed { .. } => vec![Change::Cancelled {
             reason: CancelReason::CustomerRequest,
             detail: customer_detail(reason),
             at_ms: ctx.now_ms,
@@ -288,12 +412,12 @@ fn request_cancellation(state: &State, reason: &str, ctx: &Ctx) -> Vec<Change> {
 }
 
 fn time_out(state: &State, ctx: &Ctx) -> Vec<Change> {
-    match (state.pending_deadline(), state.placed_at_ms) {
-        (Some(deadline), Some(placed_at)) if ctx.now_ms >= deadline => vec![Change::Cancelled {
+    match state {
+        State::Pending(order) if ctx.now_ms >= order.deadline_at_ms => vec![Change::Cancelled {
             reason: CancelReason::Timeout,
             detail: format!(
                 "no stock and payment outcome within {} ms of placing the order",
-                deadline.saturating_sub(placed_at)
+                order.deadline_at_ms.saturating_sub(order.placed_at_ms)
             ),
             at_ms: ctx.now_ms,
         }],
@@ -325,51 +449,88 @@ fn shortage_detail(shortages: &[Shortage]) -> String {
 
 /// Applies one change. Pure and infallible: `decide` already checked everything.
 pub fn evolve(state: &mut State, change: &Change) {
-    match change {
-        Change::Accepted {
-            placed,
+    let before = std::mem::take(state);
+    *state = next(before, change);
+}
+
+/// The stage a change leads to. `decide` only emits a change from the stage it moves
+/// on, so any other pairing leaves the state as it was.
+fn next(state: State, change: &Change) -> State {
+    match (state, change) {
+        (
+            State::Unplaced(_),
+            Change::Accepted {
+                placed,
+                order,
+                placed_at_ms,
+                deadline_at_ms,
+            },
+        ) => State::Pending(AcceptedOrder {
+            placed: placed.clone(),
+            order: order.clone(),
+            placed_at_ms: *placed_at_ms,
+            deadline_at_ms: *deadline_at_ms,
+        }),
+        (
+            State::Unplaced(_),
+            Change::Rejected {
+                placed,
+                problems,
+                at_ms,
+            },
+        ) => State::Rejected {
+            placed: placed.clone(),
+            problems: problems.clone(),
+            rejected_at_ms: *at_ms,
+        },
+        (State::Pending(order), Change::Confirmed { payment_id, at_ms }) => State::Confirmed {
             order,
-            placed_at_ms,
-            deadline_at_ms,
-        } => {
-            state.placed = Some(placed.clone());
-            state.order = Some(order.clone());
-            state.status = Some(OrderStatus::Pending);
-            state.placed_at_ms = Some(*placed_at_ms);
-            state.deadline_at_ms = Some(*deadline_at_ms);
+            payment_id: payment_id.clone(),
+            confirmed_at_ms: *at_ms,
+        },
+        (
+            State::Pending(order),
+            Change::Cancelled {
+                reason,
+                detail,
+                at_ms,
+            },
+        ) => State::Cancelled {
+            order,
+            reason: *reason,
+            detail: detail.clone(),
+            payment_id: None,
+            cancelled_at_ms: *at_ms,
+        },
+        (
+            State::Confirmed {
+                order, payment_id, ..
+            },
+            Change::Cancelled {
+                reason,
+                detail,
+                at_ms,
+            },
+        ) => State::Cancelled {
+            order,
+            reason: *reason,
+            detail: detail.clone(),
+            payment_id: Some(payment_id),
+            cancelled_at_ms: *at_ms,
+        },
+        (State::Unplaced(early), Change::CancellationRequestedEarly { reason }) => {
+            State::Unplaced(Early {
+                cancellation_requested: Some(reason.clone()),
+                ..early
+            })
         }
-        Change::Rejected {
-            placed,
-            problems,
-            at_ms,
-        } => {
-            state.placed = Some(placed.clone());
-            state.status = Some(OrderStatus::Rejected);
-            state.problems = problems.clone();
-            state.placed_at_ms = Some(*at_ms);
-            state.settled_at_ms = Some(*at_ms);
+        (State::Unplaced(early), Change::OutcomeArrivedEarly { outcome }) => {
+            State::Unplaced(Early {
+                outcome: Some(outcome.clone()),
+                ..early
+            })
         }
-        Change::Confirmed { payment_id, at_ms } => {
-            state.status = Some(OrderStatus::Confirmed);
-            state.payment_id = Some(payment_id.clone());
-            state.settled_at_ms = Some(*at_ms);
-        }
-        Change::Cancelled {
-            reason,
-            detail,
-            at_ms,
-        } => {
-            state.status = Some(OrderStatus::Cancelled);
-            state.reason = Some(*reason);
-            state.detail = Some(detail.clone());
-            state.settled_at_ms = Some(*at_ms);
-        }
-        Change::CancellationRequestedEarly { reason } => {
-            state.cancel_requested = Some(reason.clone());
-        }
-        Change::OutcomeArrivedEarly { outcome } => {
-            state.early_outcome = Some(outcome.clone());
-        }
+        (unchanged, _) => unchanged,
     }
 }
 
@@ -386,7 +547,7 @@ pub fn published(state_after: &State, change: &Change) -> Option<Event> {
             .into(),
         ),
         Change::Confirmed { .. } => {
-            let order = state_after.order.as_ref()?;
+            let order = state_after.order()?;
             Some(
                 OrderConfirmed {
                     order_id: order.order_id.clone(),
@@ -575,15 +736,15 @@ mod tests {
     fn a_valid_order_is_pending_with_a_deadline_and_publishes_nothing() {
         given([]).when(placed_input()).then(vec![]).and(|s| {
             assert_eq!(s.status(), Some(OrderStatus::Pending));
-            assert_eq!(s.placed_at_ms, Some(T0));
+            assert_eq!(s.placed_at_ms(), Some(T0));
             assert_eq!(s.pending_deadline(), Some(T0 + DEADLINE));
-            assert_eq!(s.placed, Some(placed()));
+            assert_eq!(s.placed(), Some(&placed()));
             assert_eq!(
-                s.order.as_ref().map(|o| o.total),
+                s.order().map(|o| o.total),
                 Some(Money(1250)),
                 "the typed order is kept"
             );
-            assert_eq!(s.settled_at_ms, None);
+            assert_eq!(s.settled_at_ms(), None);
         });
     }
 
@@ -604,12 +765,12 @@ mod tests {
             .into()])
             .and(|s| {
                 assert_eq!(s.status(), Some(OrderStatus::Rejected));
-                assert_eq!(s.problems, problems);
+                assert_eq!(s.problems(), problems);
                 assert!(s
-                    .problems
+                    .problems()
                     .iter()
                     .any(|p| p.code == ProblemCode::InvalidCurrency));
-                assert_eq!(s.settled_at_ms, Some(T0));
+                assert_eq!(s.settled_at_ms(), Some(T0));
                 assert_eq!(s.pending_deadline(), None);
             });
     }
@@ -639,7 +800,7 @@ mod tests {
             .then_refused(Refusal::ConflictingOrderId {
                 order_id: id("o-1"),
             })
-            .and(|s| assert_eq!(s.placed, Some(placed())));
+            .and(|s| assert_eq!(s.placed(), Some(&placed())));
     }
 
     #[test]
@@ -665,8 +826,8 @@ mod tests {
             )])
             .and(|s| {
                 assert_eq!(s.status(), Some(OrderStatus::Cancelled));
-                assert_eq!(s.reason, Some(CancelReason::OutOfStock));
-                assert_eq!(s.settled_at_ms, Some(T0 + 5));
+                assert_eq!(s.cancellation().map(|(reason, _)| reason), Some(CancelReason::OutOfStock));
+                assert_eq!(s.settled_at_ms(), Some(T0 + 5));
                 assert_eq!(s.pending_deadline(), None);
             });
     }
@@ -679,8 +840,8 @@ mod tests {
             .then(vec![confirmed()])
             .and(|s| {
                 assert_eq!(s.status(), Some(OrderStatus::Confirmed));
-                assert_eq!(s.payment_id, Some(pid("pay-1")));
-                assert_eq!(s.settled_at_ms, Some(T0 + 7));
+                assert_eq!(s.payment_id(), Some(&pid("pay-1")));
+                assert_eq!(s.settled_at_ms(), Some(T0 + 7));
                 assert_eq!(s.pending_deadline(), None);
             });
     }
@@ -725,11 +886,11 @@ mod tests {
             .and(|s| {
                 assert_eq!(s.status(), Some(OrderStatus::Cancelled));
                 assert_eq!(
-                    s.payment_id,
-                    Some(pid("pay-1")),
+                    s.payment_id(),
+                    Some(&pid("pay-1")),
                     "the capture is remembered"
                 );
-                assert_eq!(s.settled_at_ms, Some(T0 + 100));
+                assert_eq!(s.settled_at_ms(), Some(T0 + 100));
             });
     }
 
@@ -755,7 +916,10 @@ mod tests {
             .when(cancel_request("oops"))
             .then(vec![])
             .and(|s| {
-                assert_eq!(s.cancel_requested.as_deref(), Some("oops"));
+                assert_eq!(
+                    s.early().and_then(|e| e.cancellation_requested.as_deref()),
+                    Some("oops")
+                );
                 assert_eq!(s.status(), None);
             });
     }
@@ -774,8 +938,8 @@ mod tests {
             .then(vec![cancelled(CancelReason::CustomerRequest, "oops")])
             .and(|s| {
                 assert_eq!(s.status(), Some(OrderStatus::Cancelled));
-                assert_eq!(s.placed, Some(placed()));
-                assert_eq!(s.settled_at_ms, Some(T0));
+                assert_eq!(s.placed(), Some(&placed()));
+                assert_eq!(s.settled_at_ms(), Some(T0));
                 assert_eq!(s.pending_deadline(), None);
             });
     }
@@ -803,7 +967,7 @@ mod tests {
                 CancelReason::Timeout,
                 "no stock and payment outcome within 30000 ms of placing the order",
             )])
-            .and(|s| assert_eq!(s.settled_at_ms, Some(T0 + DEADLINE)));
+            .and(|s| assert_eq!(s.settled_at_ms(), Some(T0 + DEADLINE)));
     }
 
     #[test]
@@ -868,7 +1032,7 @@ mod tests {
         for early in [captured(), declined(), stock_failed()] {
             given([]).when(early).then(vec![]).and(|s| {
                 assert_eq!(s.status(), None);
-                assert!(s.early_outcome.is_some());
+                assert!(s.early().is_some_and(|e| e.outcome.is_some()));
             });
         }
     }
@@ -880,7 +1044,7 @@ mod tests {
             .then(vec![confirmed()])
             .and(|s| {
                 assert_eq!(s.status(), Some(OrderStatus::Confirmed));
-                assert_eq!(s.payment_id, Some(pid("pay-1")));
+                assert_eq!(s.payment_id(), Some(&pid("pay-1")));
             });
     }
 
@@ -967,5 +1131,248 @@ mod tests {
         let state: State = serde_json::from_str("{}").expect("defaults fill in");
         assert_eq!(state, State::default());
         assert_eq!(state.status(), None);
+    }
+
+    const SHORTAGE: &str =
+        "not enough stock: sku-a (requested 2, available 1); sku-b (requested 1, available 0)";
+
+    fn accepted() -> AcceptedOrder {
+        AcceptedOrder {
+            placed: placed(),
+            order: placed().validate().expect("valid order"),
+            placed_at_ms: T0,
+            deadline_at_ms: T0 + DEADLINE,
+        }
+    }
+
+    fn total_mismatch() -> OrderPlaced {
+        OrderPlaced {
+            total: 1,
+            ..placed()
+        }
+    }
+
+    fn early(outcome: Option<EarlyOutcome>, cancellation: Option<&str>) -> State {
+        State::Unplaced(Early {
+            outcome,
+            cancellation_requested: cancellation.map(str::to_owned),
+        })
+    }
+
+    /// Records exactly as checkout wrote them while `State` was a flat struct (captured
+    /// by serialising that struct), with the stage each must load as.
+    fn legacy_records() -> Vec<(&'static str, &'static str, State)> {
+        vec![
+            (
+                "pending",
+                r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"order":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"status":"pending","reason":null,"detail":null,"problems":[],"placed_at_ms":1000000,"deadline_at_ms":1030000,"settled_at_ms":null,"payment_id":null,"cancel_requested":null,"early_outcome":null}"#,
+                State::Pending(accepted()),
+            ),
+            (
+                "confirmed",
+                r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"order":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"status":"confirmed","reason":null,"detail":null,"problems":[],"placed_at_ms":1000000,"deadline_at_ms":1030000,"settled_at_ms":1000007,"payment_id":"pay-1","cancel_requested":null,"early_outcome":null}"#,
+                State::Confirmed {
+                    order: accepted(),
+                    payment_id: pid("pay-1"),
+                    confirmed_at_ms: T0 + 7,
+                },
+            ),
+            (
+                "cancelled_out_of_stock",
+                r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"order":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"status":"cancelled","reason":"out_of_stock","detail":"not enough stock: sku-a (requested 2, available 1); sku-b (requested 1, available 0)","problems":[],"placed_at_ms":1000000,"deadline_at_ms":1030000,"settled_at_ms":1000005,"payment_id":null,"cancel_requested":null,"early_outcome":null}"#,
+                State::Cancelled {
+                    order: accepted(),
+                    reason: CancelReason::OutOfStock,
+                    detail: SHORTAGE.into(),
+                    payment_id: None,
+                    cancelled_at_ms: T0 + 5,
+                },
+            ),
+            (
+                "cancelled_after_confirm",
+                r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"order":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"status":"cancelled","reason":"customer_request","detail":"returned","problems":[],"placed_at_ms":1000000,"deadline_at_ms":1030000,"settled_at_ms":1000100,"payment_id":"pay-1","cancel_requested":null,"early_outcome":null}"#,
+                State::Cancelled {
+                    order: accepted(),
+                    reason: CancelReason::CustomerRequest,
+                    detail: "returned".into(),
+                    payment_id: Some(pid("pay-1")),
+                    cancelled_at_ms: T0 + 100,
+                },
+            ),
+            (
+                "cancelled_timeout",
+                r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"order":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"status":"cancelled","reason":"timeout","detail":"no stock and payment outcome within 30000 ms of placing the order","problems":[],"placed_at_ms":1000000,"deadline_at_ms":1030000,"settled_at_ms":1030000,"payment_id":null,"cancel_requested":null,"early_outcome":null}"#,
+                State::Cancelled {
+                    order: accepted(),
+                    reason: CancelReason::Timeout,
+                    detail: "no stock and payment outcome within 30000 ms of placing the order"
+                        .into(),
+                    payment_id: None,
+                    cancelled_at_ms: T0 + DEADLINE,
+                },
+            ),
+            (
+                "rejected",
+                r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1,"payment_token":"tok_visa"},"order":null,"status":"rejected","reason":null,"detail":null,"problems":[{"field":"total","code":"total_mismatch","message":"is 1 but the lines add up to 1250"}],"placed_at_ms":1000000,"deadline_at_ms":null,"settled_at_ms":1000000,"payment_id":null,"cancel_requested":null,"early_outcome":null}"#,
+                State::Rejected {
+                    placed: total_mismatch(),
+                    problems: vec![Problem {
+                        field: "total".into(),
+                        code: ProblemCode::TotalMismatch,
+                        message: "is 1 but the lines add up to 1250".into(),
+                    }],
+                    rejected_at_ms: T0,
+                },
+            ),
+            (
+                "early_capture",
+                r#"{"placed":null,"order":null,"status":null,"reason":null,"detail":null,"problems":[],"placed_at_ms":null,"deadline_at_ms":null,"settled_at_ms":null,"payment_id":null,"cancel_requested":null,"early_outcome":{"kind":"payment_captured","payment_id":"pay-1"}}"#,
+                early(
+                    Some(EarlyOutcome::PaymentCaptured {
+                        payment_id: pid("pay-1"),
+                    }),
+                    None,
+                ),
+            ),
+            (
+                "early_decline",
+                r#"{"placed":null,"order":null,"status":null,"reason":null,"detail":null,"problems":[],"placed_at_ms":null,"deadline_at_ms":null,"settled_at_ms":null,"payment_id":null,"cancel_requested":null,"early_outcome":{"kind":"payment_declined","reason":"card_declined"}}"#,
+                early(
+                    Some(EarlyOutcome::PaymentDeclined {
+                        reason: "card_declined".into(),
+                    }),
+                    None,
+                ),
+            ),
+            (
+                "early_stock",
+                r#"{"placed":null,"order":null,"status":null,"reason":null,"detail":null,"problems":[],"placed_at_ms":null,"deadline_at_ms":null,"settled_at_ms":null,"payment_id":null,"cancel_requested":null,"early_outcome":{"kind":"out_of_stock","detail":"not enough stock: sku-a (requested 2, available 1); sku-b (requested 1, available 0)"}}"#,
+                early(
+                    Some(EarlyOutcome::OutOfStock {
+                        detail: SHORTAGE.into(),
+                    }),
+                    None,
+                ),
+            ),
+            (
+                "early_cancel",
+                r#"{"placed":null,"order":null,"status":null,"reason":null,"detail":null,"problems":[],"placed_at_ms":null,"deadline_at_ms":null,"settled_at_ms":null,"payment_id":null,"cancel_requested":"oops","early_outcome":null}"#,
+                early(None, Some("oops")),
+            ),
+            (
+                "early_both",
+                r#"{"placed":null,"order":null,"status":null,"reason":null,"detail":null,"problems":[],"placed_at_ms":null,"deadline_at_ms":null,"settled_at_ms":null,"payment_id":null,"cancel_requested":"oops","early_outcome":{"kind":"payment_captured","payment_id":"pay-1"}}"#,
+                early(
+                    Some(EarlyOutcome::PaymentCaptured {
+                        payment_id: pid("pay-1"),
+                    }),
+                    Some("oops"),
+                ),
+            ),
+            (
+                "placed_after_early_cancel",
+                r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"order":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"status":"cancelled","reason":"customer_request","detail":"oops","problems":[],"placed_at_ms":1000000,"deadline_at_ms":1030000,"settled_at_ms":1000000,"payment_id":null,"cancel_requested":"oops","early_outcome":{"kind":"payment_captured","payment_id":"pay-1"}}"#,
+                State::Cancelled {
+                    order: accepted(),
+                    reason: CancelReason::CustomerRequest,
+                    detail: "oops".into(),
+                    payment_id: None,
+                    cancelled_at_ms: T0,
+                },
+            ),
+            (
+                "placed_after_early_capture",
+                r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"order":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[{"sku":"sku-a","quantity":2,"unit_price":500},{"sku":"sku-b","quantity":1,"unit_price":250}],"total":1250,"payment_token":"tok_visa"},"status":"confirmed","reason":null,"detail":null,"problems":[],"placed_at_ms":1000000,"deadline_at_ms":1030000,"settled_at_ms":1000000,"payment_id":"pay-1","cancel_requested":null,"early_outcome":{"kind":"payment_captured","payment_id":"pay-1"}}"#,
+                State::Confirmed {
+                    order: accepted(),
+                    payment_id: pid("pay-1"),
+                    confirmed_at_ms: T0,
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn records_written_before_the_state_was_an_enum_still_load() {
+        for (name, json, expected) in legacy_records() {
+            let state: State = serde_json::from_str(json)
+                .unwrap_or_else(|e| panic!("{name}: the legacy record must load: {e}"));
+            assert_eq!(state, expected, "{name}");
+        }
+    }
+
+    /// What `checkout.orders.get` shows is read through these accessors: each must give
+    /// what the old record's field said, so the view is unchanged for old records.
+    #[test]
+    fn legacy_records_read_the_same_through_the_accessors() {
+        for (name, json, _) in legacy_records() {
+            let old: serde_json::Value = serde_json::from_str(json).expect("json");
+            let state: State = serde_json::from_str(json).expect("loads");
+            let pending = old["status"] == "pending";
+            let as_json = |v: Option<i64>| serde_json::json!(v);
+            assert_eq!(serde_json::json!(state.status()), old["status"], "{name}");
+            assert_eq!(serde_json::json!(state.placed()), old["placed"], "{name}");
+            assert_eq!(
+                serde_json::json!(state.cancellation().map(|(r, _)| r)),
+                old["reason"],
+                "{name}"
+            );
+            assert_eq!(
+                serde_json::json!(state.cancellation().map(|(_, d)| d)),
+                old["detail"],
+                "{name}"
+            );
+            assert_eq!(
+                serde_json::json!(state.problems()),
+                old["problems"],
+                "{name}"
+            );
+            assert_eq!(
+                serde_json::json!(state.payment_id()),
+                old["payment_id"],
+                "{name}"
+            );
+            assert_eq!(as_json(state.placed_at_ms()), old["placed_at_ms"], "{name}");
+            assert_eq!(
+                as_json(state.settled_at_ms()),
+                old["settled_at_ms"],
+                "{name}"
+            );
+            let old_deadline = if pending {
+                old["deadline_at_ms"].clone()
+            } else {
+                serde_json::Value::Null
+            };
+            assert_eq!(as_json(state.pending_deadline()), old_deadline, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_record_written_now_loads_as_the_same_stage_in_the_old_flat_shape() {
+        for (name, json, state) in legacy_records() {
+            let written = serde_json::to_value(&state).expect("serialises");
+            let old: serde_json::Value = serde_json::from_str(json).expect("json");
+            // Every field written now has the value the old struct wrote for it (the early
+            // facts are dropped once the order is placed), so an older binary reads it the same.
+            let object = written.as_object().expect("an object");
+            for (field, value) in object {
+                assert_eq!(value, &old[field.as_str()], "{name}: {field}");
+            }
+            let back: State = serde_json::from_value(written).expect("deserialises");
+            assert_eq!(back, state, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_record_whose_stage_lacks_its_data_is_refused() {
+        for json in [
+            r#"{"status":"pending"}"#,
+            r#"{"status":"confirmed","placed_at_ms":1}"#,
+            r#"{"status":"rejected"}"#,
+            r#"{"placed":{"order_id":"o-1","customer_id":"c-1","currency":"EUR","lines":[],"total":0,"payment_token":"t"}}"#,
+        ] {
+            let result = serde_json::from_str::<State>(json);
+            assert!(result.is_err(), "{json} must not load: {result:?}");
+        }
     }
 }

@@ -71,7 +71,7 @@ pub fn apply_input(
         return Ok(());
     }
     let deadline_before = state.pending_deadline();
-    let placed_before = state.placed_at_ms;
+    let placed_before = state.placed_at_ms();
     let events = domain::Checkout::apply(&mut state, &changes);
     publish_all(tx, SERVICE, events, cause)?;
     tx.put_json(trees.orders, key, &state)?;
@@ -84,7 +84,7 @@ pub fn apply_input(
             tx.insert(trees.deadlines, &time_key(ms, order_id.as_str()), &[])?;
         }
     }
-    if let (None, Some(ms)) = (placed_before, state.placed_at_ms) {
+    if let (None, Some(ms)) = (placed_before, state.placed_at_ms()) {
         tx.insert(trees.placed, &time_key(ms, order_id.as_str()), &[])?;
     }
     Ok(())

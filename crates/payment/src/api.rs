@@ -23,41 +23,41 @@ pub struct Api {
 
 /// Where a record stands, in the contract's words.
 pub fn status_of(state: &State) -> PaymentStatus {
-    match (&state.charge, state.refund) {
-        (Charge::Captured { .. }, Refund::Refunded) => PaymentStatus::Refunded,
-        (Charge::Captured { .. }, Refund::Due) => PaymentStatus::Refunding,
-        (Charge::Captured { .. }, Refund::NotNeeded) => PaymentStatus::Captured,
-        (Charge::Due, _) => PaymentStatus::Charging,
-        (Charge::VoidDue, _) => PaymentStatus::Voiding,
-        (Charge::Declined { .. }, _) => PaymentStatus::Declined,
-        (Charge::Voided, _) => PaymentStatus::Voided,
-        (Charge::NotRequested, _) if state.cancelled => PaymentStatus::Cancelled,
-        (Charge::NotRequested, _) if state.terms.is_none() => PaymentStatus::AwaitingOrder,
-        (Charge::NotRequested, _) => PaymentStatus::AwaitingStock,
+    match state {
+        State::Unknown | State::AwaitingOrder { .. } => PaymentStatus::AwaitingOrder,
+        State::AwaitingStock { .. } => PaymentStatus::AwaitingStock,
+        State::Cancelled { .. } => PaymentStatus::Cancelled,
+        State::ChargeRequested { charge, .. } => match charge {
+            Charge::Due => PaymentStatus::Charging,
+            Charge::VoidDue => PaymentStatus::Voiding,
+            Charge::Captured { refund, .. } => match refund {
+                Refund::NotNeeded => PaymentStatus::Captured,
+                Refund::Due => PaymentStatus::Refunding,
+                Refund::Refunded => PaymentStatus::Refunded,
+            },
+            Charge::Declined { .. } => PaymentStatus::Declined,
+            Charge::Voided => PaymentStatus::Voided,
+        },
     }
 }
 
 pub fn payment_view(order_id: &OrderId, state: &State) -> PaymentView {
-    let amount = state
-        .terms
-        .as_ref()
-        .map(|t| t.amount.minor_units())
-        .unwrap_or(0);
-    let (captured, payment_id, decline_reason) = match &state.charge {
-        Charge::Captured { payment_id } => (amount, Some(payment_id.to_string()), None),
-        Charge::Declined { reason } => (0, None, Some(reason.clone())),
+    let amount = state.terms().map(|t| t.amount.minor_units()).unwrap_or(0);
+    let (captured, payment_id, decline_reason) = match state.charge() {
+        Some(Charge::Captured { payment_id, .. }) => (amount, Some(payment_id.to_string()), None),
+        Some(Charge::Declined { reason }) => (0, None, Some(reason.clone())),
         _ => (0, None, None),
     };
     PaymentView {
         order_id: order_id.to_string(),
         status: status_of(state),
         captured,
-        refunded: if state.refund == Refund::Refunded {
+        refunded: if state.refund() == Refund::Refunded {
             amount
         } else {
             0
         },
-        currency: state.terms.as_ref().map(|t| t.currency.to_string()),
+        currency: state.terms().map(|t| t.currency.to_string()),
         payment_id,
         decline_reason,
     }

@@ -5,6 +5,8 @@
 //! The order id lives in the [`State`] (set by the first input that carries it), so that
 //! gateway answers, which carry no order id, still publish complete events.
 
+mod stored;
+
 use serde::{Deserialize, Serialize};
 use shop_decider::Decider;
 use shop_events::{
@@ -20,19 +22,18 @@ pub struct Terms {
     pub payment_token: String,
 }
 
-/// Where the one charge of an order stands.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
+/// Where the one charge of an order stands, once it was requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Charge {
-    #[default]
-    NotRequested,
     /// The gateway must be asked to charge (idempotently, keyed by the order id).
     Due,
     /// The order was cancelled while a charge was due, maybe already in flight: the
     /// gateway must void the key, which either voids it or reports the capture.
     VoidDue,
+    /// The money moved; a refund is only ever owed for a capture.
     Captured {
         payment_id: PaymentId,
+        refund: Refund,
     },
     Declined {
         reason: String,
@@ -44,23 +45,43 @@ pub enum Charge {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refund {
+    /// The order still stands.
     #[default]
     NotNeeded,
+    /// The order was cancelled: the capture must be given back.
     Due,
     Refunded,
 }
 
-/// Payment's record of one order (serde_json in sled, keyed by order id).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct State {
-    pub order_id: Option<OrderId>,
-    pub terms: Option<Terms>,
-    pub stock_reserved: bool,
-    /// Tombstone as much as a flag: once set, no charge is ever requested.
-    pub cancelled: bool,
-    pub charge: Charge,
-    pub refund: Refund,
+/// Payment's record of one order: its stage, with exactly the data that stage has.
+///
+/// A charge needs both the order's terms and its stock reservation, and a cancellation
+/// before that point means it is never requested; once requested, [`Charge`] carries
+/// the rest (a cancellation then shows as a void or a refund). Stored as serde_json in
+/// sled, keyed by order id, in the flat shape payment has always written (see
+/// [`stored`]), so older records still load.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "stored::StoredPayment", into = "stored::StoredPayment")]
+pub enum State {
+    /// Nothing seen yet.
+    #[default]
+    Unknown,
+    /// The stock is reserved; the charge waits for the order's terms.
+    AwaitingOrder { order_id: OrderId },
+    /// The terms are known; the charge waits for the stock reservation.
+    AwaitingStock { order_id: OrderId, terms: Terms },
+    /// Cancelled before a charge was requested: a tombstone, no charge is ever requested.
+    /// The terms are kept if they arrive, to show the currency.
+    Cancelled {
+        order_id: OrderId,
+        terms: Option<Terms>,
+    },
+    /// Terms and stock were both there, so the charge was requested.
+    ChargeRequested {
+        order_id: OrderId,
+        terms: Terms,
+        charge: Charge,
+    },
 }
 
 /// A call the shell owes the gateway for this order.
@@ -77,21 +98,54 @@ pub enum GatewayWork {
 impl State {
     /// The gateway call still owed, if any. The charge comes before its refund.
     pub fn gateway_work(&self) -> Option<GatewayWork> {
-        match (&self.charge, self.refund) {
-            (Charge::Due, _) => Some(GatewayWork::Charge),
-            (Charge::VoidDue, _) => Some(GatewayWork::Void),
-            (Charge::Captured { payment_id }, Refund::Due) => Some(GatewayWork::Refund {
+        match self.charge()? {
+            Charge::Due => Some(GatewayWork::Charge),
+            Charge::VoidDue => Some(GatewayWork::Void),
+            Charge::Captured {
+                payment_id,
+                refund: Refund::Due,
+            } => Some(GatewayWork::Refund {
                 payment_id: payment_id.clone(),
             }),
             _ => None,
         }
     }
 
-    fn wants_charge(&self) -> bool {
-        self.terms.is_some()
-            && self.stock_reserved
-            && !self.cancelled
-            && self.charge == Charge::NotRequested
+    pub fn order_id(&self) -> Option<&OrderId> {
+        match self {
+            State::Unknown => None,
+            State::AwaitingOrder { order_id }
+            | State::AwaitingStock { order_id, .. }
+            | State::Cancelled { order_id, .. }
+            | State::ChargeRequested { order_id, .. } => Some(order_id),
+        }
+    }
+
+    /// What the customer agreed to pay, once the order arrived.
+    pub fn terms(&self) -> Option<&Terms> {
+        match self {
+            State::AwaitingStock { terms, .. } | State::ChargeRequested { terms, .. } => {
+                Some(terms)
+            }
+            State::Cancelled { terms, .. } => terms.as_ref(),
+            State::Unknown | State::AwaitingOrder { .. } => None,
+        }
+    }
+
+    /// The charge, once requested.
+    pub fn charge(&self) -> Option<&Charge> {
+        match self {
+            State::ChargeRequested { charge, .. } => Some(charge),
+            _ => None,
+        }
+    }
+
+    /// The refund of the capture; `NotNeeded` while nothing is captured.
+    pub fn refund(&self) -> Refund {
+        match self.charge() {
+            Some(Charge::Captured { refund, .. }) => *refund,
+            _ => Refund::NotNeeded,
+        }
     }
 }
 
@@ -130,13 +184,31 @@ impl Input {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Change {
-    TermsRecorded { order_id: OrderId, terms: Terms },
-    StockReservationNoted { order_id: OrderId },
-    CancellationNoted { order_id: OrderId },
-    ChargeRequested,
+    /// The terms arrived before the stock reservation (or after a cancellation).
+    TermsRecorded {
+        order_id: OrderId,
+        terms: Terms,
+    },
+    /// The stock reservation arrived before the terms.
+    StockReservationNoted {
+        order_id: OrderId,
+    },
+    /// The last of terms and stock arrived: charge these terms.
+    ChargeRequested {
+        order_id: OrderId,
+        terms: Terms,
+    },
+    /// Cancelled before any charge was requested.
+    CancellationNoted {
+        order_id: OrderId,
+    },
     VoidRequested,
-    ChargeCaptured { payment_id: PaymentId },
-    ChargeDeclined { reason: String },
+    ChargeCaptured {
+        payment_id: PaymentId,
+    },
+    ChargeDeclined {
+        reason: String,
+    },
     ChargeVoided,
     RefundRequested,
     RefundCompleted,
@@ -151,7 +223,7 @@ pub enum Refusal {
 
 /// Decides what an input changes. Pure; an empty result means there is nothing to do.
 pub fn decide(state: &State, input: &Input, _ctx: &Ctx) -> Result<Vec<Change>, Refusal> {
-    if let (Some(expected), Some(got)) = (&state.order_id, input.order_id()) {
+    if let (Some(expected), Some(got)) = (state.order_id(), input.order_id()) {
         if expected != got {
             return Err(Refusal::WrongOrder {
                 expected: expected.clone(),
@@ -159,102 +231,101 @@ pub fn decide(state: &State, input: &Input, _ctx: &Ctx) -> Result<Vec<Change>, R
             });
         }
     }
+    let charge = state.charge();
     Ok(match input {
         Input::OrderPlaced(placed) => record_terms(state, placed),
         Input::StockReserved(e) => note_stock_reserved(state, e),
         Input::OrderCancelled(e) => note_cancellation(state, e),
-        Input::ChargeSucceeded { payment_id } => capture(state, payment_id),
-        Input::ChargeFailed { reason } => match state.charge {
-            Charge::Due | Charge::VoidDue => vec![Change::ChargeDeclined {
+        Input::ChargeSucceeded { payment_id } => capture(charge, payment_id),
+        Input::ChargeFailed { reason } => match charge {
+            Some(Charge::Due | Charge::VoidDue) => vec![Change::ChargeDeclined {
                 reason: reason.clone(),
             }],
             _ => Vec::new(),
         },
-        Input::ChargeVoided => match state.charge {
-            Charge::VoidDue => vec![Change::ChargeVoided],
+        Input::ChargeVoided => match charge {
+            Some(Charge::VoidDue) => vec![Change::ChargeVoided],
             _ => Vec::new(),
         },
-        Input::RefundSucceeded => match state.refund {
+        Input::RefundSucceeded => match state.refund() {
             Refund::Due => vec![Change::RefundCompleted],
             _ => Vec::new(),
         },
     })
 }
 
-/// Runs `first`, then requests the charge if that made the order chargeable.
-fn then_maybe_charge(state: &State, first: Change) -> Vec<Change> {
-    let mut after = state.clone();
-    evolve(&mut after, &first);
-    let mut changes = vec![first];
-    if after.wants_charge() {
-        changes.push(Change::ChargeRequested);
-    }
-    changes
-}
-
 fn record_terms(state: &State, placed: &OrderPlaced) -> Vec<Change> {
     // The first order seen wins; checkout refuses a conflicting reuse of the id.
-    if state.terms.is_some() {
+    if state.terms().is_some() {
         return Vec::new();
     }
     // Checkout rejects an invalid order and inventory never reserves it: nothing to charge.
     let Ok(order) = placed.validate() else {
         return Vec::new();
     };
-    then_maybe_charge(
-        state,
-        Change::TermsRecorded {
-            order_id: order.order_id,
-            terms: Terms {
-                amount: order.total,
-                currency: order.currency,
-                payment_token: order.payment_token,
-            },
+    let (order_id, terms) = (
+        order.order_id,
+        Terms {
+            amount: order.total,
+            currency: order.currency,
+            payment_token: order.payment_token,
         },
-    )
+    );
+    match state {
+        State::AwaitingOrder { .. } => vec![Change::ChargeRequested { order_id, terms }],
+        // A cancelled order is never charged; its terms are only kept for the record.
+        State::Unknown | State::Cancelled { .. } => {
+            vec![Change::TermsRecorded { order_id, terms }]
+        }
+        State::AwaitingStock { .. } | State::ChargeRequested { .. } => Vec::new(),
+    }
 }
 
 fn note_stock_reserved(state: &State, e: &StockReserved) -> Vec<Change> {
     // It may come before `OrderPlaced` (another stream): the charge then waits for the terms.
-    if state.stock_reserved {
-        return Vec::new();
-    }
-    then_maybe_charge(
-        state,
-        Change::StockReservationNoted {
+    match state {
+        State::Unknown => vec![Change::StockReservationNoted {
             order_id: e.order_id.clone(),
-        },
-    )
+        }],
+        State::AwaitingStock { order_id, terms } => vec![Change::ChargeRequested {
+            order_id: order_id.clone(),
+            terms: terms.clone(),
+        }],
+        // Already noted, already charging, or cancelled: never a second charge.
+        State::AwaitingOrder { .. } | State::Cancelled { .. } | State::ChargeRequested { .. } => {
+            Vec::new()
+        }
+    }
 }
 
 fn note_cancellation(state: &State, e: &OrderCancelled) -> Vec<Change> {
-    if state.cancelled {
-        return Vec::new();
+    match state {
+        State::Unknown | State::AwaitingOrder { .. } | State::AwaitingStock { .. } => {
+            vec![Change::CancellationNoted {
+                order_id: e.order_id.clone(),
+            }]
+        }
+        State::Cancelled { .. } => Vec::new(),
+        State::ChargeRequested { charge, .. } => match charge {
+            Charge::Due => vec![Change::VoidRequested],
+            Charge::Captured {
+                refund: Refund::NotNeeded,
+                ..
+            } => vec![Change::RefundRequested],
+            // Already voiding or refunding; or declined or voided: no money to give back.
+            _ => Vec::new(),
+        },
     }
-    let mut changes = vec![Change::CancellationNoted {
-        order_id: e.order_id.clone(),
-    }];
-    match (&state.charge, state.refund) {
-        (Charge::Due, _) => changes.push(Change::VoidRequested),
-        (Charge::Captured { .. }, Refund::NotNeeded) => changes.push(Change::RefundRequested),
-        // Never charged, declined or voided: there is no money to give back.
-        _ => {}
-    }
-    changes
 }
 
-fn capture(state: &State, payment_id: &PaymentId) -> Vec<Change> {
-    match state.charge {
-        Charge::Due | Charge::VoidDue => {
-            let mut changes = vec![Change::ChargeCaptured {
-                payment_id: payment_id.clone(),
-            }];
-            // The void came too late and the money moved: give it back.
-            if state.cancelled {
-                changes.push(Change::RefundRequested);
-            }
-            changes
-        }
+fn capture(charge: Option<&Charge>, payment_id: &PaymentId) -> Vec<Change> {
+    let captured = Change::ChargeCaptured {
+        payment_id: payment_id.clone(),
+    };
+    match charge {
+        Some(Charge::Due) => vec![captured],
+        // The void came too late and the money moved: give it back.
+        Some(Charge::VoidDue) => vec![captured, Change::RefundRequested],
         // Already captured is a redelivery. After a decline or a void the gateway's
         // answer for the key was final, so a stale success from an earlier call is ignored.
         _ => Vec::new(),
@@ -263,41 +334,107 @@ fn capture(state: &State, payment_id: &PaymentId) -> Vec<Change> {
 
 /// Applies one change. Pure and infallible: `decide` already checked everything.
 pub fn evolve(state: &mut State, change: &Change) {
-    match change {
-        Change::TermsRecorded { order_id, terms } => {
-            state.order_id.get_or_insert_with(|| order_id.clone());
-            state.terms = Some(terms.clone());
+    let before = std::mem::take(state);
+    *state = next(before, change);
+}
+
+/// The stage a change leads to. `decide` only emits a change from the stage it moves
+/// on, so any other pairing leaves the state as it was.
+fn next(state: State, change: &Change) -> State {
+    match (state, change) {
+        (State::Unknown, Change::TermsRecorded { order_id, terms }) => State::AwaitingStock {
+            order_id: order_id.clone(),
+            terms: terms.clone(),
+        },
+        (State::Cancelled { order_id, .. }, Change::TermsRecorded { terms, .. }) => {
+            State::Cancelled {
+                order_id,
+                terms: Some(terms.clone()),
+            }
         }
-        Change::StockReservationNoted { order_id } => {
-            state.order_id.get_or_insert_with(|| order_id.clone());
-            state.stock_reserved = true;
+        (State::Unknown, Change::StockReservationNoted { order_id }) => State::AwaitingOrder {
+            order_id: order_id.clone(),
+        },
+        (
+            State::AwaitingOrder { .. } | State::AwaitingStock { .. },
+            Change::ChargeRequested { order_id, terms },
+        ) => State::ChargeRequested {
+            order_id: order_id.clone(),
+            terms: terms.clone(),
+            charge: Charge::Due,
+        },
+        (State::Unknown, Change::CancellationNoted { order_id }) => State::Cancelled {
+            order_id: order_id.clone(),
+            terms: None,
+        },
+        (State::AwaitingOrder { order_id }, Change::CancellationNoted { .. }) => State::Cancelled {
+            order_id,
+            terms: None,
+        },
+        (State::AwaitingStock { order_id, terms }, Change::CancellationNoted { .. }) => {
+            State::Cancelled {
+                order_id,
+                terms: Some(terms),
+            }
         }
-        Change::CancellationNoted { order_id } => {
-            state.order_id.get_or_insert_with(|| order_id.clone());
-            state.cancelled = true;
-        }
-        Change::ChargeRequested => state.charge = Charge::Due,
-        Change::VoidRequested => state.charge = Charge::VoidDue,
-        Change::ChargeCaptured { payment_id } => {
-            state.charge = Charge::Captured {
+        (
+            State::ChargeRequested {
+                order_id,
+                terms,
+                charge,
+            },
+            change,
+        ) => State::ChargeRequested {
+            order_id,
+            terms,
+            charge: next_charge(charge, change),
+        },
+        (unchanged, _) => unchanged,
+    }
+}
+
+/// The charge a change leads to; as with [`next`], other pairings leave it as it was.
+fn next_charge(charge: Charge, change: &Change) -> Charge {
+    match (charge, change) {
+        (Charge::Due, Change::VoidRequested) => Charge::VoidDue,
+        (Charge::Due | Charge::VoidDue, Change::ChargeCaptured { payment_id }) => {
+            Charge::Captured {
                 payment_id: payment_id.clone(),
+                refund: Refund::NotNeeded,
             }
         }
-        Change::ChargeDeclined { reason } => {
-            state.charge = Charge::Declined {
-                reason: reason.clone(),
-            }
-        }
-        Change::ChargeVoided => state.charge = Charge::Voided,
-        Change::RefundRequested => state.refund = Refund::Due,
-        Change::RefundCompleted => state.refund = Refund::Refunded,
+        (Charge::Due | Charge::VoidDue, Change::ChargeDeclined { reason }) => Charge::Declined {
+            reason: reason.clone(),
+        },
+        (Charge::VoidDue, Change::ChargeVoided) => Charge::Voided,
+        (
+            Charge::Captured {
+                payment_id,
+                refund: Refund::NotNeeded,
+            },
+            Change::RefundRequested,
+        ) => Charge::Captured {
+            payment_id,
+            refund: Refund::Due,
+        },
+        (
+            Charge::Captured {
+                payment_id,
+                refund: Refund::Due,
+            },
+            Change::RefundCompleted,
+        ) => Charge::Captured {
+            payment_id,
+            refund: Refund::Refunded,
+        },
+        (unchanged, _) => unchanged,
     }
 }
 
 /// The public event a change publishes, read from the state after the change.
 pub fn published(state_after: &State, change: &Change) -> Option<Event> {
-    let order_id = state_after.order_id.clone()?;
-    let terms = state_after.terms.as_ref()?;
+    let order_id = state_after.order_id()?.clone();
+    let terms = state_after.terms()?;
     match change {
         Change::ChargeCaptured { payment_id } => Some(
             PaymentCaptured {
@@ -316,8 +453,8 @@ pub fn published(state_after: &State, change: &Change) -> Option<Event> {
             }
             .into(),
         ),
-        Change::RefundCompleted => match &state_after.charge {
-            Charge::Captured { payment_id } => Some(
+        Change::RefundCompleted => match state_after.charge()? {
+            Charge::Captured { payment_id, .. } => Some(
                 PaymentRefunded {
                     order_id,
                     payment_id: payment_id.clone(),
@@ -330,8 +467,8 @@ pub fn published(state_after: &State, change: &Change) -> Option<Event> {
         },
         Change::TermsRecorded { .. }
         | Change::StockReservationNoted { .. }
+        | Change::ChargeRequested { .. }
         | Change::CancellationNoted { .. }
-        | Change::ChargeRequested
         | Change::VoidRequested
         | Change::ChargeVoided
         | Change::RefundRequested => None,
@@ -467,20 +604,20 @@ mod tests {
 
     /// Payment's own checks on the state after.
     trait PaymentThen {
-        fn and_charge(self, expected: Charge) -> Self;
+        fn and_charge(self, expected: Option<Charge>) -> Self;
         fn and_refund(self, expected: Refund) -> Self;
         fn and_work(self, expected: Option<GatewayWork>) -> Self;
     }
 
     impl PaymentThen for Then {
         #[track_caller]
-        fn and_charge(self, expected: Charge) -> Then {
-            self.and(|s| assert_eq!(s.charge, expected))
+        fn and_charge(self, expected: Option<Charge>) -> Then {
+            self.and(|s| assert_eq!(s.charge(), expected.as_ref()))
         }
 
         #[track_caller]
         fn and_refund(self, expected: Refund) -> Then {
-            self.and(|s| assert_eq!(s.refund, expected))
+            self.and(|s| assert_eq!(s.refund(), expected))
         }
 
         #[track_caller]
@@ -489,9 +626,10 @@ mod tests {
         }
     }
 
-    fn captured() -> Charge {
+    fn captured(refund: Refund) -> Charge {
         Charge::Captured {
             payment_id: pid("pay-1"),
+            refund,
         }
     }
 
@@ -500,13 +638,13 @@ mod tests {
         given([])
             .when(placed())
             .then(vec![])
-            .and_charge(Charge::NotRequested)
+            .and_charge(None)
             .and_work(None);
         let state = given([placed()]).state;
-        assert_eq!(state.order_id, Some(id("o-1")));
+        assert_eq!(state.order_id(), Some(&id("o-1")));
         assert_eq!(
-            state.terms,
-            Some(Terms {
+            state.terms(),
+            Some(&Terms {
                 amount: Money(1250),
                 currency: eur(),
                 payment_token: "tok_visa".into(),
@@ -519,7 +657,7 @@ mod tests {
         given([placed()])
             .when(reserved())
             .then(vec![])
-            .and_charge(Charge::Due)
+            .and_charge(Some(Charge::Due))
             .and_work(Some(GatewayWork::Charge));
     }
 
@@ -528,7 +666,7 @@ mod tests {
         given([reserved()])
             .when(placed())
             .then(vec![])
-            .and_charge(Charge::Due)
+            .and_charge(Some(Charge::Due))
             .and_work(Some(GatewayWork::Charge));
     }
 
@@ -537,9 +675,9 @@ mod tests {
         given([])
             .when(reserved())
             .then(vec![])
-            .and_charge(Charge::NotRequested)
+            .and_charge(None)
             .and_work(None);
-        assert_eq!(given([reserved()]).state.order_id, Some(id("o-1")));
+        assert_eq!(given([reserved()]).state.order_id(), Some(&id("o-1")));
     }
 
     #[test]
@@ -557,7 +695,7 @@ mod tests {
         given([placed(), reserved()])
             .when(succeeded())
             .then(vec![captured_event()])
-            .and_charge(captured())
+            .and_charge(Some(captured(Refund::NotNeeded)))
             .and_refund(Refund::NotNeeded)
             .and_work(None);
     }
@@ -567,9 +705,9 @@ mod tests {
         given([placed(), reserved()])
             .when(failed())
             .then(vec![declined_event()])
-            .and_charge(Charge::Declined {
+            .and_charge(Some(Charge::Declined {
                 reason: "card_declined".into(),
-            })
+            }))
             .and_work(None);
     }
 
@@ -587,7 +725,7 @@ mod tests {
         given([placed(), cancelled()])
             .when(reserved())
             .then(vec![])
-            .and_charge(Charge::NotRequested)
+            .and_charge(None)
             .and_work(None);
     }
 
@@ -599,9 +737,9 @@ mod tests {
                 let changes = decide(&g.state, &input, &Ctx).expect("accepted");
                 assert!(Payment::apply(&mut g.state, &changes).is_empty());
             }
-            assert_eq!(g.state.charge, Charge::NotRequested);
+            assert_eq!(g.state.charge(), None);
             assert_eq!(g.state.gateway_work(), None);
-            assert!(g.state.cancelled);
+            assert!(matches!(g.state, State::Cancelled { .. }));
         }
     }
 
@@ -610,7 +748,7 @@ mod tests {
         given([placed(), reserved()])
             .when(cancelled())
             .then(vec![])
-            .and_charge(Charge::VoidDue)
+            .and_charge(Some(Charge::VoidDue))
             .and_work(Some(GatewayWork::Void));
     }
 
@@ -619,7 +757,7 @@ mod tests {
         given([placed(), reserved(), cancelled()])
             .when(Input::ChargeVoided)
             .then(vec![])
-            .and_charge(Charge::Voided)
+            .and_charge(Some(Charge::Voided))
             .and_refund(Refund::NotNeeded)
             .and_work(None);
     }
@@ -629,7 +767,7 @@ mod tests {
         given([placed(), reserved(), cancelled()])
             .when(succeeded())
             .then(vec![captured_event()])
-            .and_charge(captured())
+            .and_charge(Some(captured(Refund::Due)))
             .and_refund(Refund::Due)
             .and_work(Some(GatewayWork::Refund {
                 payment_id: pid("pay-1"),
@@ -706,7 +844,7 @@ mod tests {
             events.extend(Payment::apply(&mut state, &changes));
         }
         assert_eq!(events, vec![captured_event(), refunded_event()]);
-        assert_eq!(state.refund, Refund::Refunded);
+        assert_eq!(state.refund(), Refund::Refunded);
         assert_eq!(state.gateway_work(), None);
         // And with the cancellation first nothing is ever charged.
         let mut state = State::default();
@@ -813,5 +951,267 @@ mod tests {
                 EventKind::PaymentRefunded
             ]
         );
+    }
+
+    fn terms() -> Terms {
+        Terms {
+            amount: Money(1250),
+            currency: eur(),
+            payment_token: "tok_visa".into(),
+        }
+    }
+
+    /// Records exactly as payment wrote them while `State` was a flat struct (captured
+    /// by serialising that struct after each history), with the stage each must load as.
+    fn legacy_records() -> Vec<(&'static str, &'static str, State)> {
+        vec![
+            (
+                "empty",
+                r#"{"order_id":null,"terms":null,"stock_reserved":false,"cancelled":false,"charge":{"state":"not_requested"},"refund":"not_needed"}"#,
+                State::Unknown,
+            ),
+            (
+                "awaiting_order",
+                r#"{"order_id":"o-1","terms":null,"stock_reserved":true,"cancelled":false,"charge":{"state":"not_requested"},"refund":"not_needed"}"#,
+                State::AwaitingOrder {
+                    order_id: id("o-1"),
+                },
+            ),
+            (
+                "awaiting_stock",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":false,"cancelled":false,"charge":{"state":"not_requested"},"refund":"not_needed"}"#,
+                State::AwaitingStock {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                },
+            ),
+            (
+                "charging",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":false,"charge":{"state":"due"},"refund":"not_needed"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: Charge::Due,
+                },
+            ),
+            (
+                "captured",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":false,"charge":{"state":"captured","payment_id":"pay-1"},"refund":"not_needed"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: captured(Refund::NotNeeded),
+                },
+            ),
+            (
+                "refunding",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":true,"charge":{"state":"captured","payment_id":"pay-1"},"refund":"due"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: captured(Refund::Due),
+                },
+            ),
+            (
+                "refunding_late_capture",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":true,"charge":{"state":"captured","payment_id":"pay-1"},"refund":"due"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: captured(Refund::Due),
+                },
+            ),
+            (
+                "refunded",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":true,"charge":{"state":"captured","payment_id":"pay-1"},"refund":"refunded"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: captured(Refund::Refunded),
+                },
+            ),
+            (
+                "declined",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":false,"charge":{"state":"declined","reason":"card_declined"},"refund":"not_needed"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: Charge::Declined {
+                        reason: "card_declined".into(),
+                    },
+                },
+            ),
+            (
+                "declined_after_cancel",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":true,"charge":{"state":"declined","reason":"card_declined"},"refund":"not_needed"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: Charge::Declined {
+                        reason: "card_declined".into(),
+                    },
+                },
+            ),
+            (
+                "voiding",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":true,"charge":{"state":"void_due"},"refund":"not_needed"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: Charge::VoidDue,
+                },
+            ),
+            (
+                "voided",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":true,"charge":{"state":"voided"},"refund":"not_needed"}"#,
+                State::ChargeRequested {
+                    order_id: id("o-1"),
+                    terms: terms(),
+                    charge: Charge::Voided,
+                },
+            ),
+            (
+                "cancelled",
+                r#"{"order_id":"o-1","terms":null,"stock_reserved":false,"cancelled":true,"charge":{"state":"not_requested"},"refund":"not_needed"}"#,
+                State::Cancelled {
+                    order_id: id("o-1"),
+                    terms: None,
+                },
+            ),
+            (
+                "cancelled_with_terms",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":false,"cancelled":true,"charge":{"state":"not_requested"},"refund":"not_needed"}"#,
+                State::Cancelled {
+                    order_id: id("o-1"),
+                    terms: Some(terms()),
+                },
+            ),
+            (
+                "cancelled_with_stock",
+                r#"{"order_id":"o-1","terms":null,"stock_reserved":true,"cancelled":true,"charge":{"state":"not_requested"},"refund":"not_needed"}"#,
+                State::Cancelled {
+                    order_id: id("o-1"),
+                    terms: None,
+                },
+            ),
+            (
+                "cancelled_with_both",
+                r#"{"order_id":"o-1","terms":{"amount":1250,"currency":"EUR","payment_token":"tok_visa"},"stock_reserved":true,"cancelled":true,"charge":{"state":"not_requested"},"refund":"not_needed"}"#,
+                State::Cancelled {
+                    order_id: id("o-1"),
+                    terms: Some(terms()),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn records_written_before_the_state_was_an_enum_still_load() {
+        for (name, json, expected) in legacy_records() {
+            let state: State = serde_json::from_str(json)
+                .unwrap_or_else(|e| panic!("{name}: the legacy record must load: {e}"));
+            assert_eq!(state, expected, "{name}");
+        }
+    }
+
+    /// The gateway call a legacy record owed, by the old rule on its flat fields.
+    fn legacy_work(old: &serde_json::Value) -> Option<GatewayWork> {
+        match (old["charge"]["state"].as_str(), old["refund"].as_str()) {
+            (Some("due"), _) => Some(GatewayWork::Charge),
+            (Some("void_due"), _) => Some(GatewayWork::Void),
+            (Some("captured"), Some("due")) => Some(GatewayWork::Refund {
+                payment_id: pid(old["charge"]["payment_id"].as_str().expect("payment id")),
+            }),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn legacy_records_owe_the_same_gateway_work_and_keep_their_facts() {
+        for (name, json, _) in legacy_records() {
+            let old: serde_json::Value = serde_json::from_str(json).expect("json");
+            let state: State = serde_json::from_str(json).expect("loads");
+            assert_eq!(state.gateway_work(), legacy_work(&old), "{name}");
+            assert_eq!(
+                serde_json::json!(state.order_id()),
+                old["order_id"],
+                "{name}"
+            );
+            assert_eq!(serde_json::json!(state.terms()), old["terms"], "{name}");
+            assert_eq!(serde_json::json!(state.refund()), old["refund"], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_record_written_now_is_the_flat_shape_an_older_binary_reads() {
+        for (name, json, state) in legacy_records() {
+            let written = serde_json::to_value(&state).expect("serialises");
+            let mut old: serde_json::Value = serde_json::from_str(json).expect("json");
+            // Two facts nothing acts on are no longer kept: stock reserved after a
+            // cancellation, and a cancellation after a decline.
+            if matches!(state, State::Cancelled { .. }) {
+                old["stock_reserved"] = false.into();
+            }
+            if old["charge"]["state"] == "declined" {
+                old["cancelled"] = false.into();
+            }
+            assert_eq!(written, old, "{name}");
+            let back: State = serde_json::from_value(written).expect("deserialises");
+            assert_eq!(back, state, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_record_that_no_version_writes_is_refused() {
+        for json in [
+            r#"{"terms":{"amount":1,"currency":"EUR","payment_token":"t"}}"#,
+            r#"{"order_id":"o-1","charge":{"state":"due"}}"#,
+            r#"{"order_id":"o-1"}"#,
+        ] {
+            let result = serde_json::from_str::<State>(json);
+            assert!(result.is_err(), "{json} must not load: {result:?}");
+        }
+    }
+
+    /// What `payment.payments.get` showed for a legacy record, by the old rules on its flat fields.
+    fn legacy_view(old: &serde_json::Value) -> serde_json::Value {
+        let charge = old["charge"]["state"].as_str().unwrap_or("not_requested");
+        let refund = old["refund"].as_str().unwrap_or("not_needed");
+        let status = match (charge, refund) {
+            ("captured", "refunded") => "refunded",
+            ("captured", "due") => "refunding",
+            ("captured", _) => "captured",
+            ("due", _) => "charging",
+            ("void_due", _) => "voiding",
+            ("declined", _) => "declined",
+            ("voided", _) => "voided",
+            _ if old["cancelled"] == true => "cancelled",
+            _ if old["terms"].is_null() => "awaiting_order",
+            _ => "awaiting_stock",
+        };
+        let amount = old["terms"]["amount"].as_i64().unwrap_or(0);
+        serde_json::json!({
+            "order_id": "o-1",
+            "status": status,
+            "captured": if charge == "captured" { amount } else { 0 },
+            "refunded": if charge == "captured" && refund == "refunded" { amount } else { 0 },
+            "currency": old["terms"]["currency"],
+            "payment_id": old["charge"]["payment_id"],
+            "decline_reason": old["charge"]["reason"],
+        })
+    }
+
+    #[test]
+    fn legacy_records_show_the_same_view_and_status_word() {
+        for (name, json, _) in legacy_records() {
+            let old: serde_json::Value = serde_json::from_str(json).expect("json");
+            let state: State = serde_json::from_str(json).expect("loads");
+            let view = crate::api::payment_view(&id("o-1"), &state);
+            assert_eq!(
+                serde_json::to_value(&view).expect("serialises"),
+                legacy_view(&old),
+                "{name}"
+            );
+        }
     }
 }

@@ -115,7 +115,7 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                 let gateway = this.gateway.clone();
                 match tokio::task::spawn_blocking(move || gateway.make_durable()).await {
                     Ok(Ok(())) => {
-                        crashpoint::hit(crashpoint::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
+                        crashpoint::hit(crate::gateway::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
                         recorded = this.record_answers(&answers);
                     }
                     Ok(Err(e)) => {
@@ -171,7 +171,7 @@ impl<G: PaymentGateway> GatewayWorker<G> {
         let gateway = self.gateway.as_ref();
         let answer = match work {
             GatewayWork::Charge => {
-                let terms = state.terms.clone()?;
+                let terms = state.terms().cloned()?;
                 with_retries(|| {
                     gateway.charge(order_id, terms.amount, terms.currency, &terms.payment_token)
                 })
@@ -191,7 +191,7 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                     VoidOutcome::AlreadyDeclined { reason } => Input::ChargeFailed { reason },
                 }),
             GatewayWork::Refund { payment_id } => {
-                let amount = state.terms.as_ref().map(|t| t.amount)?;
+                let amount = state.terms().map(|t| t.amount)?;
                 with_retries(|| gateway.refund(order_id, &payment_id, amount))
                     .await
                     .map(|()| Input::RefundSucceeded)
