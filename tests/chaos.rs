@@ -7,8 +7,7 @@
 
 use std::path::Path;
 
-use shop_chaos::{run, ChaosOptions};
-use shop_runtime::crashpoint;
+use shop_chaos::{crash_points, run, ChaosOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_books_balance_after_kills_broker_restarts_crash_points_and_hostile_input(
@@ -62,9 +61,9 @@ async fn the_books_balance_after_kills_broker_restarts_crash_points_and_hostile_
         report.malformed_dead_lettered, report.malformed_injected,
         "every hostile message is in DEADLETTER"
     );
-    for point in crashpoint::ALL {
+    for point in crash_points() {
         assert!(
-            report.crashpoint_hits.get(*point).copied().unwrap_or(0) > 0,
+            report.crashpoint_hits.get(point).copied().unwrap_or(0) > 0,
             "crash point {point} never fired: {:?}",
             report.crashpoint_hits
         );

@@ -2,7 +2,8 @@
 
 use async_nats::jetstream;
 use shop_harness::{connect, declare_streams, stream_message_count, NatsServer};
-use shop_runtime::outbox::{drain_once, OutboxMessage};
+use shop_runtime::outbox::drain_once;
+use shop_runtime::outbox_entry::OutboxMessage;
 use shop_runtime::stats::Stats;
 use shop_runtime::store::Store;
 

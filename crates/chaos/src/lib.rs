@@ -100,6 +100,13 @@ pub struct ChaosReport {
 
 const SKUS: usize = 8;
 
+/// Every crash point of the shop: the runtime's own and payment's gateway window.
+pub fn crash_points() -> Vec<&'static str> {
+    let mut points = crashpoint::ALL.to_vec();
+    points.push(shop_payment::gateway::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
+    points
+}
+
 /// Runs the chaos scenario and audits the result.
 pub async fn run(
     opts: ChaosOptions,
@@ -111,7 +118,7 @@ pub async fn run(
     let client = connect(&server.url()).await?;
     let js = jetstream::new(client.clone());
     declare_streams(&js).await?;
-    let points: Vec<String> = crashpoint::ALL
+    let points: Vec<String> = crash_points()
         .iter()
         .map(|p| format!("{p}:{}", opts.crash_probability))
         .collect();
@@ -433,7 +440,7 @@ async fn force_every_crashpoint(
     seed: u64,
     out: &mut impl std::io::Write,
 ) -> Result<(), ChaosError> {
-    for (i, point) in crashpoint::ALL.iter().enumerate() {
+    for (i, point) in crash_points().iter().enumerate() {
         if shop.crashpoint_hits().get(*point).copied().unwrap_or(0) > 0 {
             continue;
         }
@@ -563,24 +570,27 @@ async fn count_dead_lettered(
     injected: &[(String, u64)],
 ) -> Result<usize, ChaosError> {
     let stream = js
-        .get_stream("DEADLETTER")
+        .get_stream(shop_events::subjects::DEADLETTER_STREAM)
         .await
         .map_err(|e| HarnessError::JetStream(e.to_string()))?;
     let mut seen = std::collections::HashSet::new();
     let mut seq = 0;
     loop {
         let next = stream
-            .direct_get_next_for_subject("deadletter.>", Some(seq + 1))
+            .direct_get_next_for_subject(
+                shop_events::subjects::deadletter_filter("*"),
+                Some(seq + 1),
+            )
             .await;
         let Ok(message) = next else { break };
         seq = message.sequence;
         let subject = message
             .headers
-            .get(shop_runtime::deadletter::HDR_SUBJECT)
+            .get(shop_events::api::deadletters::HDR_SUBJECT)
             .map(|v| v.as_str().to_owned());
         let origin = message
             .headers
-            .get(shop_runtime::deadletter::HDR_SEQUENCE)
+            .get(shop_events::api::deadletters::HDR_SEQUENCE)
             .and_then(|v| v.as_str().parse::<u64>().ok());
         if let (Some(subject), Some(origin)) = (subject, origin) {
             seen.insert((subject, origin));

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use shop_events::api::deadletters::DISCARD_ENDPOINT;
 use shop_payment::gateway::SimulatorConfig;
 use shop_runtime::shutdown::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
@@ -352,7 +353,7 @@ impl Shop {
                 .and_then(|info| {
                     info["endpoints"]
                         .as_array()
-                        .map(|e| e.iter().any(|e| e["name"] == "deadletters_discard"))
+                        .map(|e| e.iter().any(|e| e["name"] == DISCARD_ENDPOINT))
                 })
                 .unwrap_or(false);
             if ready {

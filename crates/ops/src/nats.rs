@@ -31,9 +31,10 @@ pub async fn request<B: Serialize + ?Sized>(
     shop_runtime::micro::request_json(client, subject, &body, REQUEST_TIMEOUT)
         .await
         .map_err(|e| match e {
-            RuntimeError::UnexpectedReply { subject, reason } => {
-                OpsError::UnexpectedReply { subject, reason }
-            }
+            RuntimeError::UnexpectedReply { subject, source } => OpsError::UnexpectedReply {
+                subject,
+                reason: source.to_string(),
+            },
             other => OpsError::NoAnswer {
                 subject: subject.to_owned(),
                 reason: other.to_string(),

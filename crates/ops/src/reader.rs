@@ -12,9 +12,9 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
+use shop_events::api::deadletters::{HDR_REASON, HDR_SERVICE, HDR_SUBJECT};
 use shop_events::subjects;
 use shop_events::{DecodeError, Envelope};
-use shop_runtime::deadletter::{HDR_REASON, HDR_SERVICE, HDR_SUBJECT};
 use time::OffsetDateTime;
 
 use crate::OpsError;

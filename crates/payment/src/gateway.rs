@@ -11,10 +11,14 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use shop_events::{Currency, Money, OrderId, PaymentId};
 
 use crate::PaymentError;
+
+/// Crash point (`SHOP_CRASHPOINT`, see `shop_runtime::crashpoint`): the gateway charged and
+/// its books are durable, the answer is not recorded yet. A restart charges again under the
+/// same idempotency key and gets the first answer back.
+pub const AFTER_GATEWAY_CHARGE_BEFORE_RECORD: &str = "after_gateway_charge_before_record";
 
 /// What a charge came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

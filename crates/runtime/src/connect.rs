@@ -29,27 +29,27 @@ pub async fn connect(url: &str, name: &str, shutdown: &Shutdown) -> Result<Clien
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        match options.connect(servers).await {
+        let error = match options.connect(servers).await {
             Ok(client) => {
                 if attempt > 1 {
                     tracing::info!(url, attempt, "connected to NATS");
                 }
                 return Ok(client);
             }
-            Err(e) => {
-                tracing::warn!(
-                    url,
-                    attempt,
-                    error = %e,
-                    "NATS is unreachable; retrying in {delay:?} (is nats-server running? try `make run`)"
-                );
-            }
-        }
+            Err(error) => error,
+        };
+        tracing::warn!(
+            url,
+            attempt,
+            error = %error,
+            "NATS is unreachable; retrying in {delay:?} (is nats-server running? try `make run`)"
+        );
         let mut stop = shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.requested() => {
-                return Err(RuntimeError::Connect(format!("gave up connecting to {url}: shutdown requested")));
+                // Shutdown ends the waiting; the last attempt's error says why there was no connection.
+                return Err(RuntimeError::Connect { url: url.to_owned(), source: error });
             }
         }
         delay = (delay * 2).min(Duration::from_secs(5));

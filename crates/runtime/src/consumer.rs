@@ -1,11 +1,6 @@
 //! The consumer loop: pull a batch, decode, apply the batch's events in one transaction,
-//! flush once for the batch (group commit), then ack; dead-letter what cannot be processed.
-//!
-//! Ack decisions live here and nowhere else:
-//! - applied or already applied (inbox hit): ack, after the flush;
-//! - refused by the domain or undecodable: dead letter, then term;
-//! - a transient fault: nak with a growing delay, and dead letter on the last delivery
-//!   so that nothing is dropped silently when `max_deliver` runs out.
+//! flush once for the batch (group commit), then carry out each message's ack decision
+//! ([`crate::ack`]): ack, nak, or dead letter then term.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +9,9 @@ use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 
+use crate::ack::{ack_decision, AckAction, Outcome};
 use crate::crashpoint;
-use crate::deadletter::{self, DeadLetter};
+use crate::deadletter::{self, DeadLetter, DeadLetterTarget};
 use crate::outbox::RelayWaker;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -60,7 +56,7 @@ pub struct ConsumerSpec {
     pub durable: String,
     pub description: String,
     pub filter_subjects: Vec<String>,
-    pub deadletter_subject: String,
+    pub dead_letters: DeadLetterTarget,
     pub max_deliver: i64,
     pub ack_wait: Duration,
     pub backoff: Vec<Duration>,
@@ -74,14 +70,14 @@ impl ConsumerSpec {
         stream: &str,
         durable: &str,
         filter_subjects: Vec<String>,
-        deadletter_subject: String,
+        dead_letters: DeadLetterTarget,
     ) -> ConsumerSpec {
         ConsumerSpec {
             stream: stream.to_owned(),
             durable: durable.to_owned(),
             description: format!("{durable} reading {stream}"),
             filter_subjects,
-            deadletter_subject,
+            dead_letters,
             max_deliver: 10,
             ack_wait: Duration::from_secs(30),
             // Redelivery after an ack timeout (a crash or a hang) backs off instead of hammering.
@@ -107,12 +103,6 @@ pub struct ConsumerCtx {
     pub service: String,
 }
 
-/// The delay before a nak'd message comes back: 250 ms doubling, at most 30 s.
-pub fn nak_delay(delivered: i64) -> Duration {
-    let exp = delivered.clamp(1, 8) as u32 - 1;
-    (Duration::from_millis(250) * 2u32.pow(exp)).min(Duration::from_secs(30))
-}
-
 /// Declares (creates or updates) the durable pull consumer `spec` describes.
 pub async fn declare(
     js: &jetstream::Context,
@@ -121,7 +111,7 @@ pub async fn declare(
     let stream = js
         .get_stream(&spec.stream)
         .await
-        .map_err(RuntimeError::js)?;
+        .map_err(RuntimeError::js(format!("getting stream {}", spec.stream)))?;
     stream
         .create_consumer(pull::Config {
             durable_name: Some(spec.durable.clone()),
@@ -136,12 +126,10 @@ pub async fn declare(
             ..Default::default()
         })
         .await
-        .map_err(|e| {
-            RuntimeError::JetStream(format!(
-                "declaring consumer {} on {}: {e}",
-                spec.durable, spec.stream
-            ))
-        })
+        .map_err(RuntimeError::js(format!(
+            "declaring consumer {} on {}",
+            spec.durable, spec.stream
+        )))
 }
 
 /// Declares the consumer and processes its messages until shutdown.
@@ -238,13 +226,29 @@ pub async fn run_consumer<H: EventHandler>(
     }
 }
 
-type Parked = (jetstream::Message, String);
+/// A message with the delivery count JetStream reported for it.
+struct Delivery {
+    message: jetstream::Message,
+    delivered: u64,
+}
 
-/// A batch after its transactions: what to ack once durable, and what to park or retry.
+impl Delivery {
+    fn new(message: jetstream::Message) -> Delivery {
+        let delivered = message
+            .info()
+            .ok()
+            .and_then(|info| u64::try_from(info.delivered).ok())
+            .unwrap_or(1);
+        Delivery { message, delivered }
+    }
+}
+
+/// A batch after its transactions: what to ack once durable, and what is decided already.
 struct Applied {
-    to_ack: Vec<jetstream::Message>,
-    parked: Vec<Parked>,
-    retry: Vec<(jetstream::Message, Duration)>,
+    /// Applied or already in the inbox: acked once the group commit is durable.
+    done: Vec<Delivery>,
+    /// Nak'ed or dead-lettered, as [`ack_decision`] said.
+    decided: Vec<(Delivery, AckAction)>,
     committed: u64,
 }
 
@@ -258,9 +262,8 @@ fn apply_batch<H: EventHandler>(
     batch: Vec<jetstream::Message>,
 ) -> Applied {
     let mut applied = Applied {
-        to_ack: Vec::with_capacity(batch.len()),
-        parked: Vec::new(),
-        retry: Vec::new(),
+        done: Vec::with_capacity(batch.len()),
+        decided: Vec::new(),
         committed: 0,
     };
     let mut decoded = Vec::with_capacity(batch.len());
@@ -282,49 +285,58 @@ fn apply_batch<H: EventHandler>(
         match handler.decode(&incoming) {
             Ok(event) => {
                 let span = handler.span(&event);
-                decoded.push((message, event, span, delivered));
+                decoded.push((Delivery::new(message), event, span));
             }
-            Err(reason) => applied.parked.push((message, reason)),
+            Err(reason) => {
+                let delivery = Delivery::new(message);
+                let action = ack_decision(
+                    Outcome::Undecodable(reason),
+                    delivery.delivered,
+                    spec.max_deliver,
+                );
+                applied.decided.push((delivery, action));
+            }
         }
     }
     let outcomes = ctx.store.apply_batch(
         &decoded,
-        |(_, event, _, _)| Some(handler.event_id(event)),
-        |tx, (_, event, span, _)| span.in_scope(|| handler.apply(event, tx)),
+        |(_, event, _)| Some(handler.event_id(event)),
+        |tx, (_, event, span)| span.in_scope(|| handler.apply(event, tx)),
     );
-    for ((message, _, span, delivered), outcome) in decoded.into_iter().zip(outcomes) {
-        match outcome {
+    for ((delivery, _, span), outcome) in decoded.into_iter().zip(outcomes) {
+        let error = match outcome {
             Ok(Applied_::Done(())) => {
                 applied.committed += 1;
-                applied.to_ack.push(message);
+                applied.done.push(delivery);
                 crashpoint::hit(crashpoint::MID_GROUP_COMMIT);
+                continue;
             }
             Ok(Applied_::Duplicate) => {
                 ctx.stats.add_duplicate();
                 span.in_scope(|| tracing::debug!("duplicate event skipped"));
-                applied.to_ack.push(message);
+                applied.done.push(delivery);
+                continue;
             }
-            Err(ApplyError::Rejected(reason)) => applied.parked.push((message, reason)),
-            Err(ApplyError::Failed(e)) => {
-                ctx.stats.record_error(e.to_string());
-                if delivered >= spec.max_deliver {
-                    applied.parked.push((
-                        message,
-                        format!("gave up after {delivered} deliveries: {e}"),
-                    ));
-                } else {
-                    span.in_scope(
-                        || tracing::warn!(error = %e, delivered, "transient failure; nak"),
-                    );
-                    applied.retry.push((message, nak_delay(delivered)));
-                }
-            }
+            Err(error) => error,
+        };
+        if let ApplyError::Failed(fault) = &error {
+            ctx.stats.record_error(fault.to_string());
+            span.in_scope(|| {
+                tracing::warn!(
+                    error = %fault,
+                    transient = fault.is_transient(),
+                    delivered = delivery.delivered,
+                    "applying the event failed"
+                )
+            });
         }
+        let action = ack_decision(Outcome::Failed(error), delivery.delivered, spec.max_deliver);
+        applied.decided.push((delivery, action));
     }
     applied
 }
 
-/// Makes an applied batch durable (the group commit), then acks, parks and naks.
+/// Makes an applied batch durable (the group commit), then acks, naks and parks.
 async fn commit_batch(
     ctx: ConsumerCtx,
     spec: ConsumerSpec,
@@ -332,50 +344,91 @@ async fn commit_batch(
     applied: Applied,
 ) {
     let Applied {
-        to_ack,
-        parked,
-        retry,
+        done,
+        decided,
         committed,
     } = applied;
-    for (message, delay) in retry {
-        ctx.stats.add_nak();
-        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+    let (naks, parks): (Vec<_>, Vec<_>) = decided
+        .into_iter()
+        .partition(|(_, action)| matches!(action, AckAction::Nak(_)));
+    for (delivery, action) in naks {
+        carry_out(&ctx, &spec, delivery, action).await;
     }
-    if committed > 0 {
-        if let Err(e) = ctx.store.flush().await {
-            // Not durable: let JetStream redeliver; the inbox makes the retry exact.
-            ctx.stats.record_error(e.to_string());
-            tracing::error!(error = %e, "group commit flush failed; nak batch");
-            for m in to_ack {
-                ctx.stats.add_nak();
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            }
-            return;
-        }
-        ctx.stats.add_group_commit();
-        crashpoint::hit(crashpoint::AFTER_COMMIT_BEFORE_ACK);
-        ctx.waker.wake();
-        after_commit();
+    let durable = committed == 0 || group_commit(&ctx, after_commit, committed).await;
+    for delivery in done {
+        let outcome = if durable {
+            Outcome::Applied
+        } else {
+            Outcome::NotDurable
+        };
+        let action = ack_decision(outcome, delivery.delivered, spec.max_deliver);
+        carry_out(&ctx, &spec, delivery, action).await;
     }
-    ctx.stats.add_processed(committed);
-    for m in to_ack {
-        // A lost ack only means a redelivery, which the inbox absorbs.
-        if let Err(e) = m.ack().await {
-            tracing::debug!(error = %e, "ack failed");
-        }
-    }
-    for (message, reason) in parked {
-        park(&ctx, &spec, message, &reason).await;
+    for (delivery, action) in parks {
+        carry_out(&ctx, &spec, delivery, action).await;
     }
 }
 
-async fn park(ctx: &ConsumerCtx, spec: &ConsumerSpec, message: jetstream::Message, reason: &str) {
+/// Flushes the batch's transactions (the group commit); `false` if they are not durable.
+async fn group_commit(ctx: &ConsumerCtx, after_commit: impl FnOnce(), committed: u64) -> bool {
+    if let Err(e) = ctx.store.flush().await {
+        ctx.stats.record_error(e.to_string());
+        tracing::error!(error = %e, "group commit flush failed; nak batch");
+        return false;
+    }
+    ctx.stats.add_group_commit();
+    crashpoint::hit(crashpoint::AFTER_COMMIT_BEFORE_ACK);
+    ctx.waker.wake();
+    after_commit();
+    ctx.stats.add_processed(committed);
+    true
+}
+
+/// Does what the ack decision said.
+async fn carry_out(ctx: &ConsumerCtx, spec: &ConsumerSpec, delivery: Delivery, action: AckAction) {
+    let Delivery { message, delivered } = delivery;
+    let mut action = action;
+    // Runs twice at most: a failed dead letter is decided again, and that answer is a nak.
+    loop {
+        match action {
+            AckAction::Ack => {
+                // A lost ack only means a redelivery, which the inbox absorbs.
+                if let Err(e) = message.ack().await {
+                    tracing::debug!(error = %e, "ack failed");
+                }
+            }
+            AckAction::Nak(delay) => {
+                ctx.stats.add_nak();
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+            AckAction::DeadLetterThenTerm(reason) => {
+                if let Err(e) = park(ctx, spec, &message, &reason).await {
+                    ctx.stats
+                        .record_error(format!("dead-lettering failed: {e}"));
+                    tracing::error!(error = %e, "cannot dead-letter; nak");
+                    action = ack_decision(Outcome::DeadLetterFailed, delivered, spec.max_deliver);
+                    continue;
+                }
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+        }
+        return;
+    }
+}
+
+/// Publishes `message` to the consumer's dead-letter subject with `reason`.
+async fn park(
+    ctx: &ConsumerCtx,
+    spec: &ConsumerSpec,
+    message: &jetstream::Message,
+    reason: &str,
+) -> Result<(), RuntimeError> {
     let (seq, delivered) = match message.info() {
         Ok(info) => (info.stream_sequence, info.delivered),
         Err(_) => (0, 1),
     };
     let letter = DeadLetter {
-        deadletter_subject: &spec.deadletter_subject,
+        target: &spec.dead_letters,
         service: &ctx.service,
         consumer: &spec.durable,
         stream: &spec.stream,
@@ -386,27 +439,15 @@ async fn park(ctx: &ConsumerCtx, spec: &ConsumerSpec, message: jetstream::Messag
         payload: &message.payload,
         reason,
     };
-    match deadletter::publish(&ctx.js, &letter).await {
-        Ok(dlq_seq) => {
-            ctx.stats.add_dead_lettered();
-            tracing::warn!(
-                subject = %message.subject,
-                stream = %spec.stream,
-                stream_sequence = seq,
-                deadletter_sequence = dlq_seq,
-                %reason,
-                "event dead-lettered"
-            );
-            let _ = message.ack_with(AckKind::Term).await;
-        }
-        Err(e) => {
-            ctx.stats
-                .record_error(format!("dead-lettering failed: {e}"));
-            tracing::error!(error = %e, "cannot dead-letter; nak");
-            ctx.stats.add_nak();
-            let _ = message
-                .ack_with(AckKind::Nak(Some(nak_delay(delivered))))
-                .await;
-        }
-    }
+    let dlq_seq = deadletter::publish(&ctx.js, &letter).await?;
+    ctx.stats.add_dead_lettered();
+    tracing::warn!(
+        subject = %message.subject,
+        stream = %spec.stream,
+        stream_sequence = seq,
+        deadletter_sequence = dlq_seq,
+        %reason,
+        "event dead-lettered"
+    );
+    Ok(())
 }

@@ -1,34 +1,212 @@
-//! The runtime's one error type; each variant says whether retrying can help.
+//! The runtime's one error type: every variant keeps its source, and
+//! [`RuntimeError::is_transient`] says whether retrying the same work can help.
+//!
+//! The text of each variant includes its source's, so a log line or a STATS
+//! `last_error` stands alone; `source()` still gives the typed cause.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
+/// Any error, boxed: for the many distinct error types async-nats returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, Error)]
 pub enum RuntimeError {
-    #[error("NATS connection failed: {0}")]
-    Connect(String),
-    #[error("JetStream request failed: {0}")]
-    JetStream(String),
-    #[error("publish failed: {0}")]
-    Publish(String),
+    /// NATS did not answer before shutdown was requested.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A JetStream request (stream, consumer, pull, direct get) failed.
+    #[error("JetStream {action} failed: {source}")]
+    JetStream {
+        action: String,
+        #[source]
+        source: BoxError,
+    },
+    /// A publish, or the PubAck it waits for, failed.
+    #[error("publish to {subject} failed: {source}")]
+    Publish {
+        subject: String,
+        #[source]
+        source: BoxError,
+    },
+    /// sled failed; see [`RuntimeError::is_transient`] for which of its faults pass.
     #[error("storage failed: {0}")]
     Storage(#[from] sled::Error),
-    #[error("storage transaction failed: {0}")]
-    Transaction(String),
-    #[error("stored record is corrupt: {0}")]
-    Corrupt(String),
-    #[error("micro service setup failed: {0}")]
-    Service(String),
-    #[error("request {subject} got no answer: {reason}")]
-    NoAnswer { subject: String, reason: String },
-    #[error("request {subject} got a reply that is not JSON: {reason}")]
-    UnexpectedReply { subject: String, reason: String },
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// The blocking task that flushes sled died before it finished.
+    #[error("flush task failed: {0}")]
+    FlushTask(#[from] tokio::task::JoinError),
+    /// A stored record does not decode: a bug or disk damage, never the input's fault.
+    #[error("stored record {record} is corrupt: {source}")]
+    Corrupt {
+        record: String,
+        #[source]
+        source: BoxError,
+    },
+    /// A value could not be serialised; the same value never will be.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Registering the micro service or one of its endpoints failed.
+    #[error("micro service {what} failed: {source}")]
+    Service {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    /// A request failed before any reply arrived (no responders, connection lost).
+    #[error("request {subject} got no answer: {source}")]
+    NoAnswer {
+        subject: String,
+        #[source]
+        source: async_nats::RequestError,
+    },
+    /// A request got no reply in time.
+    #[error("request {subject} got no reply within {within:?}")]
+    NoReplyWithin { subject: String, within: Duration },
+    /// The reply arrived but is not JSON.
+    #[error("request {subject} got a reply that is not JSON: {source}")]
+    UnexpectedReply {
+        subject: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The service's data directory cannot be created.
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl RuntimeError {
-    /// Wraps any displayable NATS error as a JetStream failure.
-    pub fn js(e: impl std::fmt::Display) -> RuntimeError {
-        RuntimeError::JetStream(e.to_string())
+    /// Wraps a failed JetStream request, saying what was being done:
+    /// `.map_err(RuntimeError::js("getting stream ORDERS"))`.
+    pub fn js<E: Into<BoxError>>(action: impl Into<String>) -> impl FnOnce(E) -> RuntimeError {
+        let action = action.into();
+        move |source| RuntimeError::JetStream {
+            action,
+            source: source.into(),
+        }
+    }
+
+    /// Wraps a failed publish to `subject`.
+    pub fn publish(subject: impl Into<String>, source: impl Into<BoxError>) -> RuntimeError {
+        RuntimeError::Publish {
+            subject: subject.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether doing the same work again can succeed: `true` for the network, the broker
+    /// and disk I/O; `false` for corrupt records, values that do not encode, replies
+    /// that are not JSON and configuration the process cannot fix by itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RuntimeError::Connect { .. }
+            | RuntimeError::JetStream { .. }
+            | RuntimeError::Publish { .. }
+            | RuntimeError::FlushTask(_)
+            | RuntimeError::Service { .. }
+            | RuntimeError::NoAnswer { .. }
+            | RuntimeError::NoReplyWithin { .. } => true,
+            // I/O may pass (a full disk gets space); sled's corruption, unsupported
+            // operations and reported bugs stay what they are.
+            RuntimeError::Storage(e) => matches!(e, sled::Error::Io(_)),
+            RuntimeError::Corrupt { .. }
+            | RuntimeError::Encode { .. }
+            | RuntimeError::UnexpectedReply { .. }
+            | RuntimeError::DataDir { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_json() -> serde_json::Error {
+        match serde_json::from_str::<u8>("not json") {
+            Err(e) => e,
+            Ok(_) => panic!("`not json` parsed"),
+        }
+    }
+
+    #[test]
+    fn broker_and_network_faults_are_transient() {
+        let faults = [
+            RuntimeError::js("getting stream ORDERS")(std::io::Error::other("timed out")),
+            RuntimeError::publish("events.orders.placed.o-1", std::io::Error::other("no ack")),
+            RuntimeError::NoReplyWithin {
+                subject: "checkout.orders.get".to_owned(),
+                within: Duration::from_secs(5),
+            },
+            RuntimeError::Service {
+                what: "registration of checkout".to_owned(),
+                source: Box::new(std::io::Error::other("disconnected")),
+            },
+        ];
+        for fault in faults {
+            assert!(fault.is_transient(), "{fault:?}");
+        }
+    }
+
+    #[test]
+    fn disk_io_is_transient_but_sled_damage_and_bugs_are_not() {
+        let io = RuntimeError::from(sled::Error::Io(std::io::Error::other("disk full")));
+        assert!(io.is_transient());
+        let bug = RuntimeError::from(sled::Error::ReportableBug("oops".to_owned()));
+        assert!(!bug.is_transient());
+        let unsupported = RuntimeError::from(sled::Error::Unsupported("no".to_owned()));
+        assert!(!unsupported.is_transient());
+    }
+
+    #[test]
+    fn corrupt_records_unencodable_values_and_non_json_replies_are_permanent() {
+        let faults = [
+            RuntimeError::Corrupt {
+                record: "order-1".to_owned(),
+                source: Box::new(not_json()),
+            },
+            RuntimeError::Encode {
+                what: "a record".to_owned(),
+                source: not_json(),
+            },
+            RuntimeError::UnexpectedReply {
+                subject: "checkout.orders.get".to_owned(),
+                source: not_json(),
+            },
+            RuntimeError::DataDir {
+                path: PathBuf::from("/nowhere"),
+                source: std::io::Error::other("read-only"),
+            },
+        ];
+        for fault in faults {
+            assert!(!fault.is_transient(), "{fault:?}");
+        }
+    }
+
+    #[test]
+    fn every_error_keeps_its_source() {
+        use std::error::Error as _;
+        let wrapped = RuntimeError::js("declaring stream ORDERS")(std::io::Error::other("gone"));
+        let source = wrapped.source();
+        assert!(source.is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()));
+        let encode = RuntimeError::Encode {
+            what: "a record".to_owned(),
+            source: not_json(),
+        };
+        assert!(encode
+            .source()
+            .is_some_and(|s| s.downcast_ref::<serde_json::Error>().is_some()));
     }
 }

@@ -1,6 +1,10 @@
 //! Hosts one service: connect, declare streams, open the store, run consumers,
 //! workers, the relay and the micro service, then shut down in the right order.
 //!
+//! [`Extension`]s add endpoints every service serves beside its own API (the
+//! shell's dead-letter book is one), so the runtime serves them without knowing
+//! what they are called.
+//!
 //! Graceful shutdown: stop pulling and finish the batches in flight, stop the
 //! workers, drain the outbox, flush sled, drain the NATS connection.
 
@@ -14,8 +18,7 @@ use async_nats::Client;
 
 use crate::connect::connect;
 use crate::consumer::{run_consumer, ConsumerCtx, ConsumerSpec, EventHandler};
-use crate::deadletter::DeadLetterBook;
-use crate::micro::{serve_api, serve_deadletter_endpoints, start_service, Api, MicroSpec};
+use crate::micro::{serve_api, serve_boxed, start_service, Api, BoxedEndpoint, MicroSpec};
 use crate::outbox::{run_relay, RelayWaker};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
@@ -32,6 +35,27 @@ pub struct HostConfig {
     pub data_dir: PathBuf,
     pub streams: Vec<StreamDecl>,
     pub trees: Vec<&'static str>,
+    pub extensions: Vec<Extension>,
+}
+
+/// Endpoints served beside a service's own API, with a sled tree of their own for
+/// what they record.
+#[derive(Debug, Clone, Copy)]
+pub struct Extension {
+    /// The tree, opened next to the service's trees but not among [`Host::trees`].
+    pub tree: &'static str,
+    /// Builds the endpoints once the host is up.
+    pub endpoints: fn(&ExtensionCtx) -> Vec<BoxedEndpoint>,
+}
+
+/// What an extension's endpoints may use.
+#[derive(Debug, Clone)]
+pub struct ExtensionCtx {
+    pub service: String,
+    pub js: jetstream::Context,
+    pub store: Arc<Store>,
+    /// The handle of [`Extension::tree`].
+    pub tree: TreeId,
 }
 
 /// A running service's shared parts.
@@ -44,7 +68,8 @@ pub struct Host {
     pub trees: Vec<TreeId>,
     pub stats: Arc<Stats>,
     pub waker: RelayWaker,
-    pub dead_letters: DeadLetterBook,
+    /// The extensions' endpoints, served by [`Host::serve_api`].
+    extension_endpoints: Vec<BoxedEndpoint>,
     shutdown: Shutdown,
     // Workers and consumers stop on the service's shutdown; the relay stops last, on its own.
     inner_trigger: ShutdownTrigger,
@@ -53,8 +78,6 @@ pub struct Host {
     relay: Option<tokio::task::JoinHandle<()>>,
 }
 
-const DEADLETTER_TREE: &str = "deadletters";
-
 impl Host {
     /// Connects (retrying while NATS is away), declares streams, opens the store, starts the relay.
     pub async fn start(config: HostConfig, shutdown: Shutdown) -> Result<Host, RuntimeError> {
@@ -62,11 +85,9 @@ impl Host {
         let js = jetstream::new(client.clone());
         declare_streams(&js, &config.streams).await?;
         let mut names = config.trees.clone();
-        names.push(DEADLETTER_TREE);
+        names.extend(config.extensions.iter().map(|e| e.tree));
         let (store, mut trees) = Store::open(&config.data_dir, &names)?;
-        let dead_letter_tree = trees
-            .pop()
-            .ok_or_else(|| RuntimeError::Config("no trees".into()))?;
+        let extension_trees = trees.split_off(config.trees.len());
         let store = Arc::new(store);
         let stats = Arc::new(Stats::default());
         let waker = RelayWaker::default();
@@ -83,13 +104,19 @@ impl Host {
             tracing::info!(backlog = store.outbox_len(), service = %config.service, "draining outbox left by the previous run");
             waker.wake();
         }
-        let dead_letters = DeadLetterBook {
-            js: js.clone(),
-            store: store.clone(),
-            tree: dead_letter_tree,
-            service: config.service.clone(),
-            stream: "DEADLETTER".to_owned(),
-        };
+        let extension_endpoints = config
+            .extensions
+            .iter()
+            .zip(extension_trees)
+            .flat_map(|(extension, tree)| {
+                (extension.endpoints)(&ExtensionCtx {
+                    service: config.service.clone(),
+                    js: js.clone(),
+                    store: store.clone(),
+                    tree,
+                })
+            })
+            .collect();
         Ok(Host {
             service: config.service,
             client,
@@ -98,7 +125,7 @@ impl Host {
             trees,
             stats,
             waker,
-            dead_letters,
+            extension_endpoints,
             shutdown,
             inner_trigger,
             consumers: Vec::new(),
@@ -147,7 +174,7 @@ impl Host {
         self.workers.push(tokio::spawn(worker));
     }
 
-    /// Registers the micro service with `api`'s endpoints and the dead-letter endpoints,
+    /// Registers the micro service with `api`'s endpoints and the extensions' endpoints,
     /// then serves until shutdown and stops everything in order within `grace`.
     pub async fn serve_api<A: Api>(
         self,
@@ -157,18 +184,17 @@ impl Host {
     ) -> Result<(), RuntimeError> {
         let service =
             start_service(&self.client, &spec, self.stats.clone(), self.store.clone()).await?;
-        let subjects: Vec<&str> = api
+        let subjects: Vec<String> = api
             .endpoints()
             .iter()
-            .map(|(_, subject)| *subject)
+            .map(|(_, subject)| (*subject).to_owned())
+            .chain(self.extension_endpoints.iter().map(|e| e.subject.clone()))
             .collect();
         serve_api(&service, api, self.shutdown.clone()).await?;
-        serve_deadletter_endpoints(&service, self.dead_letters.clone(), self.shutdown.clone())
-            .await?;
+        serve_boxed(&service, &self.extension_endpoints, self.shutdown.clone()).await?;
         tracing::info!(
             service = %self.service,
             endpoints = %subjects.join(", "),
-            deadletters = %format!("{}.deadletters.{{list,replay,discard}}", self.service),
             "ready"
         );
         let result = self.serve(grace).await;

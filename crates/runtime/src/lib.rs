@@ -4,8 +4,14 @@
 //! handle, then ack/nak/term), the sled inbox and outbox written in one
 //! transaction, the outbox relay, dead-lettering, the NATS micro-service
 //! scaffold, telemetry, crash points and shutdown live here, written once.
-//! Nothing in this crate knows what an order is.
+//! Nothing in this crate knows what an order is, nor what anything is called:
+//! stream, subject and header names come from the caller.
+//!
+//! Modules import each other in one direction only: `store` uses `outbox_entry`;
+//! `ack`, `outbox` (the relay) and `micro::server` use `store`; `consumer` uses
+//! those and `deadletter`; `host` joins them all. Everything uses `error`.
 
+pub mod ack;
 pub mod cli;
 pub mod connect;
 pub mod consumer;
@@ -15,13 +21,14 @@ pub mod error;
 pub mod host;
 pub mod micro;
 pub mod outbox;
+pub mod outbox_entry;
 pub mod shutdown;
 pub mod stats;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
 
-pub use error::RuntimeError;
+pub use error::{BoxError, RuntimeError};
 
 /// The allocator every shop binary installs (`#[global_allocator]` in each `main`).
 ///

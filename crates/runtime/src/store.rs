@@ -14,7 +14,7 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Db, IVec, Transactional, Tree};
 
-use crate::outbox::{encode_entry, OutboxMessage};
+use crate::outbox_entry::{encode_entry, MalformedEntry, OutboxMessage};
 use crate::RuntimeError;
 
 const INBOX: &str = "inbox";
@@ -26,13 +26,46 @@ const OUTBOX: &str = "outbox";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TreeId(usize);
 
-/// Why a transaction was aborted on purpose.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a transaction was aborted on purpose; none of these passes on a retry.
+#[derive(Debug, thiserror::Error)]
 pub enum TxAbort {
     /// The input cannot be applied; the caller dead-letters it with this reason.
+    #[error("refused: {0}")]
     Reject(String),
     /// A stored record does not decode: a bug or disk damage, never the input's fault.
-    Corrupt(String),
+    #[error("stored record {record} does not decode: {source}")]
+    Corrupt {
+        record: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value to store does not serialise.
+    #[error("cannot encode a record: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl TxAbort {
+    /// Always `false`: an abort is decided by the input or the stored data, which a
+    /// retry sees again unchanged.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+impl From<TxAbort> for ApplyError {
+    fn from(abort: TxAbort) -> ApplyError {
+        match abort {
+            TxAbort::Reject(reason) => ApplyError::Rejected(reason),
+            TxAbort::Corrupt { record, source } => ApplyError::Failed(RuntimeError::Corrupt {
+                record,
+                source: Box::new(source),
+            }),
+            TxAbort::Encode(source) => ApplyError::Failed(RuntimeError::Encode {
+                what: "a record".to_owned(),
+                source,
+            }),
+        }
+    }
 }
 
 pub type TxResult<T> = Result<T, ConflictableTransactionError<TxAbort>>;
@@ -53,10 +86,24 @@ pub enum Applied<T> {
 }
 
 /// Why a unit of work did not commit.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The work refused its input (see [`reject`]); the reason is for the dead letter.
+    #[error("refused: {0}")]
     Rejected(String),
-    Failed(RuntimeError),
+    /// The store failed; [`RuntimeError::is_transient`] says whether to try again.
+    #[error(transparent)]
+    Failed(#[from] RuntimeError),
+}
+
+impl ApplyError {
+    /// Whether applying the same input again can succeed: never for a refusal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Rejected(_) => false,
+            ApplyError::Failed(e) => e.is_transient(),
+        }
+    }
 }
 
 /// The transactional view handed to domain glue: typed reads and writes plus `publish`.
@@ -107,19 +154,18 @@ impl<'a> Tx<'a> {
     pub fn get_json<T: DeserializeOwned>(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<T>> {
         match self.get(tree, key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                ConflictableTransactionError::Abort(TxAbort::Corrupt(format!(
-                    "record {} does not decode: {e}",
-                    String::from_utf8_lossy(key)
-                )))
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| {
+                ConflictableTransactionError::Abort(TxAbort::Corrupt {
+                    record: String::from_utf8_lossy(key).into_owned(),
+                    source,
+                })
             }),
         }
     }
 
     pub fn put_json<T: Serialize>(&self, tree: TreeId, key: &[u8], value: &T) -> TxResult<()> {
-        let bytes = serde_json::to_vec(value).map_err(|e| {
-            ConflictableTransactionError::Abort(TxAbort::Corrupt(format!("cannot encode: {e}")))
-        })?;
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| ConflictableTransactionError::Abort(TxAbort::Encode(e)))?;
         self.insert(tree, key, &bytes)
     }
 
@@ -172,11 +218,21 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// An outbox key (a sled-generated id, big-endian) as a number, for error messages.
+fn u64_key(key: &[u8]) -> String {
+    match <[u8; 8]>::try_from(key) {
+        Ok(bytes) => u64::from_be_bytes(bytes).to_string(),
+        Err(_) => String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database at `dir` with the service's own trees.
     pub fn open(dir: &Path, tree_names: &[&str]) -> Result<(Store, Vec<TreeId>), RuntimeError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| RuntimeError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| RuntimeError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let db = sled::Config::new()
             .path(dir)
             // Small on purpose: sled's RSS runs at 2–3× this figure, and what the services
@@ -232,12 +288,7 @@ impl Store {
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Ok(applied)
             }
-            Err(TransactionError::Abort(TxAbort::Reject(reason))) => {
-                Err(ApplyError::Rejected(reason))
-            }
-            Err(TransactionError::Abort(TxAbort::Corrupt(reason))) => {
-                Err(ApplyError::Failed(RuntimeError::Corrupt(reason)))
-            }
+            Err(TransactionError::Abort(abort)) => Err(abort.into()),
             Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(e.into())),
         }
     }
@@ -301,9 +352,7 @@ impl Store {
         }
         let covered = self.committed_now();
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| RuntimeError::Transaction(format!("flush task failed: {e}")))??;
+        tokio::task::spawn_blocking(move || db.flush()).await??;
         self.durable
             .fetch_max(covered, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -343,9 +392,14 @@ impl Store {
     ) -> Result<Option<T>, RuntimeError> {
         match self.tree(id).get(key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| RuntimeError::Corrupt(e.to_string())),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| RuntimeError::Corrupt {
+                        record: String::from_utf8_lossy(key).into_owned(),
+                        source: Box::new(source),
+                    })
+            }
         }
     }
 
@@ -395,8 +449,11 @@ impl Store {
                 break;
             }
             let (key, value) = item?;
-            let entry = OutboxMessage::decode_entry(&value)
-                .ok_or_else(|| RuntimeError::Corrupt("outbox entry does not decode".into()))?;
+            let entry =
+                OutboxMessage::decode_entry(&value).ok_or_else(|| RuntimeError::Corrupt {
+                    record: format!("outbox/{}", u64_key(&key)),
+                    source: Box::new(MalformedEntry),
+                })?;
             messages += entry.len();
             out.push((key, entry));
         }

@@ -57,7 +57,7 @@ pub async fn declare_streams(
         };
         js.create_or_update_stream(config)
             .await
-            .map_err(|e| RuntimeError::JetStream(format!("declaring stream {}: {e}", decl.name)))?;
+            .map_err(RuntimeError::js(format!("declaring stream {}", decl.name)))?;
     }
     Ok(())
 }

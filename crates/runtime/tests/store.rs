@@ -1,8 +1,9 @@
 //! The sled store on a real temp dir: the inbox makes work happen once, refusals leave no trace,
 //! the outbox keeps messages in order until removed.
 
-use shop_runtime::outbox::{encode_entry, OutboxMessage};
+use shop_runtime::outbox_entry::{encode_entry, OutboxMessage};
 use shop_runtime::store::{reject, Applied, ApplyError, Store, TreeId, Tx, TxResult};
+use shop_runtime::RuntimeError;
 
 fn message(n: u8) -> OutboxMessage {
     OutboxMessage {
@@ -217,4 +218,53 @@ fn a_refused_item_costs_only_its_own_outcome_in_a_batch() {
     assert!(!store.inbox_contains("evt-bad").expect("inbox"));
     assert!(store.inbox_contains("evt-1").expect("inbox"));
     assert!(store.inbox_contains("evt-3").expect("inbox"));
+}
+
+#[test]
+fn a_stored_record_that_does_not_decode_is_a_permanent_corrupt_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, trees) = Store::open(dir.path(), &["state"]).expect("open");
+    let tree = trees[0];
+    store
+        .apply(None, |tx| tx.insert(tree, b"order-1", b"not json"))
+        .expect("raw write");
+    let inside = store.apply(Some("evt-3"), |tx| tx.get_json::<u32>(tree, b"order-1"));
+    match inside {
+        Err(ApplyError::Failed(e)) => {
+            assert!(matches!(e, RuntimeError::Corrupt { .. }), "{e:?}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("expected a corrupt-record failure, got {other:?}"),
+    }
+    assert!(!store.inbox_contains("evt-3").expect("inbox"));
+    let outside = store.read_json::<u32>(tree, b"order-1");
+    assert!(
+        matches!(&outside, Err(RuntimeError::Corrupt { .. })),
+        "{outside:?}"
+    );
+    assert!(outside.is_err_and(|e| !e.is_transient()));
+}
+
+#[test]
+fn a_value_that_does_not_encode_is_a_permanent_encode_failure_not_a_corrupt_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, trees) = Store::open(dir.path(), &["state"]).expect("open");
+    let tree = trees[0];
+    // JSON object keys must be strings; a tuple key never encodes.
+    let unencodable = std::collections::HashMap::from([((1u8, 2u8), 3u8)]);
+    let result = store.apply(Some("evt-4"), |tx| tx.put_json(tree, b"k", &unencodable));
+    match result {
+        Err(e @ ApplyError::Failed(RuntimeError::Encode { .. })) => assert!(!e.is_transient()),
+        other => panic!("expected an encode failure, got {other:?}"),
+    }
+    assert!(store.tree(tree).get(b"k").expect("get").is_none());
+    assert!(!store.inbox_contains("evt-4").expect("inbox"));
+}
+
+#[test]
+fn a_refusal_is_never_transient() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(dir.path(), &[]).expect("open");
+    let result = store.apply(None, |_| reject::<()>("zero is not an amount"));
+    assert!(result.is_err_and(|e| matches!(e, ApplyError::Rejected(_)) && !e.is_transient()));
 }

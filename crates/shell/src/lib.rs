@@ -5,17 +5,26 @@
 //! turning an outgoing envelope into an outbox entry, naming consumers and
 //! dead-letter subjects, and publishing an event from an API endpoint.
 //! It holds no business rules.
+//!
+//! It also keeps the operator's side of dead letters ([`deadletter_book`], served
+//! by [`deadletter_api`]), because its names and reply types are the contract's,
+//! which the domain-free runtime must not know.
+
+pub mod deadletter_api;
+pub mod deadletter_book;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
 use async_nats::HeaderMap;
+use shop_events::api::deadletters as dlq;
 use shop_events::subjects::{self, Domain};
 use shop_events::{Envelope, Event, EventKind, Meta};
 use shop_runtime::consumer::{ConsumerSpec, EventHandler, Incoming};
+use shop_runtime::deadletter::{DeadLetterHeaders, DeadLetterTarget};
 use shop_runtime::host::HostConfig;
-use shop_runtime::outbox::OutboxMessage;
+use shop_runtime::outbox_entry::OutboxMessage;
 use shop_runtime::store::{Tx, TxResult};
 use shop_runtime::streams::StreamDecl;
 use shop_runtime::RuntimeError;
@@ -49,8 +58,22 @@ pub fn host_config(
         data_dir: data_dir.join(service),
         streams: stream_decls(subjects::DEFAULT_EVENT_MAX_AGE),
         trees,
+        extensions: vec![deadletter_api::EXTENSION],
     }
 }
+
+/// The contract's dead-letter header names, as the runtime writes them.
+pub const DEAD_LETTER_HEADERS: DeadLetterHeaders = DeadLetterHeaders {
+    reason: dlq::HDR_REASON,
+    subject: dlq::HDR_SUBJECT,
+    stream: dlq::HDR_STREAM,
+    sequence: dlq::HDR_SEQUENCE,
+    consumer: dlq::HDR_CONSUMER,
+    service: dlq::HDR_SERVICE,
+    delivered: dlq::HDR_DELIVERED,
+    truncated: dlq::HDR_TRUNCATED,
+    original_msg_id: dlq::HDR_ORIGINAL_MSG_ID,
+};
 
 /// A durable consumer named after `service` on `domain`'s stream, for the given event kinds.
 pub fn consumer_spec(service: &str, domain: Domain, kinds: &[EventKind]) -> ConsumerSpec {
@@ -59,7 +82,10 @@ pub fn consumer_spec(service: &str, domain: Domain, kinds: &[EventKind]) -> Cons
         domain.stream(),
         service,
         filters,
-        subjects::deadletter_subject(service, domain.stream()),
+        DeadLetterTarget {
+            subject: subjects::deadletter_subject(service, domain.stream()),
+            headers: DEAD_LETTER_HEADERS,
+        },
     );
     spec.description = format!(
         "{service} reacting to {}",
@@ -117,11 +143,12 @@ pub async fn publish_event(
         .headers(headers)
         .message_id(&envelope.meta.id)
         .payload(envelope.to_json().into());
-    js.send_publish(envelope.subject(), message)
+    let subject = envelope.subject();
+    js.send_publish(subject.clone(), message)
         .await
-        .map_err(|e| RuntimeError::Publish(e.to_string()))?
+        .map_err(|e| RuntimeError::publish(subject.as_str(), e))?
         .await
-        .map_err(|e| RuntimeError::Publish(e.to_string()))
+        .map_err(|e| RuntimeError::publish(subject.as_str(), e))
 }
 
 /// Milliseconds since the Unix epoch: the clock the pure domains are given.

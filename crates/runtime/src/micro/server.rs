@@ -1,4 +1,4 @@
-//! The NATS micro-service scaffold (ADR-32): registration, JSON endpoints, typed errors, STATS data.
+//! The server side of NATS micro (ADR-32): registration, JSON endpoints, typed errors, STATS data.
 //!
 //! Endpoints take JSON and answer JSON. Errors set `Nats-Service-Error` and
 //! `Nats-Service-Error-Code` (400 bad input, 404 unknown, 500 internal) with a
@@ -11,7 +11,8 @@ use std::sync::Arc;
 use async_nats::service::{self, Service, ServiceExt};
 use async_nats::Client;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -98,7 +99,10 @@ pub async fn start_service(
         })
         .start(&spec.name, &spec.version)
         .await
-        .map_err(|e| RuntimeError::Service(e.to_string()))
+        .map_err(|source| RuntimeError::Service {
+            what: format!("registration of {}", spec.name),
+            source,
+        })
 }
 
 /// Adds an endpoint on `subject` named `name` and serves it until shutdown.
@@ -118,7 +122,10 @@ where
         .name(name)
         .add(subject)
         .await
-        .map_err(|e| RuntimeError::Service(format!("endpoint {subject}: {e}")))?;
+        .map_err(|source| RuntimeError::Service {
+            what: format!("endpoint {subject}"),
+            source,
+        })?;
     let handler = Arc::new(handler);
     Ok(tokio::spawn(async move {
         loop {
@@ -143,112 +150,6 @@ where
         }
         let _ = endpoint.stop().await;
     }))
-}
-
-#[derive(serde::Deserialize)]
-struct ListRequest {
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
-#[derive(serde::Deserialize)]
-struct SeqRequest {
-    seq: u64,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-fn dead_letter_error(e: crate::deadletter::DeadLetterError) -> ApiError {
-    use crate::deadletter::DeadLetterError as E;
-    match e {
-        E::NotFound(seq) => {
-            ApiError::not_found(format!("no dead letter with sequence {seq} in DEADLETTER"))
-        }
-        E::NotOurs { seq, service } => ApiError::bad_request(format!(
-            "dead letter {seq} belongs to another service; ask that service (this is {service})"
-        )),
-        // The request cannot be honoured as asked; nothing inside failed.
-        E::Truncated {
-            seq,
-            stream,
-            sequence,
-        } => ApiError::bad_request(format!(
-            "dead letter {seq} holds a truncated copy; replay the original from stream {stream} sequence {sequence}"
-        )),
-        E::Failed(e) => ApiError::internal(e.to_string()),
-    }
-}
-
-/// Serves `<service>.deadletters.list|replay|discard` for the service's own dead letters.
-pub async fn serve_deadletter_endpoints(
-    service: &Service,
-    book: crate::deadletter::DeadLetterBook,
-    shutdown: Shutdown,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, RuntimeError> {
-    let name = book.service.clone();
-    let filter = format!("deadletter.{name}.>");
-    let list_book = book.clone();
-    let list = serve_endpoint(
-        service,
-        "deadletters_list",
-        &format!("{name}.deadletters.list"),
-        move |body| {
-            let book = list_book.clone();
-            let filter = filter.clone();
-            async move {
-                let request: ListRequest = parse_request(&body)?;
-                let letters = book
-                    .list(&filter, request.limit.unwrap_or(100).min(1000))
-                    .await?;
-                reply(&letters)
-            }
-        },
-        shutdown.clone(),
-    )
-    .await?;
-    let replay_book = book.clone();
-    let replay = serve_endpoint(
-        service,
-        "deadletters_replay",
-        &format!("{name}.deadletters.replay"),
-        move |body| {
-            let book = replay_book.clone();
-            async move {
-                let request: SeqRequest = parse_request(&body)?;
-                let view = book.replay(request.seq).await.map_err(dead_letter_error)?;
-                reply(&view)
-            }
-        },
-        shutdown.clone(),
-    )
-    .await?;
-    let discard = serve_endpoint(
-        service,
-        "deadletters_discard",
-        &format!("{name}.deadletters.discard"),
-        move |body| {
-            let book = book.clone();
-            async move {
-                let request: SeqRequest = parse_request(&body)?;
-                let reason = request
-                    .reason
-                    .filter(|r| !r.trim().is_empty())
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "`reason` is required: say why the dead letter is discarded",
-                        )
-                    })?;
-                let view = book
-                    .discard(request.seq, &reason)
-                    .await
-                    .map_err(dead_letter_error)?;
-                reply(&view)
-            }
-        },
-        shutdown,
-    )
-    .await?;
-    Ok(vec![list, replay, discard])
 }
 
 /// A service's request/reply surface: its endpoints and how to answer each.
@@ -283,41 +184,56 @@ pub async fn serve_api<A: Api>(
     Ok(())
 }
 
-/// What an endpoint answered: its JSON reply, or its service error (code, description).
-pub type Reply = Result<serde_json::Value, (u16, String)>;
+/// A boxed endpoint handler, for endpoints whose subjects are only known at run time.
+pub type BoxedHandler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, ApiResult> + Send + Sync>;
 
-/// The client side of the convention above: sends a JSON request and turns a reply
-/// carrying `Nats-Service-Error-Code` into `Ok(Err((code, description)))`, so callers
-/// can treat 400 and 404 as answers rather than failures.
-pub async fn request_json(
-    client: &Client,
-    subject: &str,
-    body: &serde_json::Value,
-    within: std::time::Duration,
-) -> Result<Reply, RuntimeError> {
-    let no_answer = |reason: String| RuntimeError::NoAnswer {
-        subject: subject.to_owned(),
-        reason,
-    };
-    let payload = serde_json::to_vec(body).map_err(|e| no_answer(e.to_string()))?;
-    let message = tokio::time::timeout(within, client.request(subject.to_owned(), payload.into()))
-        .await
-        .map_err(|_| no_answer(format!("no reply within {within:?}")))?
-        .map_err(|e| no_answer(e.to_string()))?;
-    if let Some(headers) = &message.headers {
-        if let Some(code) = headers.get("Nats-Service-Error-Code") {
-            let code = code.as_str().parse().unwrap_or(500);
-            let description = headers
-                .get("Nats-Service-Error")
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
-            return Ok(Err((code, description)));
+/// An endpoint put together at run time: its name, subject and handler.
+#[derive(Clone)]
+pub struct BoxedEndpoint {
+    pub name: String,
+    pub subject: String,
+    pub handler: BoxedHandler,
+}
+
+impl std::fmt::Debug for BoxedEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoxedEndpoint")
+            .field("name", &self.name)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoxedEndpoint {
+    pub fn new<F, Fut>(name: impl Into<String>, subject: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ApiResult> + Send + 'static,
+    {
+        BoxedEndpoint {
+            name: name.into(),
+            subject: subject.into(),
+            handler: Arc::new(move |body| handler(body).boxed()),
         }
     }
-    serde_json::from_slice(&message.payload)
-        .map(Ok)
-        .map_err(|e| RuntimeError::UnexpectedReply {
-            subject: subject.to_owned(),
-            reason: e.to_string(),
-        })
+}
+
+/// Serves each of `endpoints` until shutdown.
+pub async fn serve_boxed(
+    service: &Service,
+    endpoints: &[BoxedEndpoint],
+    shutdown: Shutdown,
+) -> Result<(), RuntimeError> {
+    for endpoint in endpoints {
+        let handler = endpoint.handler.clone();
+        serve_endpoint(
+            service,
+            &endpoint.name,
+            &endpoint.subject,
+            move |body| handler(body),
+            shutdown.clone(),
+        )
+        .await?;
+    }
+    Ok(())
 }
