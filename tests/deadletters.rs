@@ -9,8 +9,12 @@ use std::collections::BTreeSet;
 use async_nats::jetstream::{self, message::StreamMessage};
 use async_nats::HeaderMap;
 use serde_json::{json, Value};
+use shop_events::api::deadletters::{
+    discard_subject, list_subject, replay_subject, HDR_CONSUMER, HDR_PREFIX, HDR_REASON,
+    HDR_REPLAYED_FROM, HDR_SEQUENCE, HDR_SERVICE, HDR_STREAM, HDR_SUBJECT, HDR_TRUNCATED,
+};
 use shop_events::envelope::new_event_id;
-use shop_events::subjects::ORDERS_STREAM;
+use shop_events::subjects::{deadletter_subject, ORDERS_STREAM};
 use shop_events::{Envelope, Event, EventKind, OrderPlaced};
 use shop_harness::scenario::{
     order, payment, place, replenish, request_cancellation, stock, wait_for_status, wait_for_stock,
@@ -57,17 +61,14 @@ fn assert_parked_as(
 ) {
     assert_eq!(
         letter.subject.as_str(),
-        format!("deadletter.{consumer}.{ORDERS_STREAM}")
+        deadletter_subject(consumer, ORDERS_STREAM)
     );
-    assert!(
-        !header(letter, "Shop-Dlq-Reason").trim().is_empty(),
-        "a reason"
-    );
-    assert_eq!(header(letter, "Shop-Dlq-Subject"), subject);
-    assert_eq!(header(letter, "Shop-Dlq-Stream"), ORDERS_STREAM);
-    assert_eq!(header(letter, "Shop-Dlq-Sequence"), sequence.to_string());
-    assert_eq!(header(letter, "Shop-Dlq-Consumer"), consumer);
-    assert_eq!(header(letter, "Shop-Dlq-Service"), consumer);
+    assert!(!header(letter, HDR_REASON).trim().is_empty(), "a reason");
+    assert_eq!(header(letter, HDR_SUBJECT), subject);
+    assert_eq!(header(letter, HDR_STREAM), ORDERS_STREAM);
+    assert_eq!(header(letter, HDR_SEQUENCE), sequence.to_string());
+    assert_eq!(header(letter, HDR_CONSUMER), consumer);
+    assert_eq!(header(letter, HDR_SERVICE), consumer);
     assert_eq!(
         letter.payload.as_ref(),
         payload,
@@ -127,7 +128,7 @@ async fn hostile_messages_are_dead_lettered_by_every_consumer_and_block_nothing(
         for consumer in CONSUMERS {
             let letter = wait_dead_letter(&w.js, ORDERS_STREAM, *sequence, consumer).await?;
             assert_parked_as(&letter, consumer, subject, *sequence, payload);
-            let reason = header(&letter, "Shop-Dlq-Reason");
+            let reason = header(&letter, HDR_REASON);
             assert!(
                 reason.contains(mentions),
                 "{consumer} on {what}: `{reason}` should mention {mentions}"
@@ -185,7 +186,7 @@ async fn a_conflicting_order_is_dead_lettered_by_checkout_and_the_first_order_st
         sequence,
         &conflicting.to_json(),
     );
-    let reason = header(&letter, "Shop-Dlq-Reason");
+    let reason = header(&letter, HDR_REASON);
     assert!(reason.contains("o-first"), "{reason}");
 
     wait_idle(&w.client, &w.js).await?;
@@ -196,7 +197,7 @@ async fn a_conflicting_order_is_dead_lettered_by_checkout_and_the_first_order_st
         "inventory and payment keep the first order without complaint"
     );
     for service in ["inventory", "payment"] {
-        let theirs = call_ok(&w.client, &format!("{service}.deadletters.list"), json!({})).await?;
+        let theirs = call_ok(&w.client, &list_subject(service), json!({})).await?;
         assert_eq!(theirs, json!([]), "{service}");
     }
     let after = call_ok(
@@ -216,7 +217,7 @@ async fn a_conflicting_order_is_dead_lettered_by_checkout_and_the_first_order_st
     let duplicates_before = counter(&w.client, Service::Inventory, "events_duplicate").await?;
     let replayed = call_ok(
         &w.client,
-        "checkout.deadletters.replay",
+        &replay_subject("checkout"),
         json!({"seq": letter.sequence}),
     )
     .await?;
@@ -227,7 +228,7 @@ async fn a_conflicting_order_is_dead_lettered_by_checkout_and_the_first_order_st
     let again = wait_dead_letter(&w.js, ORDERS_STREAM, republished, "checkout").await?;
     assert_eq!(again.payload, letter.payload);
     assert_eq!(
-        header(&again, "Shop-Replayed-From"),
+        header(&again, HDR_REPLAYED_FROM),
         letter.sequence.to_string()
     );
     wait_idle(&w.client, &w.js).await?;
@@ -245,7 +246,7 @@ async fn a_conflicting_order_is_dead_lettered_by_checkout_and_the_first_order_st
     // Then discards it, saying why.
     let discarded = call_ok(
         &w.client,
-        "checkout.deadletters.discard",
+        &discard_subject("checkout"),
         json!({"seq": again.sequence, "reason": "storefront bug SF-12: order id reused"}),
     )
     .await?;
@@ -440,7 +441,7 @@ async fn snapshot(client: &async_nats::Client, orders: &[&str]) -> anyhow::Resul
 #[tokio::test]
 async fn operators_list_discard_and_replay_a_services_dead_letters() -> anyhow::Result<()> {
     let w = world(ShopConfig::in_process()).await?;
-    let empty = call_ok(&w.client, "checkout.deadletters.list", json!({})).await?;
+    let empty = call_ok(&w.client, &list_subject("checkout"), json!({})).await?;
     assert_eq!(empty, json!([]));
 
     let broken: &[u8] = b"{\"specversion\": \"1.0\", \"id\": ";
@@ -464,7 +465,7 @@ async fn operators_list_discard_and_replay_a_services_dead_letters() -> anyhow::
     let second_letter = wait_dead_letter(&w.js, ORDERS_STREAM, second, "checkout").await?;
     let inventorys = wait_dead_letter(&w.js, ORDERS_STREAM, first, "inventory").await?;
 
-    let list = call_ok(&w.client, "checkout.deadletters.list", json!({})).await?;
+    let list = call_ok(&w.client, &list_subject("checkout"), json!({})).await?;
     let letters = list.as_array().expect("a list");
     assert_eq!(letters.len(), 2, "only checkout's own: {list}");
     for (view, (letter, subject, sequence)) in letters.iter().zip([
@@ -484,9 +485,9 @@ async fn operators_list_discard_and_replay_a_services_dead_letters() -> anyhow::
         assert_eq!(view["truncated"], false);
         assert!(view["resolution"].is_null());
     }
-    let limited = call_ok(&w.client, "checkout.deadletters.list", json!({"limit": 1})).await?;
+    let limited = call_ok(&w.client, &list_subject("checkout"), json!({"limit": 1})).await?;
     assert_eq!(limited.as_array().map(Vec::len), Some(1));
-    let theirs = call_ok(&w.client, "inventory.deadletters.list", json!({})).await?;
+    let theirs = call_ok(&w.client, &list_subject("inventory"), json!({})).await?;
     assert!(theirs
         .as_array()
         .into_iter()
@@ -494,7 +495,7 @@ async fn operators_list_discard_and_replay_a_services_dead_letters() -> anyhow::
         .all(|v| v["consumer"] == "inventory"));
 
     // Discarding needs a reason, an existing letter, and the right service.
-    let discard = "checkout.deadletters.discard";
+    let discard = &discard_subject("checkout");
     let (code, description) =
         call_err(&w.client, discard, json!({"seq": first_letter.sequence})).await?;
     assert_eq!(code, 400);
@@ -532,13 +533,13 @@ async fn operators_list_discard_and_replay_a_services_dead_letters() -> anyhow::
     .await?;
     assert_eq!(discarded["resolution"]["status"], "discarded");
     assert_eq!(discarded["resolution"]["reason"], reason);
-    let list = call_ok(&w.client, "checkout.deadletters.list", json!({})).await?;
+    let list = call_ok(&w.client, &list_subject("checkout"), json!({})).await?;
     assert_eq!(list[0]["resolution"]["status"], "discarded", "{list}");
     assert_eq!(list[0]["resolution"]["reason"], reason);
     assert!(list[1]["resolution"].is_null());
 
     // Replaying republishes the original bytes on the original subject.
-    let replay = "checkout.deadletters.replay";
+    let replay = &replay_subject("checkout");
     let (code, _) = call_err(&w.client, replay, json!({"seq": 999_999})).await?;
     assert_eq!(code, 404);
     let (code, _) = call_err(&w.client, replay, json!({})).await?;
@@ -562,13 +563,13 @@ async fn operators_list_discard_and_replay_a_services_dead_letters() -> anyhow::
     assert_eq!(copy.subject.as_str(), "events.orders.placed.o-dl-2");
     assert_eq!(copy.payload.as_ref(), b"[]");
     assert_eq!(
-        header(&copy, "Shop-Replayed-From"),
+        header(&copy, HDR_REPLAYED_FROM),
         second_letter.sequence.to_string()
     );
     assert!(
         copy.headers.iter().all(|(name, _)| {
             let name: &str = name.as_ref();
-            !name.starts_with("Shop-Dlq-")
+            !name.starts_with(HDR_PREFIX)
         }),
         "the dead-letter headers stay behind"
     );
@@ -582,7 +583,7 @@ async fn operators_list_discard_and_replay_a_services_dead_letters() -> anyhow::
         shop_harness::stream_message_count(&w.js, ORDERS_STREAM).await?,
         orders_before + 1
     );
-    let list = call_ok(&w.client, "checkout.deadletters.list", json!({})).await?;
+    let list = call_ok(&w.client, &list_subject("checkout"), json!({})).await?;
     assert_eq!(list[1]["resolution"]["status"], "replayed", "{list}");
     assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
     w.shop.shutdown().await?;
@@ -629,16 +630,13 @@ async fn an_oversized_message_is_dead_lettered_and_blocks_nothing() -> anyhow::R
             big_seq,
             &big,
         );
-        assert_eq!(header(&letter, "Shop-Dlq-Truncated"), "");
+        assert_eq!(header(&letter, HDR_TRUNCATED), "");
 
         let letter = wait_dead_letter(&w.js, ORDERS_STREAM, huge_seq, consumer).await?;
-        assert_eq!(header(&letter, "Shop-Dlq-Truncated"), "true");
-        assert_eq!(
-            header(&letter, "Shop-Dlq-Subject"),
-            "events.orders.placed.o-huge"
-        );
-        assert_eq!(header(&letter, "Shop-Dlq-Sequence"), huge_seq.to_string());
-        assert!(!header(&letter, "Shop-Dlq-Reason").is_empty());
+        assert_eq!(header(&letter, HDR_TRUNCATED), "true");
+        assert_eq!(header(&letter, HDR_SUBJECT), "events.orders.placed.o-huge");
+        assert_eq!(header(&letter, HDR_SEQUENCE), huge_seq.to_string());
+        assert!(!header(&letter, HDR_REASON).is_empty());
         assert!(
             huge.starts_with(&letter.payload) && !letter.payload.is_empty(),
             "a prefix of the original"
@@ -652,7 +650,7 @@ async fn an_oversized_message_is_dead_lettered_and_blocks_nothing() -> anyhow::R
     assert_eq!(original.payload, huge, "the original stays where it was");
 
     // A truncated copy cannot be replayed; the operator is told where the original is.
-    let views = call_ok(&w.client, "checkout.deadletters.list", json!({})).await?;
+    let views = call_ok(&w.client, &list_subject("checkout"), json!({})).await?;
     let truncated = views
         .as_array()
         .into_iter()
@@ -662,7 +660,7 @@ async fn an_oversized_message_is_dead_lettered_and_blocks_nothing() -> anyhow::R
         .clone();
     let (code, description) = call_err(
         &w.client,
-        "checkout.deadletters.replay",
+        &replay_subject("checkout"),
         json!({"seq": truncated["seq"]}),
     )
     .await?;
