@@ -142,6 +142,7 @@ async fn run_services(
                     nats_url: url,
                     data_dir: dir,
                     order_deadline: checkout.order_deadline,
+                    clock: shop_checkout::clock::system(),
                 };
                 tasks.spawn(async move {
                     shop_checkout::run(config, stop)

@@ -132,13 +132,23 @@ async fn a_declined_card_cancels_the_order_and_releases_its_stock() -> anyhow::R
 
 #[tokio::test]
 async fn an_order_past_its_deadline_is_cancelled_and_compensated() -> anyhow::Result<()> {
+    const DEADLINE: Duration = Duration::from_secs(30);
+    // Checkout's time stands still until the test moves it past the deadline.
+    let clock = shop_harness::shop::ManualClock::default();
+    let mut w = world(
+        ShopConfig::in_process()
+            .order_deadline(DEADLINE)
+            .manual_clock(&clock),
+    )
+    .await?;
     // Payment is down, so the order cannot settle before its deadline.
-    let mut w = world(ShopConfig::in_process().order_deadline(Duration::from_millis(1500))).await?;
     w.shop.stop_service(Service::Payment).await?;
     replenish(&w.js, "sku-d", 4).await?;
     wait_for_stock(&w.client, "sku-d", 4, 0, SETTLE).await?;
     place(&w.js, order("o-late", &[("sku-d", 1, 900)], "tok_visa")).await?;
+    wait_for_status(&w.client, "o-late", "pending", SETTLE).await?;
 
+    clock.advance(DEADLINE);
     let view = wait_for_status(&w.client, "o-late", "cancelled", SETTLE).await?;
     assert_eq!(view["reason"], "timeout");
     wait_for_stock(&w.client, "sku-d", 4, 0, SETTLE).await?;

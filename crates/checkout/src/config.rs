@@ -1,10 +1,13 @@
-//! Checkout's settings: the shared flags plus the order deadline.
+//! Checkout's settings: the shared flags plus the order deadline, and the clock deadlines run on.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use shop_runtime::cli::parse_duration;
+
+use crate::clock::Clock;
 
 /// Checkout-specific flags.
 #[derive(Debug, Clone, Args)]
@@ -21,4 +24,7 @@ pub struct Config {
     /// The shop's data directory; checkout keeps its sled database in `<data_dir>/checkout`.
     pub data_dir: PathBuf,
     pub order_deadline: Duration,
+    /// What "now" is for placing orders and passing deadlines: [`crate::clock::system`]
+    /// in production, a [`crate::clock::ManualClock`] when a test wants to move time.
+    pub clock: Arc<dyn Clock>,
 }

@@ -7,8 +7,9 @@ use shop_events::{Envelope, Event};
 use shop_runtime::outbox::RelayWaker;
 use shop_runtime::shutdown::Shutdown;
 use shop_runtime::store::{reject, Store, Tx, TxResult};
-use shop_shell::{now_ms, EnvelopeHandler};
+use shop_shell::EnvelopeHandler;
 
+use crate::clock::Clock;
 use crate::domain::{Ctx, Input};
 use crate::store::{apply_input, split_time_key, Trees};
 use crate::SERVICE;
@@ -17,6 +18,7 @@ use crate::SERVICE;
 pub struct CheckoutHandler {
     pub trees: Trees,
     pub deadline_ms: i64,
+    pub clock: Arc<dyn Clock>,
 }
 
 fn input_for(event: &Event) -> Option<Input> {
@@ -44,7 +46,7 @@ impl EnvelopeHandler for CheckoutHandler {
             return reject("event carries no order id");
         };
         let ctx = Ctx {
-            now_ms: now_ms(),
+            now_ms: self.clock.now_ms(),
             deadline_ms: self.deadline_ms,
         };
         apply_input(
@@ -58,69 +60,248 @@ impl EnvelopeHandler for CheckoutHandler {
     }
 }
 
+/// How many due deadlines one sweep handles (one transaction); more are swept at once after.
+const SWEEP_MAX: usize = 512;
+
+/// How often the timer looks for due deadlines. Real time even under a manual clock:
+/// it is only a poll, the decision whether a deadline passed uses the clock.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sweep {
+    /// Due index entries seen (at most [`SWEEP_MAX`]).
+    pub due: usize,
+    /// Of those, how many were handled (cancelled, or found already settled).
+    pub handled: usize,
+}
+
+/// Feeds `DeadlinePassed` to every order whose indexed deadline is at or before
+/// `ctx.now_ms`, in one transaction (see `Store::apply_batch` for why that matters).
+pub fn sweep_due(store: &Store, trees: Trees, ctx: &Ctx) -> Sweep {
+    let due: Vec<Vec<u8>> = store
+        .tree(trees.deadlines)
+        .range(..(ctx.now_ms.max(0) as u64 + 1).to_be_bytes().to_vec())
+        .keys()
+        .take(SWEEP_MAX)
+        .filter_map(Result::ok)
+        .map(|k| k.to_vec())
+        .collect();
+    let mut owed = Vec::with_capacity(due.len());
+    for key in &due {
+        match split_time_key(key).and_then(|(_, id)| shop_events::OrderId::parse(id).ok()) {
+            Some(order_id) => owed.push((key, order_id)),
+            None => {
+                let _ = store.tree(trees.deadlines).remove(key);
+            }
+        }
+    }
+    let results = store.apply_batch(
+        &owed,
+        |_| None,
+        |tx, (key, order_id)| {
+            // Removing first makes a stale entry disappear; apply_input re-adds a live one.
+            tx.remove(trees.deadlines, key)?;
+            apply_input(trees, tx, order_id, &Input::DeadlinePassed, ctx, None)
+        },
+    );
+    let mut handled = 0;
+    for ((_, order_id), result) in owed.iter().zip(results) {
+        match result {
+            Ok(_) => handled += 1,
+            Err(e) => {
+                tracing::warn!(order_id = %order_id, error = ?e, "deadline step failed; retrying")
+            }
+        }
+    }
+    Sweep {
+        due: due.len(),
+        handled,
+    }
+}
+
 /// Cancels orders whose deadline passed, from the durable index, so deadlines survive restarts.
 pub async fn run_deadline_timer(
     store: Arc<Store>,
     trees: Trees,
     deadline_ms: i64,
+    clock: Arc<dyn Clock>,
     waker: RelayWaker,
     mut shutdown: Shutdown,
 ) {
     loop {
-        let now = now_ms();
-        let due: Vec<Vec<u8>> = store
-            .tree(trees.deadlines)
-            .range(..(now.max(0) as u64 + 1).to_be_bytes().to_vec())
-            .keys()
-            .take(512)
-            .filter_map(Result::ok)
-            .map(|k| k.to_vec())
-            .collect();
-        let mut owed = Vec::with_capacity(due.len());
-        for key in &due {
-            match split_time_key(key).and_then(|(_, id)| shop_events::OrderId::parse(id).ok()) {
-                Some(order_id) => owed.push((key, order_id)),
-                None => {
-                    let _ = store.tree(trees.deadlines).remove(key);
-                }
-            }
-        }
         let ctx = Ctx {
-            now_ms: now,
+            now_ms: clock.now_ms(),
             deadline_ms,
         };
-        // One transaction for the sweep (see Store::apply_batch for why that matters).
-        let results = store.apply_batch(
-            &owed,
-            |_| None,
-            |tx, (key, order_id)| {
-                // Removing first makes a stale entry disappear; apply_input re-adds a live one.
-                tx.remove(trees.deadlines, key)?;
-                apply_input(trees, tx, order_id, &Input::DeadlinePassed, &ctx, None)
-            },
-        );
-        let mut expired = 0;
-        for ((_, order_id), result) in owed.iter().zip(results) {
-            match result {
-                Ok(_) => expired += 1,
-                Err(e) => {
-                    tracing::warn!(order_id = %order_id, error = ?e, "deadline step failed; retrying")
-                }
-            }
-        }
-        if expired > 0 {
+        let sweep = sweep_due(&store, trees, &ctx);
+        if sweep.handled > 0 {
             if let Err(e) = store.flush().await {
                 tracing::error!(error = %e, "flush after deadlines failed");
             }
             waker.wake();
-            tracing::info!(expired, "orders past their deadline handled");
+            tracing::info!(
+                expired = sweep.handled,
+                "orders past their deadline handled"
+            );
         }
-        if due.len() == 512 {
+        if sweep.due == SWEEP_MAX {
             continue;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = shutdown.requested() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::State;
+    use crate::store::TREES;
+    use shop_events::{CancelReason, OrderId, OrderLineInput, OrderPlaced};
+    use shop_runtime::shutdown::Shutdown;
+
+    const DEADLINE_MS: i64 = 30_000;
+    const DEADLINE: Duration = Duration::from_millis(DEADLINE_MS as u64);
+
+    fn open_store(dir: &std::path::Path) -> (Arc<Store>, Trees) {
+        let (store, ids) = Store::open(dir, &TREES).expect("store opens");
+        (
+            Arc::new(store),
+            Trees::from_ids(&ids).expect("checkout's trees"),
+        )
+    }
+
+    fn id(s: &str) -> OrderId {
+        OrderId::parse(s).expect("valid order id")
+    }
+
+    fn ctx(clock: &ManualClock) -> Ctx {
+        Ctx {
+            now_ms: clock.now_ms(),
+            deadline_ms: DEADLINE_MS,
+        }
+    }
+
+    /// Places a valid order at the clock's current time.
+    fn place(store: &Store, trees: Trees, order_id: &str, clock: &ManualClock) {
+        let placed = Input::Placed(OrderPlaced {
+            order_id: id(order_id),
+            customer_id: "c-1".into(),
+            currency: "EUR".into(),
+            lines: vec![OrderLineInput {
+                sku: "sku-a".into(),
+                quantity: 1,
+                unit_price: 100,
+            }],
+            total: 100,
+            payment_token: "tok_visa".into(),
+        });
+        let ctx = ctx(clock);
+        store
+            .apply(None, |tx| {
+                apply_input(trees, tx, &id(order_id), &placed, &ctx, None)
+            })
+            .expect("the order is placed");
+    }
+
+    fn load(store: &Store, trees: Trees, order_id: &str) -> State {
+        store
+            .read_json(trees.orders, order_id.as_bytes())
+            .expect("readable")
+            .expect("the order is stored")
+    }
+
+    fn timed_out(store: &Store, trees: Trees, order_id: &str) -> bool {
+        load(store, trees, order_id)
+            .cancellation()
+            .is_some_and(|(reason, _)| reason == CancelReason::Timeout)
+    }
+
+    #[test]
+    fn a_sweep_cancels_an_order_only_once_the_clock_reaches_its_deadline() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, trees) = open_store(dir.path());
+        let clock = ManualClock::at(1_000_000);
+        place(&store, trees, "o-1", &clock);
+
+        clock.advance(DEADLINE - Duration::from_millis(1));
+        assert_eq!(sweep_due(&store, trees, &ctx(&clock)), Sweep::default());
+        assert_eq!(
+            load(&store, trees, "o-1").pending_deadline(),
+            Some(1_030_000)
+        );
+
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            sweep_due(&store, trees, &ctx(&clock)),
+            Sweep { due: 1, handled: 1 }
+        );
+        assert!(timed_out(&store, trees, "o-1"));
+        assert_eq!(load(&store, trees, "o-1").settled_at_ms(), Some(1_030_000));
+        assert!(
+            store.tree(trees.deadlines).is_empty(),
+            "the deadline left the index"
+        );
+        assert_eq!(store.outbox_len(), 1, "OrderCancelled waits in the outbox");
+        assert_eq!(
+            sweep_due(&store, trees, &ctx(&clock)),
+            Sweep::default(),
+            "nothing left to sweep"
+        );
+    }
+
+    /// Polls `done` every few milliseconds of real time, failing after `within`.
+    async fn wait_until(what: &str, within: Duration, done: impl Fn() -> bool) {
+        let until = tokio::time::Instant::now() + within;
+        while !done() {
+            assert!(tokio::time::Instant::now() < until, "timed out: {what}");
+            tokio::time::sleep(SWEEP_EVERY / 4).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_timer_follows_the_injected_clock_not_the_wall_clock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, trees) = open_store(dir.path());
+        // A clock in 1970: by the wall clock every deadline here is long gone.
+        let clock = ManualClock::at(1_000_000);
+        place(&store, trees, "o-first", &clock);
+        clock.advance(DEADLINE);
+        place(&store, trees, "o-second", &clock);
+        let (trigger, shutdown) = Shutdown::new();
+        let timer = tokio::spawn(run_deadline_timer(
+            store.clone(),
+            trees,
+            DEADLINE_MS,
+            Arc::new(clock.clone()),
+            RelayWaker::default(),
+            shutdown,
+        ));
+
+        wait_until(
+            "the first order's deadline",
+            Duration::from_secs(10),
+            || timed_out(&store, trees, "o-first"),
+        )
+        .await;
+        // The sweep that cancelled the first order saw the second one's deadline ahead.
+        assert_eq!(
+            load(&store, trees, "o-second").pending_deadline(),
+            Some(1_060_000)
+        );
+
+        clock.advance(DEADLINE);
+        wait_until(
+            "the second order's deadline",
+            Duration::from_secs(10),
+            || timed_out(&store, trees, "o-second"),
+        )
+        .await;
+        trigger.fire();
+        timer.await.expect("the timer stops on shutdown");
     }
 }

@@ -6,6 +6,7 @@
 //! the test harness start.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -23,6 +24,7 @@ use shop_runtime::micro::MicroSpec;
 use shop_runtime::shutdown::Shutdown;
 use shop_shell::{consumer_spec, host_config, Contract};
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{CheckoutArgs, Config};
 pub use error::CheckoutError;
 
@@ -44,7 +46,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
     .await?;
     let trees = store::Trees::from_ids(&host.trees)
         .ok_or_else(|| CheckoutError::Config("checkout trees missing".into()))?;
-    let handler = Arc::new(Contract(handlers::CheckoutHandler { trees, deadline_ms }));
+    let handler = Arc::new(Contract(handlers::CheckoutHandler {
+        trees,
+        deadline_ms,
+        clock: config.clock.clone(),
+    }));
     host.consume(
         consumer_spec(
             SERVICE,
@@ -76,6 +82,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
         host.store.clone(),
         trees,
         deadline_ms,
+        config.clock.clone(),
         host.waker.clone(),
         host.shutdown(),
     ));

@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         nats_url: cli.common.nats_url,
         data_dir: cli.common.data_dir,
         order_deadline: cli.checkout.order_deadline,
+        clock: shop_checkout::clock::system(),
     };
     run(config, on_os_signal()).await?;
     Ok(())

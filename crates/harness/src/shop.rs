@@ -10,8 +10,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// The clock a test hands to [`ShopConfig::manual_clock`] and advances.
+pub use shop_checkout::clock::ManualClock;
+use shop_checkout::clock::{self, Clock};
 use shop_events::api::deadletters::DISCARD_ENDPOINT;
 use shop_payment::gateway::SimulatorConfig;
 use shop_runtime::shutdown::{Shutdown, ShutdownTrigger};
@@ -67,6 +71,9 @@ pub struct ShopConfig {
     pub env: Vec<(String, String)>,
     /// Where the services keep their data; a temporary directory when `None`.
     pub data_dir: Option<PathBuf>,
+    /// The clock in-process checkout places orders and passes deadlines by; the
+    /// system clock when `None`. Process-mode services always use the system clock.
+    pub clock: Option<ManualClock>,
 }
 
 impl Default for ShopConfig {
@@ -78,6 +85,7 @@ impl Default for ShopConfig {
             crashpoints: None,
             env: Vec::new(),
             data_dir: None,
+            clock: None,
         }
     }
 }
@@ -108,6 +116,13 @@ impl ShopConfig {
 
     pub fn crashpoints(mut self, spec: impl Into<String>) -> Self {
         self.crashpoints = Some(spec.into());
+        self
+    }
+
+    /// Runs checkout on `clock` (clones share its time), so a test moves past a
+    /// deadline with [`ManualClock::advance`] instead of waiting for it. In-process only.
+    pub fn manual_clock(mut self, clock: &ManualClock) -> Self {
+        self.clock = Some(clock.clone());
         self
     }
 }
@@ -155,6 +170,14 @@ impl Shop {
 
     /// A shop with no service started yet.
     pub fn new(nats_url: &str, config: ShopConfig) -> Result<Shop, HarnessError> {
+        if config.clock.is_some() && config.mode != Mode::InProcess {
+            // A spawned binary cannot share the test's clock; failing beats a test
+            // that advances a clock nobody reads and then waits in vain.
+            return Err(HarnessError::ServiceFailed {
+                service: Service::Checkout.name().into(),
+                reason: "a manual clock reaches in-process services only".into(),
+            });
+        }
         let (data_dir, temp) = match &config.data_dir {
             Some(dir) => (dir.clone(), None),
             None => {
@@ -232,6 +255,10 @@ impl Shop {
         let url = self.nats_url.clone();
         let data_dir = self.data_dir.clone();
         let deadline = self.config.order_deadline;
+        let clock: Arc<dyn Clock> = match &self.config.clock {
+            Some(manual) => Arc::new(manual.clone()),
+            None => clock::system(),
+        };
         let gateway = self.config.gateway;
         let handle = tokio::spawn(async move {
             match service {
@@ -240,6 +267,7 @@ impl Shop {
                         nats_url: url,
                         data_dir,
                         order_deadline: deadline,
+                        clock,
                     },
                     shutdown,
                 )
