@@ -232,17 +232,6 @@ struct Delivery {
     delivered: u64,
 }
 
-impl Delivery {
-    fn new(message: jetstream::Message) -> Delivery {
-        let delivered = message
-            .info()
-            .ok()
-            .and_then(|info| u64::try_from(info.delivered).ok())
-            .unwrap_or(1);
-        Delivery { message, delivered }
-    }
-}
-
 /// A batch after its transactions: what to ack once durable, and what is decided already.
 struct Applied {
     /// Applied or already in the inbox: acked once the group commit is durable.
@@ -282,13 +271,17 @@ fn apply_batch<H: EventHandler>(
             stream_sequence: seq,
             delivered,
         };
-        match handler.decode(&incoming) {
+        let decoded_event = handler.decode(&incoming);
+        let delivery = Delivery {
+            message,
+            delivered: u64::try_from(delivered).unwrap_or(1),
+        };
+        match decoded_event {
             Ok(event) => {
                 let span = handler.span(&event);
-                decoded.push((Delivery::new(message), event, span));
+                decoded.push((delivery, event, span));
             }
             Err(reason) => {
-                let delivery = Delivery::new(message);
                 let action = ack_decision(
                     Outcome::Undecodable(reason),
                     delivery.delivered,

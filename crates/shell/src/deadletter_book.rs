@@ -98,6 +98,8 @@ impl DeadLetterBook {
 
     /// Whether `subject` is one of this service's dead-letter subjects.
     fn is_ours(&self, subject: &str) -> bool {
+        // With an empty stream the contract's builder gives the prefix every one of the
+        // service's dead-letter subjects shares, `deadletter.<service>.`.
         subject.starts_with(&deadletter_subject(&self.service, ""))
     }
 
