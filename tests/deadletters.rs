@@ -4,6 +4,11 @@
 
 mod common;
 
+use shop_events::api::checkout::OrderStatus;
+use shop_events::api::checkout::ORDERS_GET;
+use shop_events::api::inventory::STOCK_LIST;
+use shop_events::api::payment::PaymentStatus;
+use shop_events::api::payment::GATEWAY_LEDGER;
 use std::collections::BTreeSet;
 
 use async_nats::jetstream::{self, message::StreamMessage};
@@ -17,8 +22,8 @@ use shop_events::envelope::new_event_id;
 use shop_events::subjects::{deadletter_subject, ORDERS_STREAM};
 use shop_events::{Envelope, Event, EventKind, OrderPlaced};
 use shop_harness::scenario::{
-    order, payment, place, replenish, request_cancellation, stock, wait_for_status, wait_for_stock,
-    wait_settled, STOREFRONT,
+    order, order_status, payment, place, replenish, request_cancellation, stock, wait_for_status,
+    wait_for_stock, wait_settled, STOREFRONT,
 };
 use shop_harness::{events_about, eventually, publish_raw, Service, ShopConfig};
 
@@ -121,7 +126,7 @@ async fn hostile_messages_are_dead_lettered_by_every_consumer_and_block_nothing(
         assert!(!ack.duplicate, "{what}");
     }
     place(&w.js, order("o-after", &[("sku-h", 2, 100)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-after", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-after", OrderStatus::Confirmed, SETTLE).await?;
     wait_for_stock(&w.client, "sku-h", 3, 0, SETTLE).await?;
 
     for ((what, subject, payload, mentions), sequence) in hostile.iter().zip(&published) {
@@ -138,7 +143,7 @@ async fn hostile_messages_are_dead_lettered_by_every_consumer_and_block_nothing(
     for order_id in ["o-broken", "o-unknown", "o-v2", "o-mine", "o-theirs"] {
         let (code, _) = call_err(
             &w.client,
-            "checkout.orders.get",
+            ORDERS_GET.subject,
             json!({ "order_id": order_id }),
         )
         .await?;
@@ -165,7 +170,7 @@ async fn a_conflicting_order_is_dead_lettered_by_checkout_and_the_first_order_st
     replenish(&w.js, "sku-c", 10).await?;
     wait_for_stock(&w.client, "sku-c", 10, 0, SETTLE).await?;
     place(&w.js, order("o-first", &[("sku-c", 2, 500)], "tok_visa")).await?;
-    let before = wait_for_status(&w.client, "o-first", "confirmed", SETTLE).await?;
+    let before = wait_for_status(&w.client, "o-first", OrderStatus::Confirmed, SETTLE).await?;
     wait_for_stock(&w.client, "sku-c", 8, 0, SETTLE).await?;
 
     let conflicting = place(&w.js, order("o-first", &[("sku-c", 5, 500)], "tok_visa")).await?;
@@ -200,17 +205,16 @@ async fn a_conflicting_order_is_dead_lettered_by_checkout_and_the_first_order_st
         let theirs = call_ok(&w.client, &list_subject(service), json!({})).await?;
         assert_eq!(theirs, json!([]), "{service}");
     }
-    let after = call_ok(
-        &w.client,
-        "checkout.orders.get",
-        json!({"order_id": "o-first"}),
-    )
-    .await?;
-    assert_eq!(after, before, "the first order is untouched");
-    assert_eq!(after["total"], 1000);
+    let after = order_status(&w.client, "o-first").await?;
+    assert_eq!(
+        after.as_ref(),
+        Some(&before),
+        "the first order is untouched"
+    );
+    assert_eq!(before.total, 1000);
     assert_eq!(stock(&w.client, "sku-c").await?, Some((8, 0, 8)));
     let pay = payment(&w.client, "o-first").await?.expect("payment");
-    assert_eq!(pay["captured"], 1000);
+    assert_eq!(pay.captured, 1000);
 
     // An operator replays it: still conflicting, so checkout parks it again under its
     // new sequence, while inventory and payment skip it as an event they already had.
@@ -234,13 +238,8 @@ async fn a_conflicting_order_is_dead_lettered_by_checkout_and_the_first_order_st
     wait_idle(&w.client, &w.js).await?;
     assert!(counter(&w.client, Service::Inventory, "events_duplicate").await? > duplicates_before);
     assert_eq!(dead_letters(&w.js).await?.len(), 2);
-    let after = call_ok(
-        &w.client,
-        "checkout.orders.get",
-        json!({"order_id": "o-first"}),
-    )
-    .await?;
-    assert_eq!(after, before, "the first order is still untouched");
+    let after = order_status(&w.client, "o-first").await?;
+    assert_eq!(after, Some(before), "the first order is still untouched");
     assert_eq!(stock(&w.client, "sku-c").await?, Some((8, 0, 8)));
 
     // Then discards it, saying why.
@@ -262,7 +261,7 @@ async fn the_same_order_placed_again_under_a_new_event_id_changes_nothing() -> a
     wait_for_stock(&w.client, "sku-s", 4, 0, SETTLE).await?;
     let placed = order("o-same", &[("sku-s", 1, 250)], "tok_visa");
     let first = place(&w.js, placed.clone()).await?;
-    let before = wait_for_status(&w.client, "o-same", "confirmed", SETTLE).await?;
+    let before = wait_for_status(&w.client, "o-same", OrderStatus::Confirmed, SETTLE).await?;
     wait_for_stock(&w.client, "sku-s", 3, 0, SETTLE).await?;
     wait_idle(&w.client, &w.js).await?;
 
@@ -271,15 +270,10 @@ async fn the_same_order_placed_again_under_a_new_event_id_changes_nothing() -> a
     wait_idle(&w.client, &w.js).await?;
 
     assert!(dead_letters(&w.js).await?.is_empty(), "nothing is parked");
-    let after = call_ok(
-        &w.client,
-        "checkout.orders.get",
-        json!({"order_id": "o-same"}),
-    )
-    .await?;
-    assert_eq!(after, before);
+    let after = order_status(&w.client, "o-same").await?;
+    assert_eq!(after, Some(before));
     assert_eq!(stock(&w.client, "sku-s").await?, Some((3, 0, 3)));
-    let ledger = call_ok(&w.client, "payment.gateway.ledger", json!({})).await?;
+    let ledger = call_ok(&w.client, GATEWAY_LEDGER.subject, json!({})).await?;
     assert_eq!(ledger.as_array().map(Vec::len), Some(1), "{ledger}");
     assert_eq!(ledger[0]["charge_calls"], 1, "{ledger}");
     w.shop.shutdown().await?;
@@ -312,7 +306,7 @@ async fn an_order_delivered_twice_reserves_and_charges_once() -> anyhow::Result<
     wait_for_stock(&w.client, "sku-o2", 6, 0, SETTLE).await?;
     let envelope = place(&w.js, order("o-twice", &[("sku-o2", 2, 800)], "tok_visa")).await?;
     publish_again(&w.js, &envelope.subject(), envelope.to_json()).await?;
-    wait_for_status(&w.client, "o-twice", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-twice", OrderStatus::Confirmed, SETTLE).await?;
     wait_for_stock(&w.client, "sku-o2", 4, 0, SETTLE).await?;
     wait_idle(&w.client, &w.js).await?;
 
@@ -328,8 +322,8 @@ async fn an_order_delivered_twice_reserves_and_charges_once() -> anyhow::Result<
     assert_eq!(count("PaymentCaptured"), 1, "{kinds:?}");
     assert_eq!(count("OrderConfirmed"), 1, "{kinds:?}");
     let pay = payment(&w.client, "o-twice").await?.expect("payment");
-    assert_eq!(pay["captured"], 1600);
-    let ledger = call_ok(&w.client, "payment.gateway.ledger", json!({})).await?;
+    assert_eq!(pay.captured, 1600);
+    let ledger = call_ok(&w.client, GATEWAY_LEDGER.subject, json!({})).await?;
     assert_eq!(ledger[0]["charge_calls"], 1, "{ledger}");
     for service in Service::ALL {
         assert!(
@@ -349,11 +343,11 @@ async fn every_event_type_delivered_again_is_applied_once() -> anyhow::Result<()
     wait_for_stock(&w.client, "sku-e", 3, 0, SETTLE).await?;
     // Between them these orders publish every event type of the saga.
     place(&w.js, order("o-kept", &[("sku-e", 1, 100)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-kept", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-kept", OrderStatus::Confirmed, SETTLE).await?;
     place(&w.js, order("o-regret", &[("sku-e", 1, 100)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-regret", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-regret", OrderStatus::Confirmed, SETTLE).await?;
     request_cancellation(&w.js, "o-regret").await?;
-    wait_for_status(&w.client, "o-regret", "cancelled", SETTLE).await?;
+    wait_for_status(&w.client, "o-regret", OrderStatus::Cancelled, SETTLE).await?;
     place(
         &w.js,
         order(
@@ -363,14 +357,14 @@ async fn every_event_type_delivered_again_is_applied_once() -> anyhow::Result<()
         ),
     )
     .await?;
-    wait_for_status(&w.client, "o-declined", "cancelled", SETTLE).await?;
+    wait_for_status(&w.client, "o-declined", OrderStatus::Cancelled, SETTLE).await?;
     place(&w.js, order("o-short", &[("sku-e", 50, 100)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-short", "cancelled", SETTLE).await?;
+    wait_for_status(&w.client, "o-short", OrderStatus::Cancelled, SETTLE).await?;
     place(&w.js, order("o-invalid", &[("sku-e", 0, 100)], "tok_visa")).await?;
     wait_settled(&w.client, "o-invalid", SETTLE).await?;
     eventually(SETTLE, "the refund", || async {
         let p = payment(&w.client, "o-regret").await.ok()??;
-        (p["status"] == "refunded").then_some(())
+        (p.status == PaymentStatus::Refunded).then_some(())
     })
     .await?;
     wait_for_stock(&w.client, "sku-e", 2, 0, SETTLE).await?;
@@ -423,18 +417,11 @@ async fn every_event_type_delivered_again_is_applied_once() -> anyhow::Result<()
 async fn snapshot(client: &async_nats::Client, orders: &[&str]) -> anyhow::Result<Value> {
     let mut out = Vec::new();
     for order_id in orders {
-        out.push(
-            call_ok(
-                client,
-                "checkout.orders.get",
-                json!({ "order_id": order_id }),
-            )
-            .await?,
-        );
+        out.push(call_ok(client, ORDERS_GET.subject, json!({ "order_id": order_id })).await?);
         out.push(json!(payment(client, order_id).await?));
     }
-    out.push(call_ok(client, "payment.gateway.ledger", json!({})).await?);
-    out.push(call_ok(client, "inventory.stock.list", json!({})).await?);
+    out.push(call_ok(client, GATEWAY_LEDGER.subject, json!({})).await?);
+    out.push(call_ok(client, STOCK_LIST.subject, json!({})).await?);
     Ok(Value::Array(out))
 }
 
@@ -472,7 +459,7 @@ async fn operators_list_discard_and_replay_a_services_dead_letters() -> anyhow::
         (&first_letter, "events.orders.placed.o-dl-1", first),
         (&second_letter, "events.orders.placed.o-dl-2", second),
     ]) {
-        assert_eq!(view["seq"], letter.sequence, "{view}");
+        assert_eq!(view["seq"], letter.sequence, "{view:?}");
         assert_eq!(view["subject"], subject);
         assert_eq!(view["stream"], ORDERS_STREAM);
         assert_eq!(view["stream_sequence"], sequence);
@@ -619,7 +606,7 @@ async fn an_oversized_message_is_dead_lettered_and_blocks_nothing() -> anyhow::R
     .await?
     .sequence;
     place(&w.js, order("o-small", &[("sku-big", 1, 100)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-small", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-small", OrderStatus::Confirmed, SETTLE).await?;
 
     for consumer in CONSUMERS {
         let letter = wait_dead_letter(&w.js, ORDERS_STREAM, big_seq, consumer).await?;

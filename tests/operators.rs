@@ -3,9 +3,12 @@
 
 mod common;
 
+use shop_events::api::checkout::OrderStatus;
 use shop_events::api::checkout::{ORDERS_CANCEL, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE};
 use shop_events::api::inventory::{STOCK_GET, STOCK_LIST, STOCK_REPLENISH};
+use shop_events::api::payment::PaymentStatus;
 use shop_events::api::payment::{GATEWAY_LEDGER, PAYMENTS_GET};
+use shop_events::CancelReason;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -47,9 +50,9 @@ fn expected_subjects(service: Service) -> BTreeSet<String> {
     own.iter()
         .map(|s| s.to_string())
         .chain(
-            ["list", "replay", "discard"]
-                .iter()
-                .map(|verb| format!("{service}.deadletters.{verb}")),
+            shop_events::api::deadletters::endpoints(service.name())
+                .into_iter()
+                .map(|(_, subject)| subject),
         )
         .collect()
 }
@@ -197,7 +200,7 @@ async fn stats_carry_the_consumer_counters_and_count_processed_events() -> anyho
         order("o-stats", &[("sku-stats", 1, 100)], "tok_visa"),
     )
     .await?;
-    wait_for_status(&w.client, "o-stats", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-stats", OrderStatus::Confirmed, SETTLE).await?;
     for service in Service::ALL {
         let data = eventually(SETTLE, &format!("{service} to count events"), || async {
             let data = counters(&w.client, service).await.ok()?;
@@ -224,8 +227,8 @@ async fn placing_an_order_through_the_api_accepts_it_once_and_refuses_bad_ones(
     assert!(accepted["event_id"]
         .as_str()
         .is_some_and(|id| !id.is_empty()));
-    let view = wait_for_status(&w.client, "o-api", "confirmed", SETTLE).await?;
-    assert_eq!(view["total"], 2500);
+    let view = wait_for_status(&w.client, "o-api", OrderStatus::Confirmed, SETTLE).await?;
+    assert_eq!(view.total, 2500);
 
     // The same order again is answered with where it stands, and nothing happens twice.
     let again = call_ok(&w.client, ORDERS_PLACE.subject, json!(placed)).await?;
@@ -317,27 +320,28 @@ async fn getting_an_order_shows_its_lines_total_and_times_or_says_why_not() -> a
     )
     .await?;
     let rejected = wait_settled(&w.client, "o-get", SETTLE).await?;
-    assert_eq!(rejected["status"], "rejected");
-    assert!(rejected["problems"]
-        .as_array()
-        .is_some_and(|p| !p.is_empty()));
+    assert_eq!(rejected.status, OrderStatus::Rejected);
+    assert!(!rejected.problems.is_empty());
 
     place(&w.js, order("o-get2", &[("sku-get", 2, 300)], "tok_visa")).await?;
-    let view = wait_for_status(&w.client, "o-get2", "confirmed", SETTLE).await?;
-    assert_eq!(view["order_id"], "o-get2");
-    assert_eq!(view["total"], 600);
-    assert_eq!(view["currency"], "EUR");
+    let view = wait_for_status(&w.client, "o-get2", OrderStatus::Confirmed, SETTLE).await?;
+    assert_eq!(view.order_id, "o-get2");
+    assert_eq!(view.total, 600);
+    assert_eq!(view.currency, "EUR");
     assert_eq!(
-        view["lines"],
+        serde_json::to_value(&view.lines)?,
         json!([{"sku": "sku-get", "quantity": 2, "unit_price": 300}])
     );
-    for field in ["placed_at", "settled_at"] {
-        let text = view[field].as_str().unwrap_or_default();
+    for (field, text) in [
+        ("placed_at", &view.placed_at),
+        ("settled_at", &view.settled_at),
+    ] {
+        let text = text.as_deref().unwrap_or_default();
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .map_err(|e| anyhow::anyhow!("{field} `{text}`: {e}"))?;
     }
-    assert!(view["payment_id"].as_str().is_some(), "{view}");
-    assert!(view["reason"].is_null(), "{view}");
+    assert!(view.payment_id.is_some(), "{view:?}");
+    assert!(view.reason.is_none(), "{view:?}");
     w.shop.shutdown().await?;
     Ok(())
 }
@@ -366,7 +370,7 @@ async fn cancelling_an_order_through_the_api_cancels_it_for_the_customer() -> an
         order("o-cancel", &[("sku-cancel", 2, 450)], "tok_visa"),
     )
     .await?;
-    wait_for_status(&w.client, "o-cancel", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-cancel", OrderStatus::Confirmed, SETTLE).await?;
     let reply = call_ok(
         &w.client,
         ORDERS_CANCEL.subject,
@@ -375,17 +379,17 @@ async fn cancelling_an_order_through_the_api_cancels_it_for_the_customer() -> an
     .await?;
     assert_eq!(reply["order_id"], "o-cancel");
     assert_eq!(reply["cancellation"], "requested");
-    let view = wait_for_status(&w.client, "o-cancel", "cancelled", SETTLE).await?;
-    assert_eq!(view["reason"], "customer_request");
+    let view = wait_for_status(&w.client, "o-cancel", OrderStatus::Cancelled, SETTLE).await?;
+    assert_eq!(view.reason, Some(CancelReason::CustomerRequest));
     wait_for_stock(&w.client, "sku-cancel", 3, 0, SETTLE).await?;
     let pay = eventually(SETTLE, "the refund", || async {
         let p = shop_harness::scenario::payment(&w.client, "o-cancel")
             .await
             .ok()??;
-        (p["status"] == "refunded").then_some(p)
+        (p.status == PaymentStatus::Refunded).then_some(p)
     })
     .await?;
-    assert_eq!(pay["refunded"], 900);
+    assert_eq!(pay.refunded, 900);
     w.shop.shutdown().await?;
     Ok(())
 }
@@ -554,19 +558,19 @@ async fn a_payment_shows_captured_amounts_in_minor_units() -> anyhow::Result<()>
         order("o-pay", &[("sku-pay", 3, 1999)], "tok_mastercard"),
     )
     .await?;
-    wait_for_status(&w.client, "o-pay", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-pay", OrderStatus::Confirmed, SETTLE).await?;
     let pay = eventually(SETTLE, "the capture", || async {
         let p = shop_harness::scenario::payment(&w.client, "o-pay")
             .await
             .ok()??;
-        (p["status"] == "captured").then_some(p)
+        (p.status == PaymentStatus::Captured).then_some(p)
     })
     .await?;
-    assert_eq!(pay["order_id"], "o-pay");
-    assert_eq!(pay["captured"], 5997);
-    assert_eq!(pay["refunded"], 0);
-    assert_eq!(pay["currency"], "EUR");
-    assert!(pay["payment_id"].as_str().is_some(), "{pay}");
+    assert_eq!(pay.order_id, "o-pay");
+    assert_eq!(pay.captured, 5997);
+    assert_eq!(pay.refunded, 0);
+    assert_eq!(pay.currency.as_deref(), Some("EUR"));
+    assert!(pay.payment_id.as_deref().is_some(), "{pay:?}");
 
     let ledger = call_ok(&w.client, GATEWAY_LEDGER.subject, json!({})).await?;
     let entries = ledger.as_array().expect("ledger entries");

@@ -1,5 +1,7 @@
 //! Duplicates, out-of-order delivery, restarts and contention: the normal case, not the exception.
 
+use shop_events::api::checkout::OrderStatus;
+use shop_events::api::payment::PaymentStatus;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -28,7 +30,7 @@ async fn every_event_of_a_saga_delivered_again_is_applied_once() -> anyhow::Resu
     replenish(&w.js, "sku-dup", 5).await?;
     wait_for_stock(&w.client, "sku-dup", 5, 0, SETTLE).await?;
     place(&w.js, order("o-dup", &[("sku-dup", 2, 300)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-dup", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-dup", OrderStatus::Confirmed, SETTLE).await?;
     wait_for_stock(&w.client, "sku-dup", 3, 0, SETTLE).await?;
     let original = eventually(SETTLE, "the whole saga", || async {
         let events = events_about(&w.js, "o-dup").await.ok()?;
@@ -73,10 +75,7 @@ async fn every_event_of_a_saga_delivered_again_is_applied_once() -> anyhow::Resu
     .await?;
     assert_eq!(stock(&w.client, "sku-dup").await?, Some((3, 0, 3)));
     let pay = payment(&w.client, "o-dup").await?.expect("payment");
-    assert_eq!(
-        (pay["status"].as_str(), pay["captured"].as_i64()),
-        (Some("captured"), Some(600))
-    );
+    assert_eq!((pay.status, pay.captured), (PaymentStatus::Captured, 600));
     let all = events_about(&w.js, "o-dup").await?;
     assert_eq!(
         all.len(),
@@ -119,7 +118,7 @@ async fn a_cancellation_seen_before_its_order_means_nothing_is_reserved_or_charg
     publish_event(&w.js, &cancelled).await?;
     eventually(SETTLE, "payment to record the tombstone", || async {
         let p = payment(&w.client, "o-early").await.ok()??;
-        (p["status"] == "cancelled").then_some(())
+        (p.status == PaymentStatus::Cancelled).then_some(())
     })
     .await?;
     place(
@@ -130,14 +129,14 @@ async fn a_cancellation_seen_before_its_order_means_nothing_is_reserved_or_charg
     // Checkout settles the order (pending until its deadline, or cancelled); inventory and payment never act.
     eventually(SETTLE, "payment to learn the order's terms", || async {
         let p = payment(&w.client, "o-early").await.ok()??;
-        (p["currency"] == "EUR").then_some(())
+        (p.currency.as_deref() == Some("EUR")).then_some(())
     })
     .await?;
     assert_eq!(stock(&w.client, "sku-early").await?, Some((5, 0, 5)));
     assert_eq!(count_kind(&w.js, "o-early", "StockReserved").await?, 0);
     assert_eq!(count_kind(&w.js, "o-early", "PaymentCaptured").await?, 0);
     let pay = payment(&w.client, "o-early").await?.expect("payment");
-    assert_eq!(pay["captured"], 0);
+    assert_eq!(pay.captured, 0);
     w.shop.shutdown().await?;
     Ok(())
 }
@@ -166,7 +165,13 @@ async fn a_service_stopped_mid_saga_picks_up_where_it_left_off() -> anyhow::Resu
     .await?;
     w.shop.start_service(Service::Payment).await?;
     for n in 0..5 {
-        wait_for_status(&w.client, &format!("o-restart-{n}"), "confirmed", SETTLE).await?;
+        wait_for_status(
+            &w.client,
+            &format!("o-restart-{n}"),
+            OrderStatus::Confirmed,
+            SETTLE,
+        )
+        .await?;
     }
     w.shop.stop_service(Service::Inventory).await?;
     w.shop.start_service(Service::Inventory).await?;
@@ -197,9 +202,9 @@ async fn two_hundred_orders_racing_for_fifty_units_confirm_exactly_fifty() -> an
     let mut out_of_stock = 0;
     for n in 0..200 {
         let view = wait_settled(&w.client, &format!("o-hot-{n}"), Duration::from_secs(60)).await?;
-        match (view["status"].as_str(), view["reason"].as_str()) {
-            (Some("confirmed"), _) => confirmed += 1,
-            (Some("cancelled"), Some("out_of_stock")) => out_of_stock += 1,
+        match (view.status, view.reason) {
+            (OrderStatus::Confirmed, _) => confirmed += 1,
+            (OrderStatus::Cancelled, Some(CancelReason::OutOfStock)) => out_of_stock += 1,
             other => panic!("unexpected outcome for o-hot-{n}: {other:?}"),
         }
     }
@@ -208,7 +213,7 @@ async fn two_hundred_orders_racing_for_fifty_units_confirm_exactly_fifty() -> an
     let mut captured = 0;
     for n in 0..200 {
         if let Some(p) = payment(&w.client, &format!("o-hot-{n}")).await? {
-            captured += p["captured"].as_i64().unwrap_or(0) - p["refunded"].as_i64().unwrap_or(0);
+            captured += p.captured - p.refunded;
         }
     }
     assert_eq!(
@@ -237,7 +242,7 @@ async fn a_deadline_that_passes_while_checkout_is_down_still_cancels_the_order(
     replenish(&w.js, "sku-late", 3).await?;
     wait_for_stock(&w.client, "sku-late", 3, 0, SETTLE).await?;
     place(&w.js, order("o-down", &[("sku-late", 1, 400)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-down", "pending", SETTLE).await?;
+    wait_for_status(&w.client, "o-down", OrderStatus::Pending, SETTLE).await?;
 
     // The deadline is only in checkout's sled index while checkout is away.
     w.shop.stop_service(Service::Checkout).await?;
@@ -245,16 +250,16 @@ async fn a_deadline_that_passes_while_checkout_is_down_still_cancels_the_order(
     w.shop.start_service(Service::Checkout).await?;
     assert_eq!(w.shop.starts().get(&Service::Checkout), Some(&2));
 
-    let view = wait_for_status(&w.client, "o-down", "cancelled", SETTLE).await?;
-    assert_eq!(view["reason"], "timeout");
+    let view = wait_for_status(&w.client, "o-down", OrderStatus::Cancelled, SETTLE).await?;
+    assert_eq!(view.reason, Some(CancelReason::Timeout));
     wait_for_stock(&w.client, "sku-late", 3, 0, SETTLE).await?;
     w.shop.start_service(Service::Payment).await?;
     let pay = eventually(SETTLE, "payment to see the cancellation", || async {
         let p = payment(&w.client, "o-down").await.ok()??;
-        (p["status"] == "cancelled" || p["status"] == "voided").then_some(p)
+        (p.status == PaymentStatus::Cancelled || p.status == PaymentStatus::Voided).then_some(p)
     })
     .await?;
-    assert_eq!(pay["captured"], 0);
+    assert_eq!(pay.captured, 0);
     w.shop.shutdown().await?;
     Ok(())
 }

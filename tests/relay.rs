@@ -1,6 +1,8 @@
 //! The outbox relay against a real nats-server and a real sled store.
 
 use async_nats::jetstream;
+use shop_events::subjects::{event_subject, ORDERS_STREAM};
+use shop_events::EventKind;
 use shop_harness::{connect, declare_streams, stream_message_count, NatsServer};
 use shop_runtime::outbox::drain_once;
 use shop_runtime::outbox_entry::OutboxMessage;
@@ -9,7 +11,7 @@ use shop_runtime::store::Store;
 
 fn message(n: u32) -> OutboxMessage {
     OutboxMessage {
-        subject: format!("events.orders.placed.relay-{n}"),
+        subject: event_subject(EventKind::OrderPlaced, &format!("relay-{n}")),
         msg_id: format!("relay-msg-{n}"),
         headers: Vec::new(),
         payload: format!("{{\"n\":{n}}}").into_bytes(),
@@ -38,7 +40,7 @@ async fn the_relay_makes_an_entry_durable_before_it_publishes_it() -> anyhow::Re
         "published only after the commit was flushed"
     );
     assert_eq!(store.outbox_len(), 0);
-    assert_eq!(stream_message_count(&js, "ORDERS").await?, 1);
+    assert_eq!(stream_message_count(&js, ORDERS_STREAM).await?, 1);
     Ok(())
 }
 
@@ -63,7 +65,7 @@ async fn publishing_an_entry_again_after_a_crash_is_dropped_as_a_duplicate() -> 
     queue(&store)?;
     assert_eq!(drain_once(&js, &store, &Stats::default()).await?, 2);
     assert_eq!(
-        stream_message_count(&js, "ORDERS").await?,
+        stream_message_count(&js, ORDERS_STREAM).await?,
         2,
         "Nats-Msg-Id dedupe"
     );

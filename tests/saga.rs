@@ -1,5 +1,8 @@
 //! The saga's flows end to end: a real nats-server, the three services in-process, real sled.
 
+use shop_events::api::checkout::OrderStatus;
+use shop_events::api::payment::PaymentStatus;
+use shop_events::{CancelReason, ProblemCode};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -26,14 +29,14 @@ async fn a_paid_order_with_stock_is_confirmed_and_its_stock_sold() -> anyhow::Re
     wait_for_stock(&w.client, "sku-a", 10, 0, SETTLE).await?;
     place(&w.js, order("o-happy", &[("sku-a", 3, 1250)], "tok_visa")).await?;
 
-    let view = wait_for_status(&w.client, "o-happy", "confirmed", SETTLE).await?;
-    assert_eq!(view["total"], 3750);
+    let view = wait_for_status(&w.client, "o-happy", OrderStatus::Confirmed, SETTLE).await?;
+    assert_eq!(view.total, 3750);
     wait_for_stock(&w.client, "sku-a", 7, 0, SETTLE).await?;
     let pay = payment(&w.client, "o-happy")
         .await?
         .expect("payment record");
-    assert_eq!(pay["status"], "captured");
-    assert_eq!(pay["captured"], 3750);
+    assert_eq!(pay.status, PaymentStatus::Captured);
+    assert_eq!(pay.captured, 3750);
     let trail = eventually(SETTLE, "StockCommitted", || async {
         let k = kinds(&w.js, "o-happy").await.ok()?;
         k.contains(&"StockCommitted".to_owned()).then_some(k)
@@ -70,8 +73,8 @@ async fn an_order_without_enough_stock_is_cancelled_and_nothing_is_charged() -> 
     )
     .await?;
 
-    let view = wait_for_status(&w.client, "o-short", "cancelled", SETTLE).await?;
-    assert_eq!(view["reason"], "out_of_stock");
+    let view = wait_for_status(&w.client, "o-short", OrderStatus::Cancelled, SETTLE).await?;
+    assert_eq!(view.reason, Some(CancelReason::OutOfStock));
     let events = events_about(&w.js, "o-short").await?;
     let failed = events
         .iter()
@@ -88,7 +91,7 @@ async fn an_order_without_enough_stock_is_cancelled_and_nothing_is_charged() -> 
     assert_eq!(stock(&w.client, "sku-b").await?, Some((1, 0, 1)));
     let pay = payment(&w.client, "o-short").await?;
     assert!(
-        pay.as_ref().is_none_or(|p| p["captured"] == 0),
+        pay.as_ref().is_none_or(|p| p.captured == 0),
         "nothing charged: {pay:?}"
     );
     w.shop.shutdown().await?;
@@ -110,14 +113,14 @@ async fn a_declined_card_cancels_the_order_and_releases_its_stock() -> anyhow::R
     )
     .await?;
 
-    let view = wait_for_status(&w.client, "o-declined", "cancelled", SETTLE).await?;
-    assert_eq!(view["reason"], "payment_declined");
+    let view = wait_for_status(&w.client, "o-declined", OrderStatus::Cancelled, SETTLE).await?;
+    assert_eq!(view.reason, Some(CancelReason::PaymentDeclined));
     wait_for_stock(&w.client, "sku-c", 5, 0, SETTLE).await?;
     let pay = payment(&w.client, "o-declined")
         .await?
         .expect("payment record");
-    assert_eq!(pay["status"], "declined");
-    assert_eq!(pay["decline_reason"], "insufficient_funds");
+    assert_eq!(pay.status, PaymentStatus::Declined);
+    assert_eq!(pay.decline_reason.as_deref(), Some("insufficient_funds"));
     eventually(SETTLE, "StockReleased", || async {
         kinds(&w.js, "o-declined")
             .await
@@ -146,11 +149,11 @@ async fn an_order_past_its_deadline_is_cancelled_and_compensated() -> anyhow::Re
     replenish(&w.js, "sku-d", 4).await?;
     wait_for_stock(&w.client, "sku-d", 4, 0, SETTLE).await?;
     place(&w.js, order("o-late", &[("sku-d", 1, 900)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-late", "pending", SETTLE).await?;
+    wait_for_status(&w.client, "o-late", OrderStatus::Pending, SETTLE).await?;
 
     clock.advance(DEADLINE);
-    let view = wait_for_status(&w.client, "o-late", "cancelled", SETTLE).await?;
-    assert_eq!(view["reason"], "timeout");
+    let view = wait_for_status(&w.client, "o-late", OrderStatus::Cancelled, SETTLE).await?;
+    assert_eq!(view.reason, Some(CancelReason::Timeout));
     wait_for_stock(&w.client, "sku-d", 4, 0, SETTLE).await?;
     // Payment comes back and sees StockReserved and OrderCancelled: it must never charge.
     w.shop.start_service(Service::Payment).await?;
@@ -158,7 +161,7 @@ async fn an_order_past_its_deadline_is_cancelled_and_compensated() -> anyhow::Re
         payment(&w.client, "o-late").await.ok()?
     })
     .await?;
-    assert_eq!(pay["captured"], 0, "{pay}");
+    assert_eq!(pay.captured, 0, "{pay:?}");
     w.shop.shutdown().await?;
     Ok(())
 }
@@ -174,19 +177,19 @@ async fn a_confirmed_order_cancelled_by_the_customer_is_refunded_and_restocked(
         order("o-regret", &[("sku-e", 2, 700)], "tok_mastercard"),
     )
     .await?;
-    wait_for_status(&w.client, "o-regret", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-regret", OrderStatus::Confirmed, SETTLE).await?;
     wait_for_stock(&w.client, "sku-e", 1, 0, SETTLE).await?;
 
     request_cancellation(&w.js, "o-regret").await?;
-    let view = wait_for_status(&w.client, "o-regret", "cancelled", SETTLE).await?;
-    assert_eq!(view["reason"], "customer_request");
+    let view = wait_for_status(&w.client, "o-regret", OrderStatus::Cancelled, SETTLE).await?;
+    assert_eq!(view.reason, Some(CancelReason::CustomerRequest));
     wait_for_stock(&w.client, "sku-e", 3, 0, SETTLE).await?;
     let pay = eventually(SETTLE, "refund", || async {
         let p = payment(&w.client, "o-regret").await.ok()??;
-        (p["status"] == "refunded").then_some(p)
+        (p.status == PaymentStatus::Refunded).then_some(p)
     })
     .await?;
-    assert_eq!(pay["refunded"], 1400);
+    assert_eq!(pay.refunded, 1400);
     w.shop.shutdown().await?;
     Ok(())
 }
@@ -202,21 +205,16 @@ async fn an_invalid_order_is_rejected_with_every_problem_and_nothing_reserved() 
     place(&w.js, bad).await?;
 
     let view = wait_settled(&w.client, "o-bad", SETTLE).await?;
-    assert_eq!(view["status"], "rejected");
-    let codes: Vec<&str> = view["problems"]
-        .as_array()
-        .expect("problems")
-        .iter()
-        .filter_map(|p| p["code"].as_str())
-        .collect();
+    assert_eq!(view.status, OrderStatus::Rejected);
+    let codes: Vec<ProblemCode> = view.problems.iter().map(|p| p.code).collect();
     for code in [
-        "quantity_out_of_range",
-        "negative_unit_price",
-        "duplicate_sku",
-        "total_mismatch",
-        "missing_payment_token",
+        ProblemCode::QuantityOutOfRange,
+        ProblemCode::NegativeUnitPrice,
+        ProblemCode::DuplicateSku,
+        ProblemCode::TotalMismatch,
+        ProblemCode::MissingPaymentToken,
     ] {
-        assert!(codes.contains(&code), "{code} missing from {codes:?}");
+        assert!(codes.contains(&code), "{code:?} missing from {codes:?}");
     }
     assert_eq!(stock(&w.client, "sku-f").await?, Some((5, 0, 5)));
     w.shop.shutdown().await?;

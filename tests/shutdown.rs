@@ -4,7 +4,10 @@
 
 mod common;
 
+use shop_events::api::checkout::{OrderStatus, OrderView};
+use shop_events::api::payment::PaymentStatus;
 use shop_events::api::payment::GATEWAY_LEDGER;
+use shop_events::CancelReason;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -91,28 +94,32 @@ async fn sigterm_with_orders_in_flight_loses_nothing() -> anyhow::Result<()> {
         w.shop.start_service(service).await?;
     }
 
-    let mut outcomes: BTreeMap<String, Value> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, OrderView> = BTreeMap::new();
     for i in 0..ORDERS {
         let view = wait_settled(&w.client, &order_id(i), SETTLE).await?;
         outcomes.insert(order_id(i), view);
     }
     let confirmed: Vec<&String> = outcomes
         .iter()
-        .filter(|(_, v)| v["status"] == "confirmed")
+        .filter(|(_, v)| v.status == OrderStatus::Confirmed)
         .map(|(id, _)| id)
         .collect();
     for i in 0..ORDERS {
         let view = &outcomes[&order_id(i)];
         let declined_card = token(i) != "tok_visa";
-        let reason = view["reason"].as_str().unwrap_or_default();
-        match view["status"].as_str() {
-            Some("confirmed") => assert!(!declined_card, "{view}"),
-            Some("cancelled") if declined_card => assert!(
-                reason == "payment_declined" || reason == "out_of_stock",
-                "{view}"
+        match (view.status, view.reason) {
+            (OrderStatus::Confirmed, _) => assert!(!declined_card, "{view:?}"),
+            (OrderStatus::Cancelled, reason) if declined_card => assert!(
+                matches!(
+                    reason,
+                    Some(CancelReason::PaymentDeclined | CancelReason::OutOfStock)
+                ),
+                "{view:?}"
             ),
-            Some("cancelled") => assert_eq!(reason, "out_of_stock", "{view}"),
-            _ => panic!("no order is rejected or left pending: {view}"),
+            (OrderStatus::Cancelled, reason) => {
+                assert_eq!(reason, Some(CancelReason::OutOfStock), "{view:?}")
+            }
+            _ => panic!("no order is rejected or left pending: {view:?}"),
         }
     }
     assert!(!confirmed.is_empty());
@@ -133,11 +140,8 @@ async fn sigterm_with_orders_in_flight_loses_nothing() -> anyhow::Result<()> {
     for (id, view) in &outcomes {
         let pay = eventually(SETTLE, &format!("{id}'s payment to settle"), || async {
             let p = payment(&w.client, id).await.ok()?;
-            let net = p
-                .as_ref()
-                .map(|p| p["captured"].as_i64().unwrap_or(0) - p["refunded"].as_i64().unwrap_or(0))
-                .unwrap_or(0);
-            let wanted = if view["status"] == "confirmed" {
+            let net = p.as_ref().map(|p| p.captured - p.refunded).unwrap_or(0);
+            let wanted = if view.status == OrderStatus::Confirmed {
                 UNIT_PRICE
             } else {
                 0
@@ -145,10 +149,10 @@ async fn sigterm_with_orders_in_flight_loses_nothing() -> anyhow::Result<()> {
             (net == wanted).then_some(p)
         })
         .await?;
-        if view["status"] == "confirmed" {
+        if view.status == OrderStatus::Confirmed {
             let pay = pay.expect("a confirmed order has a payment");
-            assert_eq!(pay["status"], "captured", "{id}: {pay}");
-            assert_eq!(pay["refunded"], 0, "{id}: {pay}");
+            assert_eq!(pay.status, PaymentStatus::Captured, "{id}: {pay:?}");
+            assert_eq!(pay.refunded, 0, "{id}: {pay:?}");
         }
     }
     wait_idle(&w.client, &w.js).await?;

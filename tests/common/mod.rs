@@ -4,6 +4,7 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use shop_events::api::deadletters::{HDR_CONSUMER, HDR_SEQUENCE, HDR_STREAM};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,7 +27,7 @@ pub async fn call(
     subject: &str,
     body: Value,
 ) -> anyhow::Result<Result<Value, (u16, String)>> {
-    Ok(request(client, subject, body).await?)
+    Ok(request(client, subject, &body).await?)
 }
 
 /// A request that must succeed.
@@ -152,9 +153,9 @@ pub async fn wait_dead_letter(
         &format!("{consumer} to dead-letter {stream} #{sequence}"),
         || async {
             dead_letters(js).await.ok()?.into_iter().find(|m| {
-                header(m, "Shop-Dlq-Stream") == stream
-                    && header(m, "Shop-Dlq-Sequence") == sequence
-                    && header(m, "Shop-Dlq-Consumer") == consumer
+                header(m, HDR_STREAM) == stream
+                    && header(m, HDR_SEQUENCE) == sequence
+                    && header(m, HDR_CONSUMER) == consumer
             })
         },
     )

@@ -7,6 +7,8 @@
 
 use async_nats::jetstream::Context;
 use serde::Serialize;
+use shop_events::subjects::event_subject;
+use shop_events::EventKind;
 use time::OffsetDateTime;
 
 use crate::load::Trace;
@@ -55,10 +57,10 @@ async fn chain_times(
     };
     Ok(
         match (
-            at("events.orders.placed."),
-            at("events.inventory.reserved."),
-            at("events.payments.captured."),
-            at("events.orders.confirmed."),
+            at(&prefix(EventKind::OrderPlaced)),
+            at(&prefix(EventKind::StockReserved)),
+            at(&prefix(EventKind::PaymentCaptured)),
+            at(&prefix(EventKind::OrderConfirmed)),
         ) {
             (Some(p), Some(r), Some(c), Some(o)) => Some([p, r, c, o]),
             _ => None,
@@ -98,4 +100,9 @@ pub async fn breakdown(js: &Context, traces: &[Trace]) -> Result<Hops, BenchErro
         checkout_ms: median(d),
         confirmed_to_observed_ms: median(e),
     })
+}
+
+/// `events.<domain>.<verb>.`: the subject of every event of `kind`, less its key.
+fn prefix(kind: EventKind) -> String {
+    event_subject(kind, "")
 }

@@ -14,6 +14,8 @@ use async_nats::jetstream::Context;
 use async_nats::Client;
 use futures::StreamExt;
 use serde::Serialize;
+use shop_events::subjects::event_filter;
+use shop_events::EventKind;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -45,13 +47,11 @@ impl std::fmt::Debug for Confirmations {
     }
 }
 
-/// Which subject the saga's last hop publishes on.
-const CONFIRMED: &str = "events.orders.confirmed.>";
-
 impl Confirmations {
     pub async fn watch(client: &Client) -> Result<Confirmations, BenchError> {
         let mut subscription = client
-            .subscribe(CONFIRMED)
+            // The saga's last hop: every OrderConfirmed.
+            .subscribe(event_filter(EventKind::OrderConfirmed))
             .await
             .map_err(|e| BenchError::js("subscribing to confirmations", e))?;
         // The server must know the subscription before the first order goes out.

@@ -1,6 +1,7 @@
 //! The baseline phase end to end on a real nats-server, short enough for every CI run.
 //! It checks that the bench works and reports sane numbers, never how fast anything is.
 
+use shop_events::subjects::{ORDERS_STREAM, PAYMENTS_STREAM};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -26,7 +27,7 @@ async fn the_baseline_chain_confirms_orders_and_reports_sane_figures() -> anyhow
     // The chain stores the happy path's five events per order: placed and confirmed in
     // ORDERS, reserved and committed in INVENTORY, captured in PAYMENTS.
     let completed = run.completed_total;
-    assert!(stream_message_count(&js, "PAYMENTS").await? >= completed);
-    assert!(stream_message_count(&js, "ORDERS").await? >= 2 * completed);
+    assert!(stream_message_count(&js, PAYMENTS_STREAM).await? >= completed);
+    assert!(stream_message_count(&js, ORDERS_STREAM).await? >= 2 * completed);
     Ok(())
 }

@@ -5,6 +5,8 @@
 //!
 //! Every number the reliability report needs comes back in [`ChaosReport`].
 
+use shop_events::api::checkout::OrderStatus;
+use shop_events::subjects::{event_subject, EVENT_STREAMS};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,8 +17,8 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use shop_events::{Envelope, Event};
-use shop_harness::scenario::{order, request, STOREFRONT};
+use shop_events::{Envelope, Event, EventKind};
+use shop_harness::scenario::{order, order_status, STOREFRONT};
 use shop_harness::{
     connect, declare_streams, eventually, publish_event, publish_raw, HarnessError, Mode,
     NatsServer, Service, Shop, ShopConfig,
@@ -191,13 +193,9 @@ pub async fn run(
                 shop.revive_crashed().await?;
                 let mut still = Vec::new();
                 for id in waiting {
-                    let reply = request(
-                        &client,
-                        "checkout.orders.get",
-                        serde_json::json!({ "order_id": id }),
-                    )
-                    .await;
-                    let cancelled = matches!(&reply, Ok(Ok(v)) if v["status"] == "cancelled");
+                    let view = order_status(&client, id).await;
+                    let cancelled =
+                        matches!(&view, Ok(Some(v)) if v.status == OrderStatus::Cancelled);
                     if !cancelled {
                         still.push(id);
                     }
@@ -316,13 +314,8 @@ pub async fn run(
         Err(e) => {
             // Show where the first unsettled order is stuck before giving up.
             for id in &placed_ids {
-                let view = request(
-                    &client,
-                    "checkout.orders.get",
-                    serde_json::json!({ "order_id": id }),
-                )
-                .await;
-                let settled = matches!(&view, Ok(Ok(v)) if matches!(v["status"].as_str(), Some("confirmed" | "cancelled" | "rejected")));
+                let view = order_status(&client, id).await;
+                let settled = matches!(&view, Ok(Some(v)) if v.status != OrderStatus::Pending);
                 if !settled {
                     let _ = writeln!(out, "chaos: {id} did not settle; checkout says {view:?}");
                     let _ =
@@ -410,7 +403,7 @@ async fn inject_hostile(
     ];
     for i in 0..opts.malformed {
         let key = format!("hostile-{}-{i}", rng.gen::<u32>());
-        let subject = format!("events.orders.placed.{key}");
+        let subject = event_subject(EventKind::OrderPlaced, &key);
         let body = String::from_utf8_lossy(bad_bodies[i % bad_bodies.len()]).replace('K', &key);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("hostile-{key}").as_str());
@@ -419,7 +412,7 @@ async fn inject_hostile(
     }
     for i in 0..opts.oversized {
         let key = format!("huge-{}-{i}", rng.gen::<u32>());
-        let subject = format!("events.orders.placed.{key}");
+        let subject = event_subject(EventKind::OrderPlaced, &key);
         let body = format!(
             "{{\"specversion\":\"1.0\",\"padding\":\"{}\"}}",
             "x".repeat(900 * 1024)
@@ -482,25 +475,14 @@ async fn wait_quiescent(
     for id in ids {
         let left = deadline.saturating_duration_since(Instant::now());
         let view = eventually(left, &format!("order {id} to settle"), || async {
-            let reply = request(
-                client,
-                "checkout.orders.get",
-                serde_json::json!({ "order_id": id }),
-            )
-            .await
-            .ok()?;
-            let view = reply.ok()?;
-            matches!(
-                view["status"].as_str(),
-                Some("confirmed" | "cancelled" | "rejected")
-            )
-            .then_some(view)
+            let view = order_status(client, id).await.ok()??;
+            (view.status != OrderStatus::Pending).then_some(view)
         })
         .await
         .map_err(|e| ChaosError::NotQuiescent(e.to_string()))?;
-        let key = match view["reason"].as_str() {
-            Some(reason) => format!("{}:{reason}", view["status"].as_str().unwrap_or("?")),
-            None => view["status"].as_str().unwrap_or("?").to_owned(),
+        let key = match view.reason {
+            Some(reason) => format!("{}:{}", view.status.as_str(), reason.as_str()),
+            None => view.status.as_str().to_owned(),
         };
         *outcomes.entry(key).or_default() += 1;
     }
@@ -542,7 +524,7 @@ async fn quiescence_blocker(
             return Some(format!("{service} outbox backlog {backlog}"));
         }
     }
-    for stream in ["ORDERS", "INVENTORY", "PAYMENTS"] {
+    for stream in EVENT_STREAMS {
         let s = match js.get_stream(stream).await {
             Ok(s) => s,
             Err(e) => return Some(format!("stream {stream}: {e}")),

@@ -4,17 +4,14 @@
 
 use std::time::Duration;
 
-use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
+use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, Context};
 use async_nats::{Client, ConnectOptions};
 use bytes::Bytes;
-use shop_events::subjects::{self, DEFAULT_EVENT_MAX_AGE};
-use shop_events::{DecodeError, Envelope};
-use shop_runtime::streams::StreamDecl;
-use time::OffsetDateTime;
+use shop_events::subjects::DEFAULT_EVENT_MAX_AGE;
+use shop_events::Envelope;
 use tokio::time::Instant;
 
 use crate::wait::Backoff;

@@ -3,15 +3,17 @@
 //! They talk to the shop the way upstream systems and operators do: events
 //! published on JetStream and requests to the services' micro endpoints.
 
-use shop_events::api::checkout::ORDERS_GET;
-use shop_events::api::inventory::STOCK_GET;
-use shop_events::api::payment::PAYMENTS_GET;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::Client;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
+use shop_events::api::checkout::{OrderStatus, OrderView, ORDERS_GET};
+use shop_events::api::inventory::{SkuRef, StockView, STOCK_GET};
+use shop_events::api::payment::{PaymentView, PAYMENTS_GET};
+use shop_events::api::OrderRef;
 use shop_events::{
     Envelope, Event, OrderCancellationRequested, OrderId, OrderLineInput, OrderPlaced, Sku,
     StockReplenished,
@@ -91,31 +93,31 @@ pub async fn request_cancellation(
     Ok(envelope)
 }
 
-/// Sends a JSON request to a service endpoint; an error reply becomes `Err((code, description))`.
-pub async fn request(
+/// Sends a request (one of the contract's request types, or any JSON value) to a service
+/// endpoint; an error reply becomes `Err((code, description))`.
+pub async fn request<B: Serialize + ?Sized>(
     client: &Client,
     subject: &str,
-    body: Value,
+    body: &B,
 ) -> Result<Result<Value, (u16, String)>, HarnessError> {
+    let failed = |reason: String| HarnessError::Request {
+        subject: subject.to_owned(),
+        reason,
+    };
+    let body = serde_json::to_value(body).map_err(|e| failed(e.to_string()))?;
     shop_runtime::micro::request_json(client, subject, &body, Duration::from_secs(5))
         .await
-        .map_err(|e| HarnessError::Request {
-            subject: subject.to_owned(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// Like [`request`], decoding a successful reply into `T`.
-pub async fn request_as<T: DeserializeOwned>(
+pub async fn request_as<T: DeserializeOwned, B: Serialize + ?Sized>(
     client: &Client,
     subject: &str,
-    body: Value,
+    body: &B,
 ) -> Result<T, HarnessError> {
     match request(client, subject, body).await? {
-        Ok(v) => serde_json::from_value(v).map_err(|e| HarnessError::Request {
-            subject: subject.to_owned(),
-            reason: e.to_string(),
-        }),
+        Ok(v) => decode(subject, v),
         Err((code, d)) => Err(HarnessError::Request {
             subject: subject.to_owned(),
             reason: format!("{code}: {d}"),
@@ -123,37 +125,50 @@ pub async fn request_as<T: DeserializeOwned>(
     }
 }
 
-/// The order as checkout reports it, if checkout knows it.
-pub async fn order_status(client: &Client, order_id: &str) -> Result<Option<Value>, HarnessError> {
-    match request(
-        client,
-        ORDERS_GET.subject,
-        serde_json::json!({ "order_id": order_id }),
-    )
-    .await?
-    {
-        Ok(view) => Ok(Some(view)),
+/// Like [`request_as`], but a 404 is `None`.
+pub async fn request_found<T: DeserializeOwned, B: Serialize + ?Sized>(
+    client: &Client,
+    subject: &str,
+    body: &B,
+) -> Result<Option<T>, HarnessError> {
+    match request(client, subject, body).await? {
+        Ok(v) => decode(subject, v).map(Some),
         Err((404, _)) => Ok(None),
         Err((code, d)) => Err(HarnessError::Request {
-            subject: ORDERS_GET.subject.into(),
+            subject: subject.to_owned(),
             reason: format!("{code}: {d}"),
         }),
     }
 }
 
-/// Waits until checkout reports `status` (`confirmed`, `cancelled`, `rejected`, `pending`) for the order.
+fn decode<T: DeserializeOwned>(subject: &str, value: Value) -> Result<T, HarnessError> {
+    serde_json::from_value(value).map_err(|e| HarnessError::Request {
+        subject: subject.to_owned(),
+        reason: format!("reply does not match the contract: {e}"),
+    })
+}
+
+/// The order as checkout reports it (`checkout.orders.get`), if checkout knows it.
+pub async fn order_status(
+    client: &Client,
+    order_id: &str,
+) -> Result<Option<OrderView>, HarnessError> {
+    request_found(client, ORDERS_GET.subject, &OrderRef::new(order_id)).await
+}
+
+/// Waits until checkout reports `status` for the order, and returns its view.
 pub async fn wait_for_status(
     client: &Client,
     order_id: &str,
-    status: &str,
+    status: OrderStatus,
     within: Duration,
-) -> Result<Value, HarnessError> {
+) -> Result<OrderView, HarnessError> {
     eventually(
         within,
-        &format!("order {order_id} to be {status}"),
+        &format!("order {order_id} to be {}", status.as_str()),
         || async {
             let view = order_status(client, order_id).await.ok()??;
-            (view["status"] == status).then_some(view)
+            (view.status == status).then_some(view)
         },
     )
     .await
@@ -164,32 +179,27 @@ pub async fn wait_settled(
     client: &Client,
     order_id: &str,
     within: Duration,
-) -> Result<Value, HarnessError> {
+) -> Result<OrderView, HarnessError> {
     eventually(within, &format!("order {order_id} to settle"), || async {
         let view = order_status(client, order_id).await.ok()??;
-        matches!(
-            view["status"].as_str(),
-            Some("confirmed" | "cancelled" | "rejected")
-        )
-        .then_some(view)
+        (view.status != OrderStatus::Pending).then_some(view)
     })
     .await
 }
 
+/// A sku's stock as inventory reports it (`inventory.stock.get`), if inventory knows it.
+pub async fn stock_view(client: &Client, sku: &str) -> Result<Option<StockView>, HarnessError> {
+    let body = SkuRef {
+        sku: sku.to_owned(),
+    };
+    request_found(client, STOCK_GET.subject, &body).await
+}
+
 /// A sku's stock as inventory reports it: (on_hand, reserved, available).
 pub async fn stock(client: &Client, sku: &str) -> Result<Option<(i64, i64, i64)>, HarnessError> {
-    match request(client, STOCK_GET.subject, serde_json::json!({ "sku": sku })).await? {
-        Ok(v) => Ok(Some((
-            v["on_hand"].as_i64().unwrap_or_default(),
-            v["reserved"].as_i64().unwrap_or_default(),
-            v["available"].as_i64().unwrap_or_default(),
-        ))),
-        Err((404, _)) => Ok(None),
-        Err((code, d)) => Err(HarnessError::Request {
-            subject: STOCK_GET.subject.into(),
-            reason: format!("{code}: {d}"),
-        }),
-    }
+    Ok(stock_view(client, sku)
+        .await?
+        .map(|v| (v.on_hand, v.reserved, v.available)))
 }
 
 /// Waits until inventory reports `on_hand` units of `sku` with nothing reserved.
@@ -211,20 +221,7 @@ pub async fn wait_for_stock(
     .await
 }
 
-/// The payment record as payment reports it.
-pub async fn payment(client: &Client, order_id: &str) -> Result<Option<Value>, HarnessError> {
-    match request(
-        client,
-        PAYMENTS_GET.subject,
-        serde_json::json!({ "order_id": order_id }),
-    )
-    .await?
-    {
-        Ok(v) => Ok(Some(v)),
-        Err((404, _)) => Ok(None),
-        Err((code, d)) => Err(HarnessError::Request {
-            subject: PAYMENTS_GET.subject.into(),
-            reason: format!("{code}: {d}"),
-        }),
-    }
+/// The payment record as payment reports it (`payment.payments.get`).
+pub async fn payment(client: &Client, order_id: &str) -> Result<Option<PaymentView>, HarnessError> {
+    request_found(client, PAYMENTS_GET.subject, &OrderRef::new(order_id)).await
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use shop_events::api::checkout::OrderStatus;
 use std::time::Duration;
 
 use common::{wait_outboxes_empty, wait_saga_settled, world, World, SETTLE};
@@ -51,9 +52,9 @@ async fn healthy_shop() -> anyhow::Result<World> {
     let mut bad = order("o-bad", &[("sku-a", 0, 100)], "");
     bad.total = 7;
     place(&w.js, bad).await?;
-    wait_for_status(&w.client, "o-regret", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-regret", OrderStatus::Confirmed, SETTLE).await?;
     request_cancellation(&w.js, "o-regret").await?;
-    wait_for_status(&w.client, "o-regret", "cancelled", SETTLE).await?;
+    wait_for_status(&w.client, "o-regret", OrderStatus::Cancelled, SETTLE).await?;
     for id in ["o-paid", "o-declined", "o-short", "o-regret", "o-bad"] {
         wait_settled(&w.client, id, SETTLE).await?;
         wait_saga_settled(&w.client, id).await?;

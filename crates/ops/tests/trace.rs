@@ -2,6 +2,7 @@
 
 mod common;
 
+use shop_events::api::checkout::OrderStatus;
 use std::time::Duration;
 
 use common::{wait_saga_settled, world, SETTLE};
@@ -40,7 +41,7 @@ async fn a_confirmed_order_is_traced_settled_with_its_events_in_causal_order() -
     replenish(&w.js, "sku-a", 10).await?;
     wait_for_stock(&w.client, "sku-a", 10, 0, SETTLE).await?;
     place(&w.js, order("o-happy", &[("sku-a", 3, 1250)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-happy", "confirmed", SETTLE).await?;
+    wait_for_status(&w.client, "o-happy", OrderStatus::Confirmed, SETTLE).await?;
     wait_saga_settled(&w.client, "o-happy").await?;
 
     let mut out = Vec::new();
@@ -89,7 +90,7 @@ async fn a_declined_order_is_traced_cancelled_with_its_stock_released() -> anyho
         order("o-declined", &[("sku-c", 2, 500)], "tok_chargeDeclined"),
     )
     .await?;
-    wait_for_status(&w.client, "o-declined", "cancelled", SETTLE).await?;
+    wait_for_status(&w.client, "o-declined", OrderStatus::Cancelled, SETTLE).await?;
     wait_saga_settled(&w.client, "o-declined").await?;
 
     let trace = trace(&w.client, "o-declined", &mut Vec::new(), true).await?;

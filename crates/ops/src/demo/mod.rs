@@ -15,7 +15,9 @@ use serde::Serialize;
 use shop_events::api::checkout::{
     CancelRequest, OrderStatus, OrderView, ORDERS_CANCEL, ORDERS_GET, ORDERS_PLACE,
 };
-use shop_events::api::inventory::{ReplenishRequest, SkuRef, StockView, STOCK_GET, STOCK_REPLENISH};
+use shop_events::api::inventory::{
+    ReplenishRequest, SkuRef, StockView, STOCK_GET, STOCK_REPLENISH,
+};
 use shop_events::api::OrderRef;
 use tokio::time::Instant;
 
@@ -205,8 +207,7 @@ async fn stock_up(client: &Client, plan: &Plan, within: Duration) -> Result<(), 
             sku: sku.clone(),
             quantity: i64::from(*quantity),
         };
-        if let Err((code, description)) = request(client, subject, &body).await?
-        {
+        if let Err((code, description)) = request(client, subject, &body).await? {
             return Err(OpsError::Refused {
                 subject: subject.into(),
                 code,
