@@ -663,3 +663,6 @@ fn cited_kinds(order: &OrderLog<'_>, kind: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests;
