@@ -26,6 +26,9 @@ nats-server:
 test: nats-server
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	# The deployable binary links no test machinery.
+	if cargo tree -p shop -e normal --prefix none | grep -E '^shop-(harness|bench|chaos|lab) '; then \
+		echo "make test: the shop binary links test machinery (above)" >&2; exit 1; fi
 	# Process-mode tests (chaos, shutdown) run the real service binaries: build them first,
 	# so they are never stale.
 	cargo build --workspace --bins

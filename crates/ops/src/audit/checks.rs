@@ -421,7 +421,7 @@ impl<'a> Audit<'a> {
                     order_id,
                     format!(
                         "payment says {} (captured {}, refunded {}, payment {}); the stream says captured {captured}, refunded {refunded}",
-                        record.status,
+                        record.status.as_str(),
                         record.captured,
                         record.refunded,
                         record.payment_id.as_deref().unwrap_or("none")
@@ -520,30 +520,33 @@ impl<'a> Audit<'a> {
         };
         let mut in_ledger: HashSet<(&str, &str)> = HashSet::new();
         for entry in ledger {
-            let order = orders.get(&entry.order_id);
+            let entry_order = entry.order_id.as_str();
+            let (ledger_amount, ledger_refunded) =
+                (entry.amount.minor_units(), entry.refunded.minor_units());
+            let order = orders.get(entry_order);
             // The capture's event may still sit in payment's outbox right after the charge.
             let settling = order.is_none_or(|o| ago(now, o.last_at) < grace);
             let LedgerStatus::Captured { payment_id } = &entry.status else {
                 continue;
             };
-            in_ledger.insert((entry.order_id.as_str(), payment_id.as_str()));
-            let matching: Vec<_> = captures_of(&entry.order_id)
+            in_ledger.insert((entry_order, payment_id.as_str()));
+            let matching: Vec<_> = captures_of(entry_order)
                 .into_iter()
-                .filter(|(_, p, _)| p == payment_id)
+                .filter(|(_, p, _)| p == payment_id.as_str())
                 .collect();
             match matching.as_slice() {
                 [] if settling => {}
                 [] => self.flag(
                     Rule::LedgerCaptureWithoutEvent,
-                    &entry.order_id,
+                    entry_order,
                     format!(
                         "the gateway captured {} as {payment_id}; no PaymentCaptured carries that id",
                         entry.amount
                     ),
                 ),
-                [(e, _, amount)] if *amount != entry.amount => self.flag(
+                [(e, _, amount)] if *amount != ledger_amount => self.flag(
                     Rule::LedgerMismatch,
-                    &entry.order_id,
+                    entry_order,
                     format!(
                         "the gateway captured {} as {payment_id}; {} says {amount}",
                         entry.amount,
@@ -555,7 +558,7 @@ impl<'a> Audit<'a> {
                     let list: Vec<String> = many.iter().map(|(e, _, _)| cite(e)).collect();
                     self.flag(
                         Rule::LedgerMismatch,
-                        &entry.order_id,
+                        entry_order,
                         format!(
                             "captured once at the gateway as {payment_id}, announced {} times: {}",
                             many.len(),
@@ -564,7 +567,7 @@ impl<'a> Audit<'a> {
                     );
                 }
             }
-            let refunded: i64 = orders.get(&entry.order_id).map_or(0, |o| {
+            let refunded: i64 = orders.get(entry_order).map_or(0, |o| {
                 o.of(|e| match e {
                     Event::PaymentRefunded(r) => Some(r.amount.minor_units()),
                     _ => None,
@@ -573,10 +576,10 @@ impl<'a> Audit<'a> {
                 .map(|(_, a)| a)
                 .sum()
             });
-            if !settling && refunded != entry.refunded {
+            if !settling && refunded != ledger_refunded {
                 self.flag(
                     Rule::LedgerRefundMismatch,
-                    &entry.order_id,
+                    entry_order,
                     format!(
                         "the gateway refunded {}; PaymentRefunded events add up to {refunded}",
                         entry.refunded

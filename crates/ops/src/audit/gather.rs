@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_nats::{jetstream, Client};
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use shop_events::api::{Empty, OrderRef};
 use time::OffsetDateTime;
 
 use crate::nats::{self, answers_ping, outbox_backlog, request_found, SERVICES};
@@ -21,50 +21,11 @@ use crate::OpsError;
 /// of orders in seconds, few enough not to crowd out the shop's own work.
 const PARALLEL_REQUESTS: usize = 32;
 
-/// An order as checkout shows it; only what the audit compares.
-#[derive(Debug, Clone, Deserialize)]
-pub struct CheckoutView {
-    pub status: String,
-    pub deadline_at: Option<String>,
-}
-
-/// An order's payment as payment shows it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PaymentView {
-    pub status: String,
-    pub captured: i64,
-    pub refunded: i64,
-    pub payment_id: Option<String>,
-}
-
-/// One sku as inventory shows it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StockView {
-    pub sku: String,
-    pub on_hand: i64,
-    pub reserved: i64,
-}
-
-/// What an idempotency key came to at the gateway.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum LedgerStatus {
-    Captured {
-        payment_id: String,
-    },
-    /// Declined and voided keys hold no money; the audit only needs to know they are not captures.
-    Declined {},
-    Voided,
-}
-
-/// One entry of the gateway's books.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LedgerEntry {
-    pub order_id: String,
-    pub status: LedgerStatus,
-    pub amount: i64,
-    pub refunded: i64,
-}
+// The services' replies, in the contract's own types: the audit reads exactly what the
+// services answer, so a change to a reply is a compile error here, not a silent default.
+pub use shop_events::api::checkout::OrderView as CheckoutView;
+pub use shop_events::api::inventory::StockView;
+pub use shop_events::api::payment::{LedgerEntry, LedgerStatus, PaymentView};
 
 /// Everything the checks look at; a service that did not answer leaves its part `None`.
 #[derive(Debug, Clone)]
@@ -149,7 +110,7 @@ async fn per_order<T: serde::de::DeserializeOwned>(
     let answers: Vec<(String, Result<Option<T>, OpsError>)> =
         futures::stream::iter(order_ids.iter().cloned())
             .map(|order_id| async move {
-                let answer = request_found(client, subject, &json!({ "order_id": order_id })).await;
+                let answer = request_found(client, subject, &OrderRef::new(&order_id)).await;
                 (order_id, answer)
             })
             .buffer_unordered(PARALLEL_REQUESTS)
@@ -165,7 +126,7 @@ async fn list<T: serde::de::DeserializeOwned>(
     client: &Client,
     subject: &str,
 ) -> Result<Vec<T>, OpsError> {
-    let value: Option<Value> = request_found(client, subject, &json!({})).await?;
+    let value: Option<Value> = request_found(client, subject, &Empty {}).await?;
     match value {
         Some(value) => nats::decode(subject, value),
         None => Ok(Vec::new()),

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use shop_events::api::checkout::OrderStatus;
+use shop_events::api::payment::PaymentStatus;
 use shop_events::subjects::ORDERS_STREAM;
 use shop_events::{
     CancelReason, Currency, Envelope, Event, Money, OrderCancelled, OrderConfirmed, OrderId,
@@ -173,8 +175,8 @@ impl Shop {
 
     fn ledger_capture(&mut self, order: &str, payment: &str) -> Option<&mut LedgerEntry> {
         self.ledger.iter_mut().find(|e| {
-            e.order_id == order
-                && matches!(&e.status, LedgerStatus::Captured { payment_id } if payment_id == payment)
+            e.order_id.as_str() == order
+                && matches!(&e.status, LedgerStatus::Captured { payment_id } if payment_id.as_str() == payment)
         })
     }
 
@@ -196,31 +198,36 @@ impl Shop {
         self.payments.insert(
             order.to_owned(),
             Some(PaymentView {
-                status: "pending".to_owned(),
+                order_id: order.to_owned(),
+                status: PaymentStatus::AwaitingStock,
                 captured: 0,
                 refunded: 0,
+                currency: Some("EUR".to_owned()),
                 payment_id: None,
+                decline_reason: None,
             }),
         );
-        self.checkout_says(order, "pending").record(OrderPlaced {
-            order_id: order_id(order),
-            customer_id: "c-1".to_owned(),
-            currency: "EUR".to_owned(),
-            lines: vec![OrderLineInput {
-                sku: SKU.to_owned(),
-                quantity: 1,
-                unit_price: PRICE,
-            }],
-            total: PRICE,
-            payment_token: "tok_visa".to_owned(),
-        })
+        self.checkout_says(order, OrderStatus::Pending)
+            .record(OrderPlaced {
+                order_id: order_id(order),
+                customer_id: "c-1".to_owned(),
+                currency: "EUR".to_owned(),
+                lines: vec![OrderLineInput {
+                    sku: SKU.to_owned(),
+                    quantity: 1,
+                    unit_price: PRICE,
+                }],
+                total: PRICE,
+                payment_token: "tok_visa".to_owned(),
+            })
     }
 
     fn rejected(self, order: &str) -> Shop {
-        self.checkout_says(order, "rejected").record(OrderRejected {
-            order_id: order_id(order),
-            problems: Vec::new(),
-        })
+        self.checkout_says(order, OrderStatus::Rejected)
+            .record(OrderRejected {
+                order_id: order_id(order),
+                problems: Vec::new(),
+            })
     }
 
     fn reserved(mut self, order: &str) -> Shop {
@@ -248,16 +255,9 @@ impl Shop {
 
     /// The gateway charges under `payment` and payment announces it.
     fn captured_as(mut self, order: &str, payment: &str) -> Shop {
-        self.ledger.push(LedgerEntry {
-            order_id: order.to_owned(),
-            status: LedgerStatus::Captured {
-                payment_id: payment.to_owned(),
-            },
-            amount: PRICE,
-            refunded: 0,
-        });
+        self.ledger.push(ledger_capture(order, payment));
         let record = self.payment_record(order);
-        record.status = "captured".to_owned();
+        record.status = PaymentStatus::Captured;
         record.captured += PRICE;
         record.payment_id = Some(payment.to_owned());
         self.announced_capture(order, payment)
@@ -276,12 +276,12 @@ impl Shop {
 
     fn declined(mut self, order: &str) -> Shop {
         self.ledger.push(LedgerEntry {
-            order_id: order.to_owned(),
-            status: LedgerStatus::Declined {},
-            amount: PRICE,
-            refunded: 0,
+            status: LedgerStatus::Declined {
+                reason: "card_declined".to_owned(),
+            },
+            ..ledger_capture(order, &payment_of(order))
         });
-        self.payment_record(order).status = "declined".to_owned();
+        self.payment_record(order).status = PaymentStatus::Declined;
         self.record(PaymentDeclined {
             order_id: order_id(order),
             reason: "card_declined".to_owned(),
@@ -290,7 +290,7 @@ impl Shop {
     }
 
     fn confirmed(self, order: &str) -> Shop {
-        self.checkout_says(order, "confirmed")
+        self.checkout_says(order, OrderStatus::Confirmed)
             .record(OrderConfirmed {
                 order_id: order_id(order),
                 total: Money(PRICE),
@@ -310,7 +310,7 @@ impl Shop {
     }
 
     fn cancelled(self, order: &str, reason: CancelReason) -> Shop {
-        self.checkout_says(order, "cancelled")
+        self.checkout_says(order, OrderStatus::Cancelled)
             .record(OrderCancelled {
                 order_id: order_id(order),
                 reason,
@@ -339,10 +339,11 @@ impl Shop {
             .clone()
             .unwrap_or_else(|| payment_of(order));
         if let Some(entry) = self.ledger_capture(order, &payment) {
-            entry.refunded += PRICE;
+            entry.refunded = Money(entry.refunded.minor_units() + PRICE);
+            entry.refund_calls += 1;
         }
         let record = self.payment_record(order);
-        record.status = "refunded".to_owned();
+        record.status = PaymentStatus::Refunded;
         record.refunded += PRICE;
         self.record(PaymentRefunded {
             order_id: order_id(order),
@@ -399,12 +400,27 @@ impl Shop {
 
     // What a service answers, bent away from what the events say.
 
-    fn checkout_says(mut self, order: &str, status: &str) -> Shop {
+    fn checkout_says(mut self, order: &str, status: OrderStatus) -> Shop {
         self.checkout.insert(
             order.to_owned(),
             Some(CheckoutView {
-                status: status.to_owned(),
+                order_id: order.to_owned(),
+                status,
+                reason: None,
+                detail: None,
+                problems: Vec::new(),
+                customer_id: "c-1".to_owned(),
+                lines: vec![OrderLineInput {
+                    sku: SKU.to_owned(),
+                    quantity: 1,
+                    unit_price: PRICE,
+                }],
+                total: PRICE,
+                currency: "EUR".to_owned(),
+                payment_id: None,
+                placed_at: None,
                 deadline_at: None,
+                settled_at: None,
             }),
         );
         self
@@ -444,19 +460,12 @@ impl Shop {
 
     /// The gateway charged, and no event says so.
     fn gateway_charged(mut self, order: &str, payment: &str) -> Shop {
-        self.ledger.push(LedgerEntry {
-            order_id: order.to_owned(),
-            status: LedgerStatus::Captured {
-                payment_id: payment.to_owned(),
-            },
-            amount: PRICE,
-            refunded: 0,
-        });
+        self.ledger.push(ledger_capture(order, payment));
         self
     }
 
     fn gateway_forgets(mut self, order: &str) -> Shop {
-        self.ledger.retain(|e| e.order_id != order);
+        self.ledger.retain(|e| e.order_id.as_str() != order);
         self
     }
 
@@ -465,8 +474,8 @@ impl Shop {
         let entry = self
             .ledger_capture(order, &payment_of(order))
             .expect("the gateway captured the order");
-        entry.amount = amount;
-        entry.refunded = refunded;
+        entry.amount = Money(amount);
+        entry.refunded = Money(refunded);
         self
     }
 
@@ -499,6 +508,7 @@ impl Shop {
                         sku: sku.clone(),
                         on_hand,
                         reserved,
+                        available: on_hand - reserved,
                     })
                     .collect()
             }),
@@ -559,7 +569,7 @@ fn checkout_contradicting_the_log() -> Shop {
     Shop::new()
         .stocked(SKU, 5)
         .paid_order("o-1")
-        .checkout_says("o-1", "cancelled")
+        .checkout_says("o-1", OrderStatus::Cancelled)
 }
 
 fn confirmed_without_a_capture() -> Shop {
@@ -796,7 +806,7 @@ fn an_order_checkout_still_holds_pending_past_its_deadline_is_flagged() {
         Shop::new()
             .stocked(SKU, 5)
             .paid_order("o-1")
-            .checkout_says("o-1", "pending"),
+            .checkout_says("o-1", OrderStatus::Pending),
     )
     .breaks_only(&[Rule::UnsettledPastDeadline, Rule::CheckoutDisagrees])
     .about("o-1");
@@ -850,7 +860,7 @@ fn checkout_not_yet_caught_up_with_a_fresh_outcome_is_not_flagged() {
             .stocked(SKU, 5)
             .a_moment_ago()
             .paid_order("o-1")
-            .checkout_says("o-1", "pending"),
+            .checkout_says("o-1", OrderStatus::Pending),
     )
     .passes();
 }
@@ -1131,4 +1141,19 @@ fn a_service_that_does_not_answer_is_flagged() {
         verdict.counts().not_checked,
         ["payment's records", "the gateway's ledger"]
     );
+}
+
+/// What the gateway's books hold after one capture of the order's price under `payment`.
+fn ledger_capture(order: &str, payment: &str) -> LedgerEntry {
+    LedgerEntry {
+        order_id: order_id(order),
+        status: LedgerStatus::Captured {
+            payment_id: payment_id(payment),
+        },
+        amount: Money(PRICE),
+        currency: Some(eur()),
+        charge_calls: 1,
+        refunded: Money::ZERO,
+        refund_calls: 0,
+    }
 }
