@@ -61,7 +61,7 @@ run: nats-server
 			sleep 0.2; \
 		done; \
 	fi
-	NATS_URL="$(NATS_URL)" cargo run --profile fast --bin shop -- run
+	NATS_URL="$(NATS_URL)" cargo run --profile fast --no-default-features --bin shop -- run
 
 # The bench (shop-lab) starts its own nats-server and runs the service binaries as
 # processes, so all of them are built in release (the LTO profile) first.

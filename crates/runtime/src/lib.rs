@@ -36,4 +36,9 @@ pub use error::{BoxError, RuntimeError};
 /// service's history grows (0.53× its fresh rate, `malloc_consolidate` in the profile);
 /// mimalloc stays fast but holds ≈ 80 MiB more per service (248 MiB peak); jemalloc stays
 /// within 0.88× of its fresh rate at 192 MiB peak.
+#[cfg(feature = "jemalloc")]
 pub use tikv_jemallocator::Jemalloc as Allocator;
+
+/// Without the `jemalloc` feature (`make run`'s quick build), the system allocator.
+#[cfg(not(feature = "jemalloc"))]
+pub use std::alloc::System as Allocator;
