@@ -48,6 +48,21 @@ pub enum BenchError {
 }
 
 impl BenchError {
+    /// Whether a second run can succeed: a stuck system or a failed request may recover;
+    /// bad options, missing processes and local plumbing will not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BenchError::Harness(e) => e.is_transient(),
+            BenchError::JetStream(_)
+            | BenchError::Publish { .. }
+            | BenchError::NoProgress { .. } => true,
+            BenchError::Options(_)
+            | BenchError::Proc(_)
+            | BenchError::Io { .. }
+            | BenchError::Json(_) => false,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> BenchError {
         BenchError::Io {
             context: context.into(),

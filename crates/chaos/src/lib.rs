@@ -38,6 +38,18 @@ pub enum ChaosError {
     NotQuiescent(String),
 }
 
+impl ChaosError {
+    /// Whether the run could pass if repeated: harness and audit faults say so
+    /// themselves; a shop that never quiesced is a finding, not noise.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ChaosError::Harness(e) => e.is_transient(),
+            ChaosError::Audit(e) => e.is_transient(),
+            ChaosError::NotQuiescent(_) => false,
+        }
+    }
+}
+
 /// How hard to shake the shop.
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {

@@ -9,3 +9,14 @@ pub enum CheckoutError {
     #[error("invalid configuration: {0}")]
     Config(String),
 }
+
+impl CheckoutError {
+    /// Whether starting again can help: the runtime's faults say so themselves; a bad
+    /// configuration stays bad.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CheckoutError::Runtime(e) => e.is_transient(),
+            CheckoutError::Config(_) => false,
+        }
+    }
+}

@@ -43,3 +43,11 @@ pub enum DecodeError {
         reason: &'static str,
     },
 }
+
+impl DecodeError {
+    /// Never: the same bytes decode the same way every time, so a message that does not
+    /// decode is dead-lettered at once rather than retried.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}

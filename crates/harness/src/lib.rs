@@ -133,6 +133,28 @@ pub enum HarnessError {
 }
 
 impl HarnessError {
+    /// Whether the same step can succeed if tried again: connections, publishes,
+    /// requests and waits can; a missing binary, a stopped server or a failed service
+    /// need someone to act.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HarnessError::Connect { .. }
+            | HarnessError::JetStream(_)
+            | HarnessError::Publish { .. }
+            | HarnessError::Request { .. }
+            | HarnessError::Timeout { .. }
+            | HarnessError::ServerNotReady { .. }
+            | HarnessError::ServiceNotReady { .. } => true,
+            HarnessError::Runtime(e) => e.is_transient(),
+            HarnessError::Read(e) => e.is_transient(),
+            HarnessError::ServerBinaryNotFound { .. }
+            | HarnessError::Io { .. }
+            | HarnessError::ServerExited { .. }
+            | HarnessError::ServerStopped
+            | HarnessError::ServiceFailed { .. } => false,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> HarnessError {
         HarnessError::Io {
             context: context.into(),

@@ -9,3 +9,14 @@ pub enum InventoryError {
     #[error("invalid configuration: {0}")]
     Config(String),
 }
+
+impl InventoryError {
+    /// Whether starting again can help: the runtime's faults say so themselves; a bad
+    /// configuration stays bad.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            InventoryError::Runtime(e) => e.is_transient(),
+            InventoryError::Config(_) => false,
+        }
+    }
+}

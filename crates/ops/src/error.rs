@@ -49,3 +49,46 @@ pub enum OpsError {
     #[error("writing the report: {0}")]
     Output(#[from] std::io::Error),
 }
+
+impl OpsError {
+    /// Whether running the same command again can give a different answer: a service
+    /// that was down or slow may answer, a stream may become readable. Bad options, an
+    /// unknown order, a refusal or a reply this version cannot read will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OpsError::NoAnswer { .. }
+            | OpsError::ServiceDown { .. }
+            | OpsError::Stream { .. }
+            | OpsError::Timeout { .. } => true,
+            OpsError::InvalidOptions(_)
+            | OpsError::Refused { .. }
+            | OpsError::UnexpectedReply { .. }
+            | OpsError::UnknownOrder { .. }
+            | OpsError::Output(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_service_is_worth_asking_again_but_a_refusal_is_not() {
+        let silent = OpsError::NoAnswer {
+            subject: "checkout.orders.get".into(),
+            reason: "timed out".into(),
+        };
+        let refused = OpsError::Refused {
+            subject: "checkout.orders.get".into(),
+            code: 400,
+            description: "order_id: bad".into(),
+        };
+        assert!(silent.is_transient());
+        assert!(!refused.is_transient());
+        assert!(!OpsError::UnknownOrder {
+            order_id: "o-1".into()
+        }
+        .is_transient());
+    }
+}
