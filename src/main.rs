@@ -141,6 +141,7 @@ async fn run_services(
                 let config = shop_checkout::Config {
                     nats_url: url,
                     data_dir: dir,
+                    stream_replicas: common.stream_replicas,
                     order_deadline: checkout.order_deadline,
                     clock: shop_checkout::clock::system(),
                 };
@@ -154,6 +155,7 @@ async fn run_services(
                 let config = shop_inventory::Config {
                     nats_url: url,
                     data_dir: dir,
+                    stream_replicas: common.stream_replicas,
                 };
                 tasks.spawn(async move {
                     shop_inventory::run(config, stop)
@@ -165,6 +167,7 @@ async fn run_services(
                 let config = shop_payment::Config {
                     nats_url: url,
                     data_dir: dir,
+                    stream_replicas: common.stream_replicas,
                     gateway: payment.simulator(),
                 };
                 tasks.spawn(async move {

@@ -23,6 +23,8 @@ pub struct Config {
     pub nats_url: String,
     /// The shop's data directory; checkout keeps its sled database in `<data_dir>/checkout`.
     pub data_dir: PathBuf,
+    /// How many servers keep each stream the service declares (`--replicas`).
+    pub stream_replicas: usize,
     pub order_deadline: Duration,
     /// What "now" is for placing orders and passing deadlines: [`crate::clock::system`]
     /// in production, a [`crate::clock::ManualClock`] when a test wants to move time.

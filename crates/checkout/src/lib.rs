@@ -39,6 +39,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
             SERVICE,
             &config.nats_url,
             &config.data_dir,
+            config.stream_replicas,
             store::TREES.to_vec(),
         ),
         shutdown.clone(),

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         nats_url: cli.common.nats_url,
         data_dir: cli.common.data_dir,
+        stream_replicas: cli.common.stream_replicas,
         order_deadline: cli.checkout.order_deadline,
         clock: shop_checkout::clock::system(),
     };

@@ -22,13 +22,19 @@ pub use shop_ops::reader::{StoredEvent, EVENT_STREAMS};
 /// How long [`connect`] keeps trying; covers a server that is still coming up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Connects to `url`, retrying until a deadline because the server may still be starting.
+/// Connects to `url` (one server, or a comma-separated list for a cluster), retrying
+/// until a deadline because the server may still be starting.
 ///
 /// Reconnects after a server restart are quick (50 ms steps, at most 500 ms) so
 /// outage scenarios do not spend their deadline waiting for the client.
 pub async fn connect(url: &str) -> Result<Client, HarnessError> {
     let started = Instant::now();
     let mut backoff = Backoff::new();
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     loop {
         let options = ConnectOptions::new()
             .name("shop-harness")
@@ -36,7 +42,7 @@ pub async fn connect(url: &str) -> Result<Client, HarnessError> {
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(50 * attempts as u64).min(Duration::from_millis(500))
             });
-        match async_nats::connect_with_options(url, options).await {
+        match options.connect(servers.clone()).await {
             Ok(client) => return Ok(client),
             Err(e) if started.elapsed() >= CONNECT_DEADLINE => {
                 return Err(HarnessError::Connect {

@@ -44,6 +44,7 @@
 //! place orders, replenish stock and wait for outcomes.
 
 pub mod client;
+pub mod cluster;
 pub mod scenario;
 pub mod server;
 pub mod shop;
@@ -57,6 +58,7 @@ pub use client::{
     connect, declare_streams, events_about, publish_event, publish_raw, stream_message_count,
     StoredEvent, EVENT_STREAMS,
 };
+pub use cluster::{NatsCluster, NodeId, CLUSTER_SIZE};
 pub use server::{NatsServer, ServerOptions};
 pub use shop::{Mode, Service, Shop, ShopConfig};
 pub use wait::eventually;

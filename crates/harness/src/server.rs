@@ -217,18 +217,8 @@ impl NatsServer {
     /// Writes the config, spawns the process and waits until it reports healthy.
     async fn launch(&mut self) -> Result<(), HarnessError> {
         let conf_path = self.dir.path().join("nats.conf");
-        std::fs::write(&conf_path, self.config_text())
-            .map_err(|e| HarnessError::io("writing the server config", e))?;
-        let (stdout, stderr) = open_log(&self.log_path())?;
-        let child = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| HarnessError::io(format!("spawning {}", self.bin.display()), e))?;
+        let child =
+            spawn_with_config(&self.bin, &conf_path, &self.config_text(), &self.log_path())?;
         self.child = Some(child);
         let ready = self.wait_until_ready().await;
         if ready.is_err() {
@@ -239,27 +229,13 @@ impl NatsServer {
     }
 
     fn config_text(&self) -> String {
-        // Quoted with escapes so temp paths with spaces or backslashes stay one string.
-        let store = format!("{:?}", self.store_dir().display().to_string());
-        format!(
-            "# Written by shop-harness for one test; deleted with the test's temp dir.\n\
-             listen: 127.0.0.1:{port}\n\
-             http: 127.0.0.1:{http}\n\
-             server_name: harness-{port}\n\
-             # Same as nats.conf, so oversized events are refused here as in production.\n\
-             max_payload: 1MB\n\
-             jetstream {{\n\
-             \x20 store_dir: {store}\n\
-             \x20 # Small limits: many test servers share one machine.\n\
-             \x20 max_memory_store: 64MB\n\
-             \x20 max_file_store: 1GB\n\
-             }}\n\
-             {extra}\n",
-            port = self.port,
-            http = self.http_port,
-            store = store,
-            extra = self.options.extra_config,
-        )
+        let base = base_config(
+            self.port,
+            self.http_port,
+            &format!("harness-{}", self.port),
+            &self.store_dir(),
+        );
+        format!("{base}{extra}\n", extra = self.options.extra_config)
     }
 
     /// Polls `/healthz` (which only answers 200 once JetStream is up) until the deadline,
@@ -343,26 +319,82 @@ pub fn find_server_binary() -> Result<PathBuf, HarnessError> {
     Err(HarnessError::ServerBinaryNotFound { searched })
 }
 
+/// The config every harness server starts from: client and monitoring ports on
+/// 127.0.0.1, a name, production's payload limit and a JetStream store in `store_dir`.
+/// A cluster node appends its `cluster { … }` block.
+pub(crate) fn base_config(
+    port: u16,
+    http_port: u16,
+    server_name: &str,
+    store_dir: &Path,
+) -> String {
+    // Quoted with escapes so temp paths with spaces or backslashes stay one string.
+    let store = format!("{:?}", store_dir.display().to_string());
+    format!(
+        "# Written by shop-harness for one test; deleted with the test's temp dir.\n\
+         listen: 127.0.0.1:{port}\n\
+         http: 127.0.0.1:{http_port}\n\
+         server_name: {server_name}\n\
+         # Same as nats.conf, so oversized events are refused here as in production.\n\
+         max_payload: 1MB\n\
+         jetstream {{\n\
+         \x20 store_dir: {store}\n\
+         \x20 # Small limits: many test servers share one machine.\n\
+         \x20 max_memory_store: 64MB\n\
+         \x20 max_file_store: 1GB\n\
+         }}\n",
+    )
+}
+
+/// Writes `config` to `conf_path` and starts `bin` on it, its output appended to `log`.
+pub(crate) fn spawn_with_config(
+    bin: &Path,
+    conf_path: &Path,
+    config: &str,
+    log: &Path,
+) -> Result<Child, HarnessError> {
+    std::fs::write(conf_path, config)
+        .map_err(|e| HarnessError::io("writing the server config", e))?;
+    let (stdout, stderr) = open_log(log)?;
+    Command::new(bin)
+        .arg("--config")
+        .arg(conf_path)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| HarnessError::io(format!("spawning {}", bin.display()), e))
+}
+
 /// Picks the client port (fixed or free) and a free monitoring port.
 fn pick_ports(fixed: Option<u16>) -> Result<(u16, u16), HarnessError> {
-    // Both listeners are held at once so the two free ports cannot be the same one.
-    let bind = || {
-        TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| HarnessError::io("binding 127.0.0.1:0 to find a free port", e))
-    };
-    let port_of = |l: &TcpListener| {
-        l.local_addr()
-            .map(|a| a.port())
-            .map_err(|e| HarnessError::io("reading a bound port", e))
-    };
-    let http = bind()?;
     match fixed {
-        Some(port) => Ok((port, port_of(&http)?)),
+        Some(port) => Ok((port, free_ports(1)?[0])),
         None => {
-            let client = bind()?;
-            Ok((port_of(&client)?, port_of(&http)?))
+            let ports = free_ports(2)?;
+            Ok((ports[0], ports[1]))
         }
     }
+}
+
+/// `count` distinct free ports on 127.0.0.1.
+pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, HarnessError> {
+    // Every listener is held until all are bound, so no port is handed out twice.
+    let listeners = (0..count)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| HarnessError::io("binding 127.0.0.1:0 to find a free port", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| HarnessError::io("reading a bound port", e))
+        })
+        .collect()
 }
 
 fn open_log(path: &Path) -> Result<(File, File), HarnessError> {
@@ -378,7 +410,7 @@ fn open_log(path: &Path) -> Result<(File, File), HarnessError> {
     Ok((out, err))
 }
 
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
@@ -390,31 +422,44 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
-/// One `GET /healthz` over a raw socket: the harness has no HTTP client and needs none.
 async fn healthz_ok(http_port: u16) -> bool {
+    monitoring_get(http_port, "/healthz").await.is_some()
+}
+
+/// One `GET` of a monitoring endpoint (`/healthz`, `/jsz`) over a raw socket, the body
+/// if it answered 200 within a second: the harness has no HTTP client and needs none.
+pub(crate) async fn monitoring_get(http_port: u16, path: &str) -> Option<String> {
     let probe = async {
         let mut stream = TcpStream::connect(("127.0.0.1", http_port)).await.ok()?;
-        let request = "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;
-        let status_line = response.split(|b| *b == b'\n').next()?;
-        Some(String::from_utf8_lossy(status_line).contains(" 200 "))
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status_line = head.lines().next()?;
+        status_line.contains(" 200 ").then(|| body.to_owned())
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), probe).await,
-        Ok(Some(true))
-    )
+    tokio::time::timeout(Duration::from_secs(1), probe)
+        .await
+        .ok()
+        .flatten()
 }
 
-/// Asks the server to shut down cleanly. Uses the `kill` command because the
-/// workspace has no libc binding and `unsafe` is forbidden; `false` if it could not be sent.
+/// Asks the server to shut down cleanly; `false` if it could not be sent.
 async fn send_sigterm(child: &Child) -> bool {
+    send_signal(child, "TERM").await
+}
+
+/// Sends `signal` (`TERM`, `STOP`, `CONT`) to the process. Uses the `kill` command because
+/// the workspace has no libc binding and `unsafe` is forbidden; `false` if it could not be sent.
+pub(crate) async fn send_signal(child: &Child, signal: &str) -> bool {
     let Some(pid) = child.id() else {
         return false;
     };
     Command::new("kill")
-        .arg("-TERM")
+        .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -425,7 +470,7 @@ async fn send_sigterm(child: &Child) -> bool {
         .unwrap_or(false)
 }
 
-async fn hard_kill(child: &mut Child) -> Result<(), HarnessError> {
+pub(crate) async fn hard_kill(child: &mut Child) -> Result<(), HarnessError> {
     child
         .kill()
         .await

@@ -74,6 +74,9 @@ pub struct ShopConfig {
     /// The clock in-process checkout places orders and passes deadlines by; the
     /// system clock when `None`. Process-mode services always use the system clock.
     pub clock: Option<ManualClock>,
+    /// How many servers keep each stream the services declare (`SHOP_STREAM_REPLICAS`);
+    /// 3 against a [`crate::NatsCluster`].
+    pub stream_replicas: usize,
 }
 
 impl Default for ShopConfig {
@@ -86,6 +89,7 @@ impl Default for ShopConfig {
             env: Vec::new(),
             data_dir: None,
             clock: None,
+            stream_replicas: 1,
         }
     }
 }
@@ -116,6 +120,12 @@ impl ShopConfig {
 
     pub fn crashpoints(mut self, spec: impl Into<String>) -> Self {
         self.crashpoints = Some(spec.into());
+        self
+    }
+
+    /// Declares every stream on `replicas` servers, as `--replicas` does.
+    pub fn stream_replicas(mut self, replicas: usize) -> Self {
+        self.stream_replicas = replicas;
         self
     }
 
@@ -260,12 +270,14 @@ impl Shop {
             None => clock::system(),
         };
         let gateway = self.config.gateway;
+        let stream_replicas = self.config.stream_replicas;
         let handle = tokio::spawn(async move {
             match service {
                 Service::Checkout => shop_checkout::run(
                     shop_checkout::Config {
                         nats_url: url,
                         data_dir,
+                        stream_replicas,
                         order_deadline: deadline,
                         clock,
                     },
@@ -277,6 +289,7 @@ impl Shop {
                     shop_inventory::Config {
                         nats_url: url,
                         data_dir,
+                        stream_replicas,
                     },
                     shutdown,
                 )
@@ -286,6 +299,7 @@ impl Shop {
                     shop_payment::Config {
                         nats_url: url,
                         data_dir,
+                        stream_replicas,
                         gateway,
                     },
                     shutdown,
@@ -335,6 +349,7 @@ impl Shop {
                 self.config.gateway.failure_rate.to_string(),
             )
             .env("SHOP_LOG_FORMAT", "pretty")
+            .env("SHOP_STREAM_REPLICAS", self.config.stream_replicas.to_string())
             .env_remove("SHOP_CRASHPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))

@@ -34,6 +34,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), InventoryErro
             SERVICE,
             &config.nats_url,
             &config.data_dir,
+            config.stream_replicas,
             store::TREES.to_vec(),
         ),
         shutdown.clone(),

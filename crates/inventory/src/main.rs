@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         nats_url: cli.common.nats_url,
         data_dir: cli.common.data_dir,
+        stream_replicas: cli.common.stream_replicas,
     };
     run(config, on_os_signal()).await?;
     Ok(())

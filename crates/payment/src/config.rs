@@ -41,5 +41,7 @@ pub struct Config {
     pub nats_url: String,
     /// Payment keeps its sled database in `<data_dir>/payment` and the simulator's books in `<data_dir>/payment-gateway`.
     pub data_dir: PathBuf,
+    /// How many servers keep each stream the service declares (`--replicas`).
+    pub stream_replicas: usize,
     pub gateway: SimulatorConfig,
 }

@@ -1,8 +1,12 @@
 //! Declares the shop's streams idempotently (create or update), from the contract's specs.
+//!
+//! The replica count is part of a declaration: on a cluster an existing stream with a
+//! different count is rescaled, and the log says so, because that moves data between nodes.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{self, stream, ErrorCode};
 
 use crate::RuntimeError;
 
@@ -14,10 +18,12 @@ pub struct StreamDecl {
     pub description: String,
     pub max_age: Duration,
     pub duplicate_window: Duration,
+    /// How many servers keep a copy: 1 on a single server, 3 (or 5) on a cluster.
     pub replicas: usize,
 }
 
 impl StreamDecl {
+    /// A single-replica declaration; see [`StreamDecl::with_replicas`].
     pub fn new(
         name: &str,
         subjects: &[String],
@@ -34,30 +40,101 @@ impl StreamDecl {
             replicas: 1,
         }
     }
-}
 
-/// Creates each stream, or updates it to the declared settings if it exists.
-pub async fn declare_streams(
-    js: &jetstream::Context,
-    decls: &[StreamDecl],
-) -> Result<(), RuntimeError> {
-    for decl in decls {
-        let config = stream::Config {
-            name: decl.name.clone(),
-            subjects: decl.subjects.clone(),
-            description: Some(decl.description.clone()),
+    /// The same declaration kept on `replicas` servers (at least one).
+    pub fn with_replicas(mut self, replicas: usize) -> StreamDecl {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    fn config(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            description: Some(self.description.clone()),
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
-            max_age: decl.max_age,
-            duplicate_window: decl.duplicate_window,
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
             allow_direct: true,
-            num_replicas: decl.replicas.max(1),
+            num_replicas: self.replicas.max(1),
             ..Default::default()
-        };
-        js.create_or_update_stream(config)
-            .await
-            .map_err(RuntimeError::js(format!("declaring stream {}", decl.name)))?;
+        }
     }
-    Ok(())
+}
+
+/// What declaring one stream did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declared {
+    /// The stream did not exist.
+    Created,
+    /// The stream existed with the declared replica count; its settings were reapplied.
+    Updated,
+    /// The stream existed with another replica count and was rescaled to the declared one.
+    Rescaled { from: usize, to: usize },
+}
+
+/// Creates each stream, or updates it to the declared settings if it exists; returns
+/// what happened to each, in the order of `decls`.
+pub async fn declare_streams(
+    js: &jetstream::Context,
+    decls: &[StreamDecl],
+) -> Result<Vec<Declared>, RuntimeError> {
+    let mut outcomes = Vec::with_capacity(decls.len());
+    for decl in decls {
+        outcomes.push(declare_stream(js, decl).await?);
+    }
+    Ok(outcomes)
+}
+
+async fn declare_stream(
+    js: &jetstream::Context,
+    decl: &StreamDecl,
+) -> Result<Declared, RuntimeError> {
+    let action = || format!("declaring stream {}", decl.name);
+    let config = decl.config();
+    let existing = existing_replicas(js, &decl.name).await?;
+    let outcome = match existing {
+        None => Declared::Created,
+        Some(from) if from != config.num_replicas => Declared::Rescaled {
+            from,
+            to: config.num_replicas,
+        },
+        Some(_) => Declared::Updated,
+    };
+    if let Declared::Rescaled { from, to } = outcome {
+        tracing::warn!(
+            stream = %decl.name,
+            from,
+            to,
+            "stream {} has {from} replica(s) but {to} are declared; updating it to {to} \
+             (the servers copy its data; on a single server more than 1 is refused)",
+            decl.name
+        );
+    }
+    // Create-or-update rather than acting on `existing` alone: another service may
+    // create the stream between the lookup and here.
+    js.create_or_update_stream(config)
+        .await
+        .map_err(RuntimeError::js(action()))?;
+    Ok(outcome)
+}
+
+/// The replica count of the stream as it exists now, `None` if it does not exist.
+async fn existing_replicas(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<usize>, RuntimeError> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream.cached_info().config.num_replicas)),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(js_error)
+                if js_error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(RuntimeError::js(format!("looking up stream {name}"))(e)),
+        },
+    }
 }

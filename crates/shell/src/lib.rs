@@ -29,7 +29,8 @@ use shop_runtime::store::{Tx, TxResult};
 use shop_runtime::streams::StreamDecl;
 use shop_runtime::RuntimeError;
 
-/// The shop's streams as the runtime declares them.
+/// The shop's streams as the runtime declares them, with one replica each
+/// ([`host_config`] applies the service's replica count).
 pub fn stream_decls(event_max_age: Duration) -> Vec<StreamDecl> {
     subjects::stream_specs(event_max_age)
         .iter()
@@ -45,18 +46,23 @@ pub fn stream_decls(event_max_age: Duration) -> Vec<StreamDecl> {
         .collect()
 }
 
-/// Host settings for `service`, with its sled database under `<data_dir>/<service>`.
+/// Host settings for `service`, with its sled database under `<data_dir>/<service>` and
+/// every stream kept on `stream_replicas` servers (`--replicas`).
 pub fn host_config(
     service: &str,
     nats_url: &str,
     data_dir: &Path,
+    stream_replicas: usize,
     trees: Vec<&'static str>,
 ) -> HostConfig {
     HostConfig {
         service: service.to_owned(),
         nats_url: nats_url.to_owned(),
         data_dir: data_dir.join(service),
-        streams: stream_decls(subjects::DEFAULT_EVENT_MAX_AGE),
+        streams: stream_decls(subjects::DEFAULT_EVENT_MAX_AGE)
+            .into_iter()
+            .map(|decl| decl.with_replicas(stream_replicas))
+            .collect(),
         trees,
         extensions: vec![deadletter_api::EXTENSION],
     }
