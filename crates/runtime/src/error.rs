@@ -86,6 +86,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// Joining, running or leaving a partitioned group failed; it says whether to retry.
+    #[error("{0}")]
+    Group(#[from] crate::group::GroupError),
 }
 
 impl RuntimeError {
@@ -126,6 +129,7 @@ impl RuntimeError {
             | RuntimeError::Encode { .. }
             | RuntimeError::UnexpectedReply { .. }
             | RuntimeError::DataDir { .. } => false,
+            RuntimeError::Group(e) => e.is_transient(),
         }
     }
 }

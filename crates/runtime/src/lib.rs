@@ -18,6 +18,7 @@ pub mod consumer;
 pub mod crashpoint;
 pub mod deadletter;
 pub mod error;
+pub mod group;
 pub mod host;
 pub mod micro;
 pub mod outbox;

@@ -1,0 +1,534 @@
+//! A member's task: heartbeats, watches the group's members and leases, computes the
+//! target assignment, hands over what it must give up (after the owner code confirms
+//! it stopped), takes what it should own, and publishes the fences it holds.
+//!
+//! Everything runs in one task, one step at a time, so the view, the leases held and
+//! the published fences never disagree mid-step. Faults of the broker are logged and
+//! retried on the next tick; a lease whose renewal keeps failing lapses on its own
+//! through its fence's deadline, so no error here can make two owners.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::future::{join_all, BoxFuture};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use super::assign::assign;
+use super::bucket::{is_live, GroupBucket};
+use super::error::GroupError;
+use super::fence::Fence;
+use super::keys::Key;
+use super::lease::{Acquire, Holder, Renewal, SeenLease, Written};
+use super::GroupConfig;
+
+/// A member of a group. Dropping it stops the member on the spot, as a crash would:
+/// its leases stay until their TTL. [`Group::leave`] is the orderly way out.
+#[derive(Debug)]
+pub struct Group {
+    instance: String,
+    partitions: u32,
+    owned: watch::Receiver<BTreeMap<u32, Fence>>,
+    leave: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), GroupError>>>,
+}
+
+/// A request from the group to stop working on a partition, because it moves to
+/// another member or this member leaves. Finish or abandon the partition's work in
+/// flight, then call [`Handover::stopped`]; only then is the lease released.
+///
+/// Dropping the request counts as "stopped": the group must not wait for code that is
+/// gone. The fence is revoked before the lease is released either way.
+#[derive(Debug)]
+pub struct Handover {
+    fence: Fence,
+    done: oneshot::Sender<()>,
+}
+
+impl Handover {
+    pub fn partition(&self) -> u32 {
+        self.fence.partition()
+    }
+
+    /// The fence being handed over (still valid until the release).
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// Confirms that nothing more will be done for the partition.
+    pub fn stopped(self) {
+        // The group gone means there is nobody left to release to: nothing to do.
+        let _ = self.done.send(());
+    }
+}
+
+/// The stream of [`Handover`] requests for the owner code. Dropping it lets the group
+/// release partitions without asking.
+#[derive(Debug)]
+pub struct Handovers(mpsc::UnboundedReceiver<Handover>);
+
+impl Handovers {
+    /// The next request; `None` once the group has stopped.
+    pub async fn next(&mut self) -> Option<Handover> {
+        self.0.recv().await
+    }
+}
+
+impl Group {
+    /// Joins the group: opens (or creates) the bucket, records the partition count if
+    /// none is recorded, writes this member's heartbeat and starts the member's task.
+    ///
+    /// The partition count in effect is [`Group::partitions`]: a recorded count wins
+    /// over `config.partitions`, with a warning.
+    pub async fn join(
+        js: &jetstream::Context,
+        config: GroupConfig,
+    ) -> Result<(Group, Handovers), GroupError> {
+        config.validate()?;
+        let bucket = GroupBucket::open(js, &config.bucket, &config.group, config.lease_ttl).await?;
+        let partitions = bucket.record_partitions(config.partitions).await?;
+        if partitions != config.partitions {
+            tracing::warn!(
+                group = %config.group,
+                configured = config.partitions,
+                recorded = partitions,
+                "the group's partition count was recorded earlier; using the recorded one"
+            );
+        }
+        let holder = Holder {
+            instance: config.instance.clone(),
+            incarnation: rand::random(),
+            ttl: config.lease_ttl,
+        };
+        let heartbeat = holder.heartbeat(&bucket).await?;
+        let watch = bucket.watch().await?;
+        let (owned_tx, owned) = watch::channel(BTreeMap::new());
+        let (handovers_tx, handovers) = mpsc::unbounded_channel();
+        let (leave_tx, leave_rx) = oneshot::channel();
+        tracing::info!(group = %config.group, instance = %config.instance, partitions, "joined");
+        let coordinator = Coordinator {
+            bucket,
+            holder,
+            partitions,
+            renew_every: config.renew_every,
+            fence_life: config.lease_ttl.saturating_sub(config.safety_margin),
+            members: BTreeSet::new(),
+            leases: BTreeMap::new(),
+            held: BTreeMap::new(),
+            stopping: BTreeSet::new(),
+            confirmations: FuturesUnordered::new(),
+            owned: owned_tx,
+            handovers: handovers_tx,
+            heartbeat: Some(heartbeat),
+            synced: false,
+            leaving: false,
+            leave_error: None,
+        };
+        let task = tokio::spawn(coordinator.run(Some(watch), leave_rx));
+        Ok((
+            Group {
+                instance: config.instance,
+                partitions,
+                owned,
+                leave: Some(leave_tx),
+                task: Some(task),
+            },
+            Handovers(handovers),
+        ))
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The group's partition count (the recorded one).
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partitions this member holds, each with its fence; changes when one is
+    /// acquired, released or lost (not on renewals, which move the fences' deadlines).
+    pub fn owned(&self) -> watch::Receiver<BTreeMap<u32, Fence>> {
+        self.owned.clone()
+    }
+
+    /// The fence of `partition`, if this member holds it.
+    pub fn fence(&self, partition: u32) -> Option<Fence> {
+        self.owned.borrow().get(&partition).cloned()
+    }
+
+    /// Leaves in order: deletes the heartbeat so the others rebalance at once, hands
+    /// every partition over (waiting for each [`Handover::stopped`]), releases the
+    /// leases so their next owners need not wait for the TTL, then stops.
+    ///
+    /// Waits as long as the owner code takes to confirm; bound it with the service's
+    /// shutdown grace. Errors are faults of the broker: the leases it could not release
+    /// expire after their TTL.
+    pub async fn leave(mut self) -> Result<(), GroupError> {
+        if let Some(leave) = self.leave.take() {
+            // The task gone already is what we wanted.
+            let _ = leave.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The member's state, owned by its task.
+struct Coordinator {
+    bucket: GroupBucket,
+    holder: Holder,
+    partitions: u32,
+    renew_every: Duration,
+    /// How long after sending a successful renewal its fence passes: TTL − margin.
+    fence_life: Duration,
+    /// Live members other than (and perhaps including) us, from the watch.
+    members: BTreeSet<String>,
+    /// Live leases by partition, from the watch.
+    leases: BTreeMap<u32, SeenLease>,
+    /// The leases we hold.
+    held: BTreeMap<u32, Fence>,
+    /// Held partitions whose handover was requested and not yet confirmed.
+    stopping: BTreeSet<u32>,
+    confirmations: FuturesUnordered<BoxFuture<'static, u32>>,
+    owned: watch::Sender<BTreeMap<u32, Fence>>,
+    handovers: mpsc::UnboundedSender<Handover>,
+    /// Our heartbeat's last revision; `None` once we departed.
+    heartbeat: Option<u64>,
+    /// Whether the watch has delivered the bucket's current state; until then the view
+    /// is partial and deciding from it could take a held partition for a free one.
+    synced: bool,
+    leaving: bool,
+    /// The first fault while leaving, reported by [`Group::leave`].
+    leave_error: Option<GroupError>,
+}
+
+impl Coordinator {
+    async fn run(
+        mut self,
+        mut watch: Option<kv::Watch>,
+        mut leave: oneshot::Receiver<()>,
+    ) -> Result<(), GroupError> {
+        let mut tick = tokio::time::interval(self.renew_every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.renew().await;
+                    if watch.is_none() {
+                        watch = self.rewatch().await;
+                    }
+                    self.reconcile().await;
+                }
+                entry = next_entry(&mut watch) => match entry {
+                    Some(Ok(entry)) => {
+                        self.observe(&entry);
+                        self.reconcile().await;
+                    }
+                    broken => {
+                        let error = broken.and_then(Result::err).map(|e| e.to_string());
+                        tracing::warn!(instance = %self.holder.instance, ?error, "group watch ended; watching again on the next tick");
+                        watch = None;
+                    }
+                },
+                Some(partition) = self.confirmations.next(), if !self.confirmations.is_empty() => {
+                    self.release(partition).await;
+                    self.reconcile().await;
+                }
+                // Sent by `leave`, or the handle was dropped (then the task is aborted anyway).
+                _ = &mut leave, if !self.leaving => {
+                    self.depart().await;
+                    self.reconcile().await;
+                }
+            }
+            if self.leaving && self.held.is_empty() {
+                tracing::info!(instance = %self.holder.instance, "left the group");
+                return self.leave_error.map_or(Ok(()), Err);
+            }
+        }
+    }
+
+    /// A fresh watch replays the current state, so the old view is dropped with it.
+    async fn rewatch(&mut self) -> Option<kv::Watch> {
+        match self.bucket.watch().await {
+            Ok(watch) => {
+                self.members.clear();
+                self.leases.clear();
+                self.synced = false;
+                Some(watch)
+            }
+            Err(error) => {
+                tracing::warn!(instance = %self.holder.instance, %error, "cannot watch the group");
+                None
+            }
+        }
+    }
+
+    /// Heartbeat, then renew every held lease at once (one slow lease must not delay
+    /// the others past their deadlines).
+    async fn renew(&mut self) {
+        if self.heartbeat.is_some() {
+            match self.holder.heartbeat(&self.bucket).await {
+                Ok(revision) => self.heartbeat = Some(revision),
+                Err(error) => {
+                    tracing::warn!(instance = %self.holder.instance, %error, "heartbeat failed")
+                }
+            }
+        }
+        let (holder, bucket) = (&self.holder, &self.bucket);
+        let renewals = join_all(self.held.iter().map(|(&partition, fence)| async move {
+            let outcome = holder
+                .renew(bucket, partition, fence.epoch(), fence.revision())
+                .await;
+            (partition, outcome)
+        }))
+        .await;
+        for (partition, outcome) in renewals {
+            match outcome {
+                Ok(Renewal::Renewed(written)) => {
+                    if let Some(fence) = self.held.get(&partition) {
+                        fence.extend(written.revision, written.sent + self.fence_life);
+                    }
+                }
+                Ok(Renewal::Lost) => self.lose(partition, "its renewal found it taken or expired"),
+                Err(error) => tracing::warn!(
+                    instance = %self.holder.instance,
+                    partition,
+                    %error,
+                    "renewal failed; the fence lapses at its deadline unless a later renewal lands"
+                ),
+            }
+        }
+        self.publish_owned();
+    }
+
+    /// Folds one watched entry into the view; notices when a lease we hold moved on.
+    fn observe(&mut self, entry: &kv::Entry) {
+        if entry.seen_current {
+            self.synced = true;
+        }
+        match self.bucket.keys.parse(&entry.key) {
+            Some(Key::Member(name)) => {
+                if is_live(entry) {
+                    self.members.insert(name);
+                } else {
+                    self.members.remove(&name);
+                }
+            }
+            Some(Key::Lease(partition)) if partition < self.partitions => {
+                let seen = SeenLease::from_entry(entry).unwrap_or_else(|error| {
+                    // Unreadable but live: treat it as someone's until it expires.
+                    tracing::warn!(%error, "unreadable lease; waiting for it to expire");
+                    Some(SeenLease {
+                        owner: String::new(),
+                        incarnation: 0,
+                        epoch: entry.revision,
+                        revision: entry.revision,
+                    })
+                });
+                if let Some(fence) = self.held.get(&partition) {
+                    // Older entries are replays; only a later write can tell us anything.
+                    if entry.revision > fence.revision() {
+                        match &seen {
+                            Some(lease)
+                                if lease.owner == self.holder.instance
+                                    && lease.incarnation == self.holder.incarnation
+                                    && lease.epoch == fence.epoch() =>
+                            {
+                                // Our own renewal, whose acknowledgement we may have lost.
+                                fence.observe_revision(lease.revision);
+                            }
+                            _ => {
+                                self.lose(partition, "the bucket shows a later owner or its expiry")
+                            }
+                        }
+                    }
+                }
+                match seen {
+                    Some(lease) => self.leases.insert(partition, lease),
+                    None => self.leases.remove(&partition),
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Computes the target and moves toward it: asks to hand over what is no longer
+    /// ours, takes what is ours and free.
+    async fn reconcile(&mut self) {
+        if !self.synced {
+            return;
+        }
+        let me = self.holder.instance.clone();
+        let mut members = self.members.clone();
+        if self.leaving {
+            members.remove(&me);
+        } else {
+            members.insert(me.clone());
+        }
+        let mut current: BTreeMap<u32, String> = self
+            .leases
+            .iter()
+            .map(|(partition, lease)| (*partition, lease.owner.clone()))
+            .collect();
+        current.extend(self.held.keys().map(|partition| (*partition, me.clone())));
+        let target = assign(self.partitions, &members, &current);
+
+        let give_up: Vec<u32> = self
+            .held
+            .keys()
+            .filter(|p| target.get(p) != Some(&me) && !self.stopping.contains(p))
+            .copied()
+            .collect();
+        for partition in give_up {
+            self.request_handover(partition);
+        }
+        if self.leaving {
+            return;
+        }
+        let take: Vec<u32> = target
+            .iter()
+            .filter(|(p, owner)| **owner == me && !self.held.contains_key(p))
+            .filter(|(p, _)| match self.leases.get(p) {
+                None => true,
+                // Ours from a lost acknowledgement; `acquire` adopts it.
+                Some(lease) => lease.owner == me && lease.incarnation == self.holder.incarnation,
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        if !take.is_empty() {
+            self.acquire(take).await;
+        }
+        self.publish_owned();
+    }
+
+    async fn acquire(&mut self, partitions: Vec<u32>) {
+        let (holder, bucket) = (&self.holder, &self.bucket);
+        let attempts =
+            join_all(partitions.into_iter().map(|partition| async move {
+                (partition, holder.acquire(bucket, partition).await)
+            }))
+            .await;
+        for (partition, outcome) in attempts {
+            match outcome {
+                Ok(Acquire::Won(Written {
+                    epoch,
+                    revision,
+                    sent,
+                })) => {
+                    tracing::info!(instance = %self.holder.instance, partition, epoch, "acquired");
+                    let fence = Fence::new(partition, epoch, revision, sent + self.fence_life);
+                    self.held.insert(partition, fence);
+                }
+                // Someone was faster; the watch will show who.
+                Ok(Acquire::Taken) => {}
+                Err(error) => tracing::warn!(
+                    instance = %self.holder.instance,
+                    partition,
+                    %error,
+                    "acquisition failed; retrying on the next tick"
+                ),
+            }
+        }
+    }
+
+    fn request_handover(&mut self, partition: u32) {
+        let Some(fence) = self.held.get(&partition) else {
+            return;
+        };
+        tracing::info!(instance = %self.holder.instance, partition, "handing over");
+        self.stopping.insert(partition);
+        let (done, confirmed) = oneshot::channel();
+        // Nobody listening drops the request, and with it `done`: confirmed at once.
+        let _ = self.handovers.send(Handover {
+            fence: fence.clone(),
+            done,
+        });
+        self.confirmations.push(Box::pin(async move {
+            let _ = confirmed.await;
+            partition
+        }));
+    }
+
+    /// The owner code stopped: fail the fence first, then free the lease.
+    async fn release(&mut self, partition: u32) {
+        self.stopping.remove(&partition);
+        let Some(fence) = self.held.remove(&partition) else {
+            return; // lost while stopping
+        };
+        fence.revoke();
+        self.publish_owned();
+        match self
+            .holder
+            .release(&self.bucket, partition, fence.revision())
+            .await
+        {
+            Ok(true) => tracing::info!(instance = %self.holder.instance, partition, "released"),
+            Ok(false) => {
+                tracing::info!(instance = %self.holder.instance, partition, "was already lost")
+            }
+            Err(error) => {
+                tracing::warn!(instance = %self.holder.instance, partition, %error, "release failed; the lease expires after its TTL");
+                if self.leaving && self.leave_error.is_none() {
+                    self.leave_error = Some(error);
+                }
+            }
+        }
+    }
+
+    fn lose(&mut self, partition: u32, why: &str) {
+        if let Some(fence) = self.held.remove(&partition) {
+            fence.revoke();
+            self.stopping.remove(&partition);
+            tracing::warn!(instance = %self.holder.instance, partition, epoch = fence.epoch(), "lost the lease: {why}");
+        }
+    }
+
+    /// Stops heartbeating and deletes our member key, so the others compute the target
+    /// without us now and stand ready to take each partition as it is released.
+    async fn depart(&mut self) {
+        self.leaving = true;
+        if let Some(revision) = self.heartbeat.take() {
+            if let Err(error) = self.holder.depart(&self.bucket, revision).await {
+                tracing::warn!(instance = %self.holder.instance, %error, "cannot delete the member key; it expires after its TTL");
+                self.leave_error = Some(error);
+            }
+        }
+    }
+
+    fn publish_owned(&self) {
+        self.owned.send_if_modified(|owned| {
+            let same = owned.len() == self.held.len()
+                && owned
+                    .iter()
+                    .zip(&self.held)
+                    .all(|((p, a), (q, b))| p == q && a.epoch() == b.epoch());
+            if !same {
+                *owned = self.held.clone();
+            }
+            !same
+        });
+    }
+}
+
+/// The watch's next entry; pending forever while there is no watch.
+async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
+}
