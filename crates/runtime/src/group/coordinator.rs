@@ -370,16 +370,27 @@ impl Coordinator {
     /// Computes the target and moves toward it: asks to hand over what is no longer
     /// ours, takes what is ours and free.
     async fn reconcile(&mut self) {
+        if self.leaving {
+            // Everything goes, whatever the view says: leaving must not wait for a
+            // watch that is broken or still replaying.
+            let all: Vec<u32> = self
+                .held
+                .keys()
+                .filter(|p| !self.stopping.contains(p))
+                .copied()
+                .collect();
+            for partition in all {
+                self.request_handover(partition);
+            }
+            self.publish_owned();
+            return;
+        }
         if !self.synced {
             return;
         }
         let me = self.holder.instance.clone();
         let mut members = self.members.clone();
-        if self.leaving {
-            members.remove(&me);
-        } else {
-            members.insert(me.clone());
-        }
+        members.insert(me.clone());
         let mut current: BTreeMap<u32, String> = self
             .leases
             .iter()
@@ -396,9 +407,6 @@ impl Coordinator {
             .collect();
         for partition in give_up {
             self.request_handover(partition);
-        }
-        if self.leaving {
-            return;
         }
         let take: Vec<u32> = target
             .iter()
