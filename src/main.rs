@@ -8,6 +8,8 @@ use std::str::FromStr;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shop_checkout::CheckoutArgs;
+use shop_gateway_sim::config::{parse_listen, BehaviourArgs, DEFAULT_LISTEN, LEDGER_DIR};
+use shop_gateway_sim::Simulator;
 use shop_payment::PaymentArgs;
 use shop_runtime::cli::CommonArgs;
 use shop_runtime::shutdown::{on_os_signal, Shutdown};
@@ -36,7 +38,9 @@ enum Command {
     ///
     /// Each service keeps its sled database under <data-dir>/<service>. The same
     /// services ship as separate binaries (checkout, inventory, payment) for
-    /// deploying and scaling them on their own.
+    /// deploying and scaling them on their own. With payment, a payment gateway
+    /// simulator runs here too (books in <data-dir>/payment-gateway), unless
+    /// --gateway-url points at another gateway.
     Run {
         /// Comma-separated subset: checkout,inventory,payment.
         #[arg(
@@ -49,6 +53,8 @@ enum Command {
         checkout: CheckoutArgs,
         #[command(flatten)]
         payment: PaymentArgs,
+        #[command(flatten)]
+        gateway: GatewaySimArgs,
     },
     /// Drive a realistic mixed workload against a running shop, then show outcomes and latencies.
     ///
@@ -101,6 +107,16 @@ enum Command {
     },
 }
 
+/// The gateway simulator `shop run` starts for payment.
+#[derive(Debug, Clone, clap::Args)]
+struct GatewaySimArgs {
+    /// Where the simulator listens; payment calls it there unless --gateway-url points elsewhere.
+    #[arg(long, env = "SHOP_GATEWAY_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    gateway_listen: std::net::SocketAddr,
+    #[command(flatten)]
+    behaviour: BehaviourArgs,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ServiceName {
     Checkout,
@@ -127,8 +143,14 @@ async fn run_services(
     services: &[ServiceName],
     checkout: &CheckoutArgs,
     payment: &PaymentArgs,
+    gateway: &GatewaySimArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let (simulator, gateway_url) = if services.contains(&ServiceName::Payment) {
+        start_gateway(common, payment, gateway).await?
+    } else {
+        (None, String::new())
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for service in services {
         let (url, dir, stop) = (
@@ -168,7 +190,7 @@ async fn run_services(
                     nats_url: url,
                     data_dir: dir,
                     stream_replicas: common.stream_replicas,
-                    gateway: payment.simulator(),
+                    gateway: payment.gateway_at(gateway_url.clone()),
                 };
                 tasks.spawn(async move {
                     shop_payment::run(config, stop)
@@ -185,7 +207,44 @@ async fn run_services(
             result = Err(e);
         }
     }
+    // After payment: its last calls are answered and the books flushed.
+    if let Some(simulator) = simulator {
+        if let Err(e) = simulator.stop().await {
+            tracing::error!(error = %e, "the payment gateway simulator stopped with an error");
+        }
+    }
     result
+}
+
+/// Starts the payment gateway simulator in this process, unless `--gateway-url` points
+/// elsewhere; returns it and the URL payment calls.
+async fn start_gateway(
+    common: &CommonArgs,
+    payment: &PaymentArgs,
+    gateway: &GatewaySimArgs,
+) -> anyhow::Result<(Option<Simulator>, String)> {
+    let listen = gateway.gateway_listen;
+    if let Some(url) = &payment.gateway_url {
+        if url.trim_end_matches('/') != format!("http://{listen}") {
+            tracing::info!(%url, "payment calls the gateway at SHOP_GATEWAY_URL; no simulator started");
+            return Ok((None, url.clone()));
+        }
+    }
+    let simulator = Simulator::start(
+        listen,
+        &common.data_dir.join(LEDGER_DIR),
+        gateway.behaviour.config(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot start the payment gateway simulator on {listen}; if one runs there \
+             already, point payment at it with SHOP_GATEWAY_URL=http://{listen}, or pick \
+             another address with SHOP_GATEWAY_LISTEN"
+        )
+    })?;
+    let url = simulator.url();
+    Ok((Some(simulator), url))
 }
 
 async fn client(common: &CommonArgs) -> anyhow::Result<async_nats::Client> {
@@ -221,7 +280,18 @@ async fn main() -> anyhow::Result<()> {
             services,
             checkout,
             payment,
-        } => run_services(&cli.common, services, checkout, payment, on_os_signal()).await,
+            gateway,
+        } => {
+            run_services(
+                &cli.common,
+                services,
+                checkout,
+                payment,
+                gateway,
+                on_os_signal(),
+            )
+            .await
+        }
         Command::Demo {
             orders,
             concurrency,

@@ -16,8 +16,8 @@ use serde_json::Value;
 use shop_harness::scenario::{
     order, payment, place, replenish, stock, wait_for_stock, wait_settled,
 };
+use shop_harness::shop::SimulatorConfig;
 use shop_harness::{events_about, eventually, Service, ShopConfig};
-use shop_payment::gateway::SimulatorConfig;
 
 use common::{call_ok, dead_letters, wait_idle, world, SETTLE};
 

@@ -19,12 +19,12 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use shop_events::{Envelope, Event, EventKind};
 use shop_harness::scenario::{order, order_status, STOREFRONT};
+use shop_harness::shop::SimulatorConfig;
 use shop_harness::{
     connect, declare_streams, eventually, publish_event, publish_raw, HarnessError, Mode,
     NatsServer, Service, Shop, ShopConfig,
 };
 use shop_ops::{audit, AuditOptions, AuditReport};
-use shop_payment::gateway::SimulatorConfig;
 use shop_runtime::crashpoint;
 
 /// Why a chaos run could not complete (violations are results, not errors).

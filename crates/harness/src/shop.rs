@@ -5,9 +5,15 @@
 //! only stop them gracefully. Process mode runs the deployable `checkout`,
 //! `inventory` and `payment` binaries, each with its own data directory, so
 //! `kill` is a real SIGKILL and crash points (`SHOP_CRASHPOINT`) can abort them.
+//!
+//! Payment calls a payment gateway simulator that the shop starts before payment:
+//! in-process mode serves it from a task on a free port, process mode runs the
+//! `gateway-sim` binary next to the others (or, when that binary was not built,
+//! the task). It keeps its address across restarts, so payment's URL stays valid.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -17,7 +23,10 @@ use std::time::Duration;
 pub use shop_checkout::clock::ManualClock;
 use shop_checkout::clock::{self, Clock};
 use shop_events::api::deadletters::DISCARD_ENDPOINT;
-use shop_payment::gateway::SimulatorConfig;
+use shop_gateway_sim::Simulator;
+/// How the payment gateway simulator behaves, for [`ShopConfig::gateway`].
+pub use shop_gateway_sim::SimulatorConfig;
+use shop_payment::gateway::HttpGatewayConfig;
 use shop_runtime::shutdown::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
@@ -148,6 +157,15 @@ enum Running {
     },
 }
 
+/// The payment gateway simulator, when it runs.
+enum Gateway {
+    Task(Simulator),
+    Process {
+        child: tokio::process::Child,
+        log: PathBuf,
+    },
+}
+
 /// A running shop; dropping it stops every service (processes are killed).
 pub struct Shop {
     nats_url: String,
@@ -156,6 +174,9 @@ pub struct Shop {
     _temp: Option<tempfile::TempDir>,
     running: BTreeMap<Service, Running>,
     starts: BTreeMap<Service, u32>,
+    gateway: Option<Gateway>,
+    /// Where the gateway listens; fixed at its first start, so restarts keep payment's URL.
+    gateway_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Shop {
@@ -164,6 +185,7 @@ impl fmt::Debug for Shop {
             .field("nats_url", &self.nats_url)
             .field("data_dir", &self.data_dir)
             .field("running", &self.running.keys().collect::<Vec<_>>())
+            .field("gateway", &self.gateway_url())
             .finish()
     }
 }
@@ -205,6 +227,8 @@ impl Shop {
             _temp: temp,
             running: BTreeMap::new(),
             starts: BTreeMap::new(),
+            gateway: None,
+            gateway_addr: None,
         })
     }
 
@@ -225,6 +249,9 @@ impl Shop {
     pub async fn start_service(&mut self, service: Service) -> Result<(), HarnessError> {
         if self.running.contains_key(&service) {
             return Ok(());
+        }
+        if service == Service::Payment {
+            self.start_gateway().await?;
         }
         // With crash points on, a process may abort while it starts (draining its
         // outbox, say); that is the point of them, so start it again.
@@ -269,7 +296,7 @@ impl Shop {
             Some(manual) => Arc::new(manual.clone()),
             None => clock::system(),
         };
-        let gateway = self.config.gateway;
+        let gateway = self.payment_gateway();
         let stream_replicas = self.config.stream_replicas;
         let handle = tokio::spawn(async move {
             match service {
@@ -340,16 +367,12 @@ impl Shop {
                 "SHOP_ORDER_DEADLINE",
                 format!("{}ms", self.config.order_deadline.as_millis()),
             )
-            .env(
-                "SHOP_GATEWAY_LATENCY",
-                format!("{}ms", self.config.gateway.latency.as_millis()),
-            )
-            .env(
-                "SHOP_GATEWAY_FAILURE_RATE",
-                self.config.gateway.failure_rate.to_string(),
-            )
+            .env("SHOP_GATEWAY_URL", self.payment_gateway().url)
             .env("SHOP_LOG_FORMAT", "pretty")
-            .env("SHOP_STREAM_REPLICAS", self.config.stream_replicas.to_string())
+            .env(
+                "SHOP_STREAM_REPLICAS",
+                self.config.stream_replicas.to_string(),
+            )
             .env_remove("SHOP_CRASHPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
@@ -511,13 +534,16 @@ impl Shop {
         Ok(dead)
     }
 
-    /// Stops every service gracefully.
+    /// Stops every service gracefully, then the gateway simulator.
     pub async fn shutdown(mut self) -> Result<(), HarnessError> {
         let mut first_error = None;
         for service in Service::ALL {
             if let Err(e) = self.stop_service(service).await {
                 first_error.get_or_insert(e);
             }
+        }
+        if let Err(e) = self.stop_gateway().await {
+            first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -564,4 +590,257 @@ impl Shop {
             _ => None,
         }
     }
+}
+
+/// The payment gateway simulator: started before payment, stopped after everything.
+impl Shop {
+    /// The gateway's base URL, once it was started.
+    pub fn gateway_url(&self) -> Option<String> {
+        self.gateway_addr.map(|addr| format!("http://{addr}"))
+    }
+
+    pub fn is_gateway_running(&self) -> bool {
+        self.gateway.is_some()
+    }
+
+    /// What payment calls the gateway with.
+    fn payment_gateway(&self) -> HttpGatewayConfig {
+        HttpGatewayConfig {
+            url: self.gateway_url().unwrap_or_default(),
+            concurrency: shop_payment::config::DEFAULT_GATEWAY_CONCURRENCY,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Starts the simulator unless it runs, and waits until it answers `GET /healthz`.
+    pub async fn start_gateway(&mut self) -> Result<(), HarnessError> {
+        if self.gateway.is_some() {
+            return Ok(());
+        }
+        let binary = match &self.config.mode {
+            Mode::Processes { bin_dir } => Some(bin_dir.join(GATEWAY_SIM)).filter(|p| p.exists()),
+            Mode::InProcess => None,
+        };
+        let gateway = match binary {
+            Some(program) => {
+                let addr = match self.gateway_addr {
+                    Some(addr) => addr,
+                    None => free_local_addr()?,
+                };
+                self.gateway_addr = Some(addr);
+                self.spawn_gateway_process(&program, addr)?
+            }
+            None => {
+                if matches!(self.config.mode, Mode::Processes { .. }) {
+                    // `cargo test -p shop` builds only `shop`; the simulator in this
+                    // process serves the payment processes as well.
+                    tracing::info!("no {GATEWAY_SIM} binary next to the others; serving the gateway from the test process");
+                }
+                let sim = self.start_gateway_task().await?;
+                self.gateway_addr = Some(sim.addr());
+                Gateway::Task(sim)
+            }
+        };
+        self.gateway = Some(gateway);
+        self.wait_gateway_ready().await
+    }
+
+    /// Opens the ledger and serves it from a task, on the address it had before if any.
+    async fn start_gateway_task(&self) -> Result<Simulator, HarnessError> {
+        let listen = self
+            .gateway_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let ledger = self.data_dir.join(shop_gateway_sim::LEDGER_DIR);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Simulator::start(listen, &ledger, self.config.gateway).await {
+                Ok(sim) => return Ok(sim),
+                // The previous simulator's last connection may still hold the ledger
+                // (or the port) for a moment after it stopped.
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "gateway simulator not startable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Err(HarnessError::ServiceFailed {
+                        service: GATEWAY_SIM.into(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn spawn_gateway_process(
+        &self,
+        program: &Path,
+        addr: SocketAddr,
+    ) -> Result<Gateway, HarnessError> {
+        let log = self.data_dir.join(format!("{GATEWAY_SIM}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| HarnessError::io(format!("opening {}", log.display()), e))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| HarnessError::io("cloning the log handle", e))?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .env("SHOP_DATA_DIR", &self.data_dir)
+            .env(
+                "SHOP_GATEWAY_LATENCY",
+                format!("{}us", self.config.gateway.latency.as_micros()),
+            )
+            .env(
+                "SHOP_GATEWAY_FAILURE_RATE",
+                self.config.gateway.failure_rate.to_string(),
+            )
+            .env("SHOP_LOG_FORMAT", "pretty")
+            .env_remove("SHOP_CRASHPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true);
+        for (k, v) in &self.config.env {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| HarnessError::io(format!("spawning {}", program.display()), e))?;
+        Ok(Gateway::Process { child, log })
+    }
+
+    async fn wait_gateway_ready(&mut self) -> Result<(), HarnessError> {
+        let Some(addr) = self.gateway_addr else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if let Some(Gateway::Process { child, .. }) = &mut self.gateway {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.gateway = None;
+                    return Err(HarnessError::ServiceFailed {
+                        service: GATEWAY_SIM.into(),
+                        reason: format!(
+                            "exited with {status} while starting; last log lines:\n{}",
+                            self.gateway_log_tail()
+                        ),
+                    });
+                }
+            }
+            if healthz(addr).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::ServiceNotReady {
+                    service: GATEWAY_SIM.into(),
+                    log_tail: self.gateway_log_tail(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the simulator gracefully (SIGTERM for the process); its books stay.
+    pub async fn stop_gateway(&mut self) -> Result<(), HarnessError> {
+        let failed = |reason: String| HarnessError::ServiceFailed {
+            service: GATEWAY_SIM.into(),
+            reason,
+        };
+        match self.gateway.take() {
+            None => Ok(()),
+            Some(Gateway::Task(sim)) => sim.stop().await.map_err(|e| failed(e.to_string())),
+            Some(Gateway::Process { mut child, .. }) => {
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill")
+                        .arg("-TERM")
+                        .arg(pid.to_string())
+                        .status()
+                        .await;
+                }
+                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                    Ok(Ok(status)) if status.success() => Ok(()),
+                    Ok(Ok(status)) => Err(failed(format!("exited with {status} after SIGTERM"))),
+                    _ => {
+                        let _ = child.kill().await;
+                        Err(failed("did not exit within 30 s of SIGTERM".into()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills the simulator (SIGKILL for the process; a task can only be stopped).
+    pub async fn kill_gateway(&mut self) -> Result<(), HarnessError> {
+        match self.gateway.take() {
+            Some(Gateway::Process { mut child, .. }) => {
+                let _ = child.kill().await;
+                Ok(())
+            }
+            Some(task) => {
+                self.gateway = Some(task);
+                self.stop_gateway().await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Kills the simulator and starts it again on the same address with the same books.
+    pub async fn restart_gateway(&mut self) -> Result<(), HarnessError> {
+        self.kill_gateway().await?;
+        self.start_gateway().await
+    }
+
+    /// The last lines the simulator's process wrote.
+    pub fn gateway_log_tail(&self) -> String {
+        let path = self.data_dir.join(format!("{GATEWAY_SIM}.log"));
+        std::fs::read_to_string(path)
+            .map(|text| {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn gateway_log_path(&self) -> Option<&Path> {
+        match &self.gateway {
+            Some(Gateway::Process { log, .. }) => Some(log),
+            _ => None,
+        }
+    }
+}
+
+/// The simulator's binary and log name.
+const GATEWAY_SIM: &str = "gateway-sim";
+
+/// An address on 127.0.0.1 that was free a moment ago, for a process to listen on.
+fn free_local_addr() -> Result<SocketAddr, HarnessError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| HarnessError::io("finding a free port for the gateway simulator", e))
+}
+
+/// Whether the simulator at `addr` answers `GET /healthz` with a 200; a raw HTTP/1.1
+/// exchange, so the harness needs no HTTP client.
+async fn healthz(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        Some(answer.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), exchange).await,
+        Ok(Some(true))
+    )
 }

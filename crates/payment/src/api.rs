@@ -1,4 +1,4 @@
-//! Payment's NATS micro-service endpoints: an order's payment, and the simulator's books.
+//! Payment's NATS micro-service endpoints: an order's payment, and the gateway's books.
 
 use std::sync::Arc;
 
@@ -11,14 +11,15 @@ use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
 use shop_runtime::store::Store;
 
 use crate::domain::{Charge, Refund, State};
-use crate::gateway::SimulatedGateway;
+use crate::gateway::{HttpGateway, LedgerEntry, PaymentGateway};
 use crate::store::Trees;
+use crate::PaymentError;
 
 #[derive(Clone)]
 pub struct Api {
     pub store: Arc<Store>,
     pub trees: Trees,
-    pub gateway: Arc<SimulatedGateway>,
+    pub gateway: Arc<HttpGateway>,
 }
 
 /// Where a record stands, in the contract's words.
@@ -80,13 +81,18 @@ impl Api {
         }
     }
 
-    /// `payment.gateway.ledger`: the simulator's own books, for audits.
+    /// `payment.gateway.ledger`: the gateway's own books (`GET /v1/ledger`), for audits.
     pub async fn ledger(&self, _body: &[u8]) -> ApiResult {
-        let entries = self
-            .gateway
-            .ledger()
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        reply(&entries)
+        ledger_reply(self.gateway.ledger().await)
+    }
+}
+
+/// The books, or a 500 whose sentence says why there are none (a gateway that keeps
+/// its books to itself, or one that is down).
+fn ledger_reply(books: Result<Vec<LedgerEntry>, PaymentError>) -> ApiResult {
+    match books {
+        Ok(entries) => reply(&entries),
+        Err(e) => Err(ApiError::internal(e.to_string())),
     }
 }
 
@@ -101,5 +107,20 @@ impl shop_runtime::micro::Api for Api {
             Some(GATEWAY_LEDGER) => self.ledger(&body).await,
             _ => Err(ApiError::not_found(format!("no endpoint {name}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_without_books_answers_500_with_a_sentence_that_says_so() {
+        let answer = ledger_reply(Err(PaymentError::LedgerNotOffered {
+            url: "http://provider.invalid".into(),
+        }));
+        let error = answer.expect_err("no books to answer");
+        assert_eq!(error.code, 500);
+        assert!(error.description.contains("http://provider.invalid"));
     }
 }

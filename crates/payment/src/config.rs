@@ -1,4 +1,4 @@
-//! Payment's settings: the shared flags plus the simulated gateway's behaviour.
+//! Payment's settings: the shared flags plus where the payment gateway is and how hard to call it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,32 +6,54 @@ use std::time::Duration;
 use clap::Args;
 use shop_runtime::cli::parse_duration;
 
-use crate::gateway::SimulatorConfig;
+use crate::gateway::HttpGatewayConfig;
+
+/// Where payment looks for the gateway when `SHOP_GATEWAY_URL` is unset: where
+/// `gateway-sim` listens by default.
+pub const DEFAULT_GATEWAY_URL: &str = "http://127.0.0.1:4280";
+
+/// Calls in flight per payment instance unless `SHOP_GATEWAY_CONCURRENCY` says otherwise.
+pub const DEFAULT_GATEWAY_CONCURRENCY: usize = 32;
 
 /// Payment-specific flags.
 #[derive(Debug, Clone, Args)]
 pub struct PaymentArgs {
-    /// Simulated gateway latency per call, for example `50ms`.
-    #[arg(long, env = "SHOP_GATEWAY_LATENCY", default_value = "0ms", value_parser = parse_duration)]
-    pub gateway_latency: Duration,
-    /// Share of gateway calls that fail transiently (0.0–1.0); they are retried with backoff.
-    #[arg(long, env = "SHOP_GATEWAY_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
-    pub gateway_failure_rate: f64,
+    /// The payment gateway's base URL (plain HTTP), e.g. `http://127.0.0.1:4280`.
+    /// Unset, the `payment` binary uses that address and `shop run` starts a simulator there.
+    #[arg(long, env = "SHOP_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// Gateway calls in flight at most from this instance, as a provider's rate limit would allow.
+    #[arg(long, env = "SHOP_GATEWAY_CONCURRENCY", default_value_t = DEFAULT_GATEWAY_CONCURRENCY, value_parser = parse_concurrency)]
+    pub gateway_concurrency: usize,
+    /// How long one gateway call may take before it counts as failed (and is retried).
+    #[arg(long, env = "SHOP_GATEWAY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub gateway_timeout: Duration,
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("`{text}` is not a rate between 0.0 and 1.0")),
+fn parse_concurrency(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a number of calls, 1 or more")),
     }
 }
 
 impl PaymentArgs {
-    pub fn simulator(&self) -> SimulatorConfig {
-        SimulatorConfig {
-            latency: self.gateway_latency,
-            failure_rate: self.gateway_failure_rate,
+    /// The adapter's settings, calling the gateway at `url`.
+    pub fn gateway_at(&self, url: impl Into<String>) -> HttpGatewayConfig {
+        HttpGatewayConfig {
+            url: url.into(),
+            concurrency: self.gateway_concurrency,
+            timeout: self.gateway_timeout,
         }
+    }
+
+    /// The adapter's settings, at `--gateway-url` or the default address.
+    pub fn gateway(&self) -> HttpGatewayConfig {
+        self.gateway_at(
+            self.gateway_url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_GATEWAY_URL.to_owned()),
+        )
     }
 }
 
@@ -39,9 +61,9 @@ impl PaymentArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats_url: String,
-    /// Payment keeps its sled database in `<data_dir>/payment` and the simulator's books in `<data_dir>/payment-gateway`.
+    /// Payment keeps its sled database in `<data_dir>/payment`.
     pub data_dir: PathBuf,
     /// How many servers keep each stream the service declares (`--replicas`).
     pub stream_replicas: usize,
-    pub gateway: SimulatorConfig,
+    pub gateway: HttpGatewayConfig,
 }

@@ -20,9 +20,9 @@ use shop_shell::EnvelopeHandler;
 use tokio::sync::Notify;
 
 use crate::domain::{GatewayWork, Input, State};
-use crate::gateway::{ChargeOutcome, PaymentGateway, Transient, VoidOutcome};
+use crate::gateway::{ChargeOutcome, PaymentGateway, VoidOutcome};
 use crate::store::{apply_input, CauseRef, Trees};
-use crate::SERVICE;
+use crate::{PaymentError, SERVICE};
 
 pub struct PaymentHandler {
     pub trees: Trees,
@@ -47,24 +47,23 @@ impl EnvelopeHandler for PaymentHandler {
     }
 }
 
-/// How many gateway calls run at once.
-pub const GATEWAY_CONCURRENCY: usize = 32;
-
 /// What the worker needs.
 pub struct GatewayWorker<G> {
     pub store: Arc<Store>,
     pub trees: Trees,
     pub gateway: Arc<G>,
+    /// How many gateway calls a sweep makes at once; the adapter caps them too.
+    pub concurrency: usize,
     pub waker: RelayWaker,
     pub stats: Arc<Stats>,
     pub work_ready: Arc<Notify>,
 }
 
 /// Retries a transient gateway failure a few times with backoff; the next sweep tries again after that.
-async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, Transient>
+async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, PaymentError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Transient>>,
+    Fut: std::future::Future<Output = Result<T, PaymentError>>,
 {
     let mut delay = Duration::from_millis(20);
     let mut attempt = 0;
@@ -72,7 +71,7 @@ where
         attempt += 1;
         match call().await {
             Ok(v) => return Ok(v),
-            Err(e) if attempt >= 5 => return Err(e),
+            Err(e) if attempt >= 5 || !e.is_transient() => return Err(e),
             Err(e) => {
                 tracing::debug!(error = %e, attempt, "gateway call failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -105,24 +104,15 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                             .map(|input| (order_id, input))
                     }
                 })
-                .buffer_unordered(GATEWAY_CONCURRENCY)
+                .buffer_unordered(this.concurrency)
                 .filter_map(|answer| async move { answer })
                 .collect()
                 .await;
             let mut recorded = 0;
             if !answers.is_empty() {
-                // The gateway's books are durable before any of its answers is recorded.
-                let gateway = this.gateway.clone();
-                match tokio::task::spawn_blocking(move || gateway.make_durable()).await {
-                    Ok(Ok(())) => {
-                        crashpoint::hit(crate::gateway::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
-                        recorded = this.record_answers(&answers);
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "gateway books not durable; will retry")
-                    }
-                    Err(e) => tracing::error!(error = %e, "gateway flush task failed"),
-                }
+                // The gateway made its books durable before it answered.
+                crashpoint::hit(crate::gateway::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
+                recorded = this.record_answers(&answers);
             }
             if recorded > 0 {
                 if let Err(e) = this.store.flush().await {
@@ -191,8 +181,8 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                     VoidOutcome::AlreadyDeclined { reason } => Input::ChargeFailed { reason },
                 }),
             GatewayWork::Refund { payment_id } => {
-                let amount = state.terms().map(|t| t.amount)?;
-                with_retries(|| gateway.refund(order_id, &payment_id, amount))
+                let terms = state.terms().cloned()?;
+                with_retries(|| gateway.refund(order_id, &payment_id, terms.amount, terms.currency))
                     .await
                     .map(|()| Input::RefundSucceeded)
             }

@@ -31,10 +31,7 @@ pub const SERVICE: &str = "payment";
 
 /// Runs payment until `shutdown` fires, then stops gracefully.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError> {
-    let gateway = Arc::new(gateway::SimulatedGateway::open(
-        &config.data_dir.join("payment-gateway"),
-        config.gateway,
-    )?);
+    let gateway = Arc::new(gateway::HttpGateway::new(&config.gateway)?);
     let mut host = Host::start(
         host_config(
             SERVICE,
@@ -69,6 +66,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
         store: host.store.clone(),
         trees,
         gateway: gateway.clone(),
+        concurrency: config.gateway.concurrency,
         waker: host.waker.clone(),
         stats: host.stats.clone(),
         work_ready,
@@ -82,14 +80,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
             .to_owned(),
         metadata: HashMap::from([
             ("streams".to_owned(), "ORDERS,INVENTORY".to_owned()),
-            ("gateway".to_owned(), "simulated".to_owned()),
+            ("gateway".to_owned(), config.gateway.url.clone()),
             (
-                "gateway_latency".to_owned(),
-                humantime::format_duration(config.gateway.latency).to_string(),
+                "gateway_concurrency".to_owned(),
+                config.gateway.concurrency.to_string(),
             ),
             (
-                "gateway_failure_rate".to_owned(),
-                config.gateway.failure_rate.to_string(),
+                "gateway_timeout".to_owned(),
+                humantime::format_duration(config.gateway.timeout).to_string(),
             ),
         ]),
     };

@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
         nats_url: cli.common.nats_url,
         data_dir: cli.common.data_dir,
         stream_replicas: cli.common.stream_replicas,
-        gateway: cli.payment.simulator(),
+        gateway: cli.payment.gateway(),
     };
     run(config, on_os_signal()).await?;
     Ok(())
