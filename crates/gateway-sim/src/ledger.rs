@@ -326,6 +326,38 @@ mod tests {
         assert_eq!(entries[0].charge_calls, 2);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_charges_on_one_key_charge_once() {
+        let (_dir, ledger) = open();
+        let ledger = std::sync::Arc::new(ledger);
+        let calls = (0..16).map(|_| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                ledger
+                    .charge(&key("race"), Money(10), eur(), "tok_visa")
+                    .await
+                    .map(captured)
+            })
+        });
+        let mut ids = std::collections::BTreeSet::new();
+        for call in await_all(calls).await {
+            ids.insert(call.expect("the task ran").expect("charge"));
+        }
+        assert_eq!(ids.len(), 1, "one payment id for the key: {ids:?}");
+        let entry = ledger.entry(&key("race")).expect("read").expect("entry");
+        assert_eq!(entry.charge_calls, 16);
+    }
+
+    async fn await_all<T>(
+        handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+    ) -> Vec<Result<T, tokio::task::JoinError>> {
+        let mut results = Vec::new();
+        for handle in handles.collect::<Vec<_>>() {
+            results.push(handle.await);
+        }
+        results
+    }
+
     #[tokio::test]
     async fn a_declined_key_stays_declined_even_with_a_good_card() {
         let (_dir, ledger) = open();

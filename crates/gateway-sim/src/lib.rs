@@ -112,7 +112,7 @@ impl Simulator {
         self.gateway.ledger().entries()
     }
 
-    /// Resolves when the server stops on its own (it only does on a failure).
+    /// Whether the server stopped on its own, which it only does on a failure.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
