@@ -66,17 +66,17 @@ run: nats-server
 # The bench (shop-lab) starts its own nats-server and runs the service binaries as
 # processes, so all of them are built in release (the LTO profile) first.
 bench: nats-server
-	cargo build --release -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment --bins
+	cargo build --release -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
 	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/release/shop-lab bench $(BENCH_ARGS)
 
 # The chaos suite (shop-lab) on debug builds, as docs/RELIABILITY.md runs it.
 # `make chaos` is the short run; `make chaos-long` the 5,000-order run. CHAOS_ARGS adds flags.
 chaos: nats-server
-	cargo build -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment --bins
+	cargo build -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
 	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/debug/shop-lab chaos $(CHAOS_ARGS)
 
 chaos-long: nats-server
-	cargo build -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment --bins
+	cargo build -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
 	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/debug/shop-lab chaos --orders 5000 --broker-restarts 3 $(CHAOS_ARGS)
 
 clean-data:
