@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::{self, stream, ErrorCode};
 
 use crate::RuntimeError;
@@ -88,11 +88,51 @@ pub async fn declare_streams(
     Ok(outcomes)
 }
 
+/// How often one declaration is tried when the servers do not answer in time: a cluster
+/// that has just formed, or is electing a stream leader, can take longer than one request.
+const DECLARE_ATTEMPTS: u32 = 4;
+/// The pause after the first unanswered attempt; it grows by as much each time.
+const DECLARE_PAUSE: Duration = Duration::from_millis(500);
+
+/// A declaration that did not go through, and whether the servers only failed to answer
+/// in time (worth another attempt) rather than refused it.
+struct Failed {
+    unanswered: bool,
+    error: RuntimeError,
+}
+
 async fn declare_stream(
     js: &jetstream::Context,
     decl: &StreamDecl,
 ) -> Result<Declared, RuntimeError> {
-    let action = || format!("declaring stream {}", decl.name);
+    let mut attempt = 1;
+    loop {
+        match try_declare_stream(js, decl).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(Failed {
+                unanswered: true,
+                error,
+            }) if attempt < DECLARE_ATTEMPTS => {
+                let pause = DECLARE_PAUSE * attempt;
+                tracing::warn!(
+                    stream = %decl.name,
+                    attempt,
+                    error = %error,
+                    "no answer in time while declaring stream {}; trying again in {pause:?}",
+                    decl.name
+                );
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            Err(Failed { error, .. }) => return Err(error),
+        }
+    }
+}
+
+async fn try_declare_stream(
+    js: &jetstream::Context,
+    decl: &StreamDecl,
+) -> Result<Declared, Failed> {
     let config = decl.config();
     let existing = existing_replicas(js, &decl.name).await?;
     let outcome = match existing {
@@ -115,17 +155,21 @@ async fn declare_stream(
     }
     // Create-or-update rather than acting on `existing` alone: another service may
     // create the stream between the lookup and here.
-    js.create_or_update_stream(config)
-        .await
-        .map_err(RuntimeError::js(action()))?;
+    js.create_or_update_stream(config).await.map_err(|e| {
+        let unanswered = matches!(
+            e.kind(),
+            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
+        );
+        Failed {
+            unanswered,
+            error: RuntimeError::js(format!("declaring stream {}", decl.name))(e),
+        }
+    })?;
     Ok(outcome)
 }
 
 /// The replica count of the stream as it exists now, `None` if it does not exist.
-async fn existing_replicas(
-    js: &jetstream::Context,
-    name: &str,
-) -> Result<Option<usize>, RuntimeError> {
+async fn existing_replicas(js: &jetstream::Context, name: &str) -> Result<Option<usize>, Failed> {
     match js.get_stream(name).await {
         Ok(stream) => Ok(Some(stream.cached_info().config.num_replicas)),
         Err(e) => match e.kind() {
@@ -134,7 +178,10 @@ async fn existing_replicas(
             {
                 Ok(None)
             }
-            _ => Err(RuntimeError::js(format!("looking up stream {name}"))(e)),
+            kind => Err(Failed {
+                unanswered: matches!(kind, GetStreamErrorKind::Request),
+                error: RuntimeError::js(format!("looking up stream {name}"))(e),
+            }),
         },
     }
 }
