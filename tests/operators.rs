@@ -195,6 +195,9 @@ async fn stats_carry_the_consumer_counters_and_count_processed_events() -> anyho
     }
 
     replenish(&w.js, "sku-stats", 5).await?;
+    // The replenishment and the order travel on different consumers: wait for the stock,
+    // or the order may be judged before the shelf is filled.
+    wait_for_stock(&w.client, "sku-stats", 5, 0, SETTLE).await?;
     place(
         &w.js,
         order("o-stats", &[("sku-stats", 1, 100)], "tok_visa"),
