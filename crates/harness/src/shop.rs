@@ -470,27 +470,12 @@ impl Shop {
                 }
             }
             Some(Running::Process { mut child, .. }) => {
-                if let Some(pid) = child.id() {
-                    let _ = tokio::process::Command::new("kill")
-                        .arg("-TERM")
-                        .arg(pid.to_string())
-                        .status()
-                        .await;
-                }
-                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-                    Ok(Ok(status)) if status.success() => Ok(()),
-                    Ok(Ok(status)) => Err(HarnessError::ServiceFailed {
+                terminate(&mut child)
+                    .await
+                    .map_err(|reason| HarnessError::ServiceFailed {
                         service: service.name().into(),
-                        reason: format!("exited with {status} after SIGTERM"),
-                    }),
-                    _ => {
-                        let _ = child.kill().await;
-                        Err(HarnessError::ServiceFailed {
-                            service: service.name().into(),
-                            reason: "did not exit within 30 s of SIGTERM".into(),
-                        })
-                    }
-                }
+                        reason,
+                    })
             }
         }
     }
@@ -755,23 +740,7 @@ impl Shop {
         match self.gateway.take() {
             None => Ok(()),
             Some(Gateway::Task(sim)) => sim.stop().await.map_err(|e| failed(e.to_string())),
-            Some(Gateway::Process { mut child, .. }) => {
-                if let Some(pid) = child.id() {
-                    let _ = tokio::process::Command::new("kill")
-                        .arg("-TERM")
-                        .arg(pid.to_string())
-                        .status()
-                        .await;
-                }
-                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-                    Ok(Ok(status)) if status.success() => Ok(()),
-                    Ok(Ok(status)) => Err(failed(format!("exited with {status} after SIGTERM"))),
-                    _ => {
-                        let _ = child.kill().await;
-                        Err(failed("did not exit within 30 s of SIGTERM".into()))
-                    }
-                }
-            }
+            Some(Gateway::Process { mut child, .. }) => terminate(&mut child).await.map_err(failed),
         }
     }
 
@@ -843,4 +812,24 @@ async fn healthz(addr: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_millis(500), exchange).await,
         Ok(Some(true))
     )
+}
+
+/// Stops a child process the way an operator would: SIGTERM, then up to 30 s for a clean
+/// exit (status 0); past that it is killed. `Err` says what went wrong.
+async fn terminate(child: &mut tokio::process::Child) -> Result<(), String> {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("exited with {status} after SIGTERM")),
+        _ => {
+            let _ = child.kill().await;
+            Err("did not exit within 30 s of SIGTERM".into())
+        }
+    }
 }
