@@ -349,15 +349,7 @@ impl Shop {
                 vec!["run".into(), "--services".into(), service.name().into()],
             )
         };
-        let log = self.data_dir.join(format!("{}.log", service.name()));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| HarnessError::io(format!("opening {}", log.display()), e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| HarnessError::io("cloning the log handle", e))?;
+        let (log, log_file, log_err) = self.log_files(service.name())?;
         let mut command = tokio::process::Command::new(&program);
         command
             .args(&args)
@@ -656,20 +648,29 @@ impl Shop {
         }
     }
 
+    /// `<data_dir>/<name>.log`, opened for appending twice (a child's stdout and stderr).
+    fn log_files(
+        &self,
+        name: &str,
+    ) -> Result<(PathBuf, std::fs::File, std::fs::File), HarnessError> {
+        let log = self.data_dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| HarnessError::io(format!("opening {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| HarnessError::io("cloning the log handle", e))?;
+        Ok((log, out, err))
+    }
+
     fn spawn_gateway_process(
         &self,
         program: &Path,
         addr: SocketAddr,
     ) -> Result<Gateway, HarnessError> {
-        let log = self.data_dir.join(format!("{GATEWAY_SIM}.log"));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| HarnessError::io(format!("opening {}", log.display()), e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| HarnessError::io("cloning the log handle", e))?;
+        let (log, log_file, log_err) = self.log_files(GATEWAY_SIM)?;
         let mut command = tokio::process::Command::new(program);
         command
             .arg("--listen")
