@@ -153,15 +153,11 @@ async fn run_services(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for service in services {
-        let (url, dir, stop) = (
-            common.nats_url.clone(),
-            common.data_dir.clone(),
-            shutdown.clone(),
-        );
+        let (url, dir, stop) = (common.nats(), common.data_dir.clone(), shutdown.clone());
         match service {
             ServiceName::Checkout => {
                 let config = shop_checkout::Config {
-                    nats_url: url,
+                    nats: url,
                     data_dir: dir,
                     stream_replicas: common.stream_replicas,
                     order_deadline: checkout.order_deadline,
@@ -175,7 +171,7 @@ async fn run_services(
             }
             ServiceName::Inventory => {
                 let config = shop_inventory::Config {
-                    nats_url: url,
+                    nats: url,
                     data_dir: dir,
                     stream_replicas: common.stream_replicas,
                 };
@@ -187,7 +183,7 @@ async fn run_services(
             }
             ServiceName::Payment => {
                 let config = shop_payment::Config {
-                    nats_url: url,
+                    nats: url,
                     data_dir: dir,
                     stream_replicas: common.stream_replicas,
                     gateway: payment.gateway_at(gateway_url.clone()),
@@ -249,7 +245,8 @@ async fn start_gateway(
 
 async fn client(common: &CommonArgs) -> anyhow::Result<async_nats::Client> {
     let (_trigger, shutdown) = Shutdown::new();
-    let connect = shop_runtime::connect::connect(&common.nats_url, "shop-cli", &shutdown);
+    let nats = common.nats();
+    let connect = shop_runtime::connect::connect(&nats, "shop-cli", &shutdown);
     tokio::time::timeout(std::time::Duration::from_secs(10), connect)
         .await
         .with_context(|| {

@@ -20,7 +20,8 @@ pub struct CheckoutArgs {
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub nats_url: String,
+    /// How to reach NATS (`--nats-url` and the credentials flags).
+    pub nats: shop_runtime::connect::NatsConfig,
     /// The shop's data directory; checkout keeps its sled database in `<data_dir>/checkout`.
     pub data_dir: PathBuf,
     /// How many servers keep each stream the service declares (`--replicas`).

@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_subscriber(cli.common.log_format);
     let config = Config {
-        nats_url: cli.common.nats_url,
+        nats: cli.common.nats(),
         data_dir: cli.common.data_dir,
         stream_replicas: cli.common.stream_replicas,
         order_deadline: cli.checkout.order_deadline,

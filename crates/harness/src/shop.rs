@@ -302,7 +302,7 @@ impl Shop {
             match service {
                 Service::Checkout => shop_checkout::run(
                     shop_checkout::Config {
-                        nats_url: url,
+                        nats: shop_runtime::connect::NatsConfig::new(url),
                         data_dir,
                         stream_replicas,
                         order_deadline: deadline,
@@ -314,7 +314,7 @@ impl Shop {
                 .map_err(|e| e.to_string()),
                 Service::Inventory => shop_inventory::run(
                     shop_inventory::Config {
-                        nats_url: url,
+                        nats: shop_runtime::connect::NatsConfig::new(url),
                         data_dir,
                         stream_replicas,
                     },
@@ -324,7 +324,7 @@ impl Shop {
                 .map_err(|e| e.to_string()),
                 Service::Payment => shop_payment::run(
                     shop_payment::Config {
-                        nats_url: url,
+                        nats: shop_runtime::connect::NatsConfig::new(url),
                         data_dir,
                         stream_replicas,
                         gateway,

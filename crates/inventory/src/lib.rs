@@ -32,7 +32,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), InventoryErro
     let mut host = Host::start(
         host_config(
             SERVICE,
-            &config.nats_url,
+            &config.nats,
             &config.data_dir,
             config.stream_replicas,
             store::TREES.to_vec(),

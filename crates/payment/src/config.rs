@@ -60,7 +60,8 @@ impl PaymentArgs {
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub nats_url: String,
+    /// How to reach NATS (`--nats-url` and the credentials flags).
+    pub nats: shop_runtime::connect::NatsConfig,
     /// Payment keeps its sled database in `<data_dir>/payment`.
     pub data_dir: PathBuf,
     /// How many servers keep each stream the service declares (`--replicas`).

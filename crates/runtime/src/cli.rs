@@ -36,6 +36,13 @@ pub struct CommonArgs {
     pub stream_replicas: usize,
 }
 
+impl CommonArgs {
+    /// The connection settings these flags describe.
+    pub fn nats(&self) -> crate::connect::NatsConfig {
+        crate::connect::NatsConfig::new(self.nats_url.clone())
+    }
+}
+
 /// NATS keeps a stream on 1 to 5 servers.
 fn parse_replicas(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

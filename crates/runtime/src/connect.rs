@@ -7,12 +7,33 @@ use async_nats::{Client, ConnectOptions};
 use crate::shutdown::Shutdown;
 use crate::RuntimeError;
 
+/// How a process reaches NATS: the server list and, as the deployment requires, its
+/// credentials. Built from [`crate::cli::CommonArgs::nats`] in binaries; tests build it
+/// from a harness server's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// One URL, or a comma-separated list naming the servers of a cluster.
+    pub url: String,
+}
+
+impl NatsConfig {
+    /// Plain connection settings for `url`.
+    pub fn new(url: impl Into<String>) -> NatsConfig {
+        NatsConfig { url: url.into() }
+    }
+}
+
 /// Connects to `url`, retrying with backoff until it answers or shutdown is requested.
 ///
 /// After the first connection async-nats reconnects on its own; what it
 /// cannot do is wait for a server that was never up, which is what a
 /// service started before its broker needs.
-pub async fn connect(url: &str, name: &str, shutdown: &Shutdown) -> Result<Client, RuntimeError> {
+pub async fn connect(
+    config: &NatsConfig,
+    name: &str,
+    shutdown: &Shutdown,
+) -> Result<Client, RuntimeError> {
+    let url = config.url.as_str();
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0u32;
     loop {

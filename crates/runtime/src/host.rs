@@ -30,7 +30,7 @@ use crate::RuntimeError;
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     pub service: String,
-    pub nats_url: String,
+    pub nats: crate::connect::NatsConfig,
     /// The service's own sled directory.
     pub data_dir: PathBuf,
     pub streams: Vec<StreamDecl>,
@@ -81,7 +81,7 @@ pub struct Host {
 impl Host {
     /// Connects (retrying while NATS is away), declares streams, opens the store, starts the relay.
     pub async fn start(config: HostConfig, shutdown: Shutdown) -> Result<Host, RuntimeError> {
-        let client = connect(&config.nats_url, &config.service, &shutdown).await?;
+        let client = connect(&config.nats, &config.service, &shutdown).await?;
         let js = jetstream::new(client.clone());
         declare_streams(&js, &config.streams).await?;
         let mut names = config.trees.clone();

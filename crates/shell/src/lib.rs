@@ -50,14 +50,14 @@ pub fn stream_decls(event_max_age: Duration) -> Vec<StreamDecl> {
 /// every stream kept on `stream_replicas` servers (`--replicas`).
 pub fn host_config(
     service: &str,
-    nats_url: &str,
+    nats: &shop_runtime::connect::NatsConfig,
     data_dir: &Path,
     stream_replicas: usize,
     trees: Vec<&'static str>,
 ) -> HostConfig {
     HostConfig {
         service: service.to_owned(),
-        nats_url: nats_url.to_owned(),
+        nats: nats.clone(),
         data_dir: data_dir.join(service),
         streams: stream_decls(subjects::DEFAULT_EVENT_MAX_AGE)
             .into_iter()
