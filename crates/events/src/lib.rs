@@ -30,6 +30,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod partition;
 pub mod problem;
 pub mod schema;
 pub mod stream;

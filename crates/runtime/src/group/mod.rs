@@ -2,8 +2,8 @@
 //! a fixed number of partitions, and each partition has exactly one owner at a time,
 //! fenced by a lease in a NATS KV bucket.
 //!
-//! Domain-free: the caller names the bucket, the group and the instance. The pieces:
-//! [`partition_of`] (the server's `partition(n, …)` hash), [`assign`] (the pure
+//! Domain-free: the caller names the bucket, the group and the instance, and says which
+//! partition a key is in (the contract's `partition_of`). The pieces: [`assign`] (the pure
 //! balanced, sticky assignment), and [`Group`], the task that keeps a member's
 //! heartbeat, watches members and leases, hands partitions over and takes them, and
 //! publishes the [`Fence`]s the member may act under. See docs/architecture.md,
@@ -14,7 +14,6 @@ mod bucket;
 mod coordinator;
 mod error;
 mod fence;
-mod hash;
 mod keys;
 mod lease;
 mod member;
@@ -25,7 +24,6 @@ pub use assign::assign;
 pub use coordinator::{Group, Handover, Handovers};
 pub use error::{FenceError, GroupError};
 pub use fence::Fence;
-pub use hash::{fnv1a_32, partition_of};
 
 /// Partitions per group unless configured otherwise: enough to spread over a dozen
 /// instances evenly, few enough that a rebalance is a handful of handovers.

@@ -1,9 +1,12 @@
-//! Which partition a key belongs to: FNV-1a (32 bit) modulo the partition count, the
-//! same arithmetic as nats-server's subject-mapping function `partition(n, token)`.
+//! Partitioning, part of the contract: which partition an order (or sku) belongs to, the
+//! fixed partition count, and the names of everything partitioned ownership uses
+//! (the consumers of one partition, the group and state buckets).
 //!
-//! Agreeing with the server matters: an operator may map `events.x.<id>` to
-//! `events.x.<partition>.<id>` on the server, and a member must then find a key in the
-//! partition the server put it in.
+//! A key's partition is FNV-1a (32 bit) modulo the partition count, the same arithmetic
+//! as nats-server's subject-mapping function `partition(n, token)`. The event streams
+//! use that function (see [`crate::subjects::stream_specs`]): every stored event subject
+//! ends with its key's partition, so a consumer can take one partition's events and a
+//! service here finds a key in the partition the server put it in.
 
 /// FNV-1a's 32-bit offset basis and prime (the Go standard library's `hash/fnv`, which
 /// nats-server uses).
@@ -29,9 +32,46 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
         .unwrap_or(0)
 }
 
+/// Partitions the shop's keys hash into. Fixed: it is part of every stored event
+/// subject (the streams' subject transform), so changing it means new streams. Sixteen
+/// spread evenly over 1, 2, 4, 8 or 16 instances and over 3 within one partition.
+pub const PARTITIONS: u32 = 16;
+
+/// The partition of an order id or sku among the shop's [`PARTITIONS`].
+pub fn partition_of_key(key: &str) -> u32 {
+    partition_of(key, PARTITIONS)
+}
+
+/// The KV bucket holding every service group's partition count, members and leases
+/// (keys `<service>.partitions`, `<service>.members.<instance>`, `<service>.leases.<p>`).
+pub const GROUPS_BUCKET: &str = "SHOP_GROUPS";
+
+/// The KV bucket holding one service's changelog: one record per order (or, for
+/// inventory, per key it keeps), under `<partition>.<key>`, so a new owner of a
+/// partition starts from what the last owner committed.
+pub fn state_bucket(service: &str) -> String {
+    format!("SHOP_STATE_{}", service.to_ascii_uppercase())
+}
+
+/// The durable consumer of one service on one stream for one partition
+/// (`payment-p07`), or for every partition (`inventory`, which runs active/standby).
+pub fn partition_consumer(service: &str, partition: Option<u32>) -> String {
+    match partition {
+        Some(p) => format!("{service}-p{p:02}"),
+        None => service.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_read_well_in_the_nats_cli() {
+        assert_eq!(partition_consumer("payment", Some(7)), "payment-p07");
+        assert_eq!(partition_consumer("inventory", None), "inventory");
+        assert_eq!(state_bucket("checkout"), "SHOP_STATE_CHECKOUT");
+    }
 
     #[test]
     fn fnv1a_matches_the_published_test_vectors() {
