@@ -32,6 +32,7 @@ pub mod events;
 pub mod ids;
 pub mod partition;
 pub mod problem;
+pub mod rights_names;
 pub mod schema;
 pub mod stream;
 pub mod subjects;
