@@ -15,7 +15,7 @@ NATS_READY_SECONDS ?= 15
 INSTALL_NATS := scripts/install-nats-server.sh
 NATS_SERVER_PATH_FILE := .tools/nats-server-path
 
-.PHONY: all test fmt-check clippy cargo-test nats-server nats run bench chaos chaos-long clean-data
+.PHONY: all test fmt-check clippy cargo-test nats-server nats run bench chaos chaos-long clean-data fuzz
 
 all: test
 
@@ -86,3 +86,11 @@ chaos-long: nats-server
 
 clean-data:
 	rm -rf data
+
+# Every fuzz target (fuzz/, cargo-fuzz on stable through RUSTC_BOOTSTRAP=1) for FUZZ_RUNS
+# inputs each, one at a time at nice 19, then corpus minimisation; figures in
+# fuzz/results.tsv and docs/RELIABILITY.md ("Fuzzing"). FUZZ_TARGETS picks some.
+FUZZ_RUNS ?= 10000000
+FUZZ_TARGETS ?=
+fuzz:
+	FUZZ_RUNS=$(FUZZ_RUNS) fuzz/run.sh $(FUZZ_TARGETS)

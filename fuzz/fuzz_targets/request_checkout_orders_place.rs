@@ -1,0 +1,4 @@
+//! The request of `checkout.orders.place`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shop_fuzz::request_orders_place(data));
