@@ -1,5 +1,9 @@
-//! Command-line settings every shop binary shares: `--nats-url`, `--data-dir`, `--log-format`,
-//! `--replicas`.
+//! Command-line settings every shop binary shares: `--nats-url`, the credentials
+//! (`--nkey`, `--tls-ca`, `--tls-cert`, `--tls-key`, `--inbox-prefix`), `--data-dir`,
+//! `--log-format`, `--replicas`.
+//!
+//! Credentials are *files*: a flag names where the secret is, never the secret itself,
+//! so it shows up in neither `ps` (argv) nor the environment.
 
 use std::path::PathBuf;
 
@@ -18,6 +22,22 @@ pub struct CommonArgs {
         global = true
     )]
     pub nats_url: String,
+    /// A file holding this identity's nkey seed (`shop auth init` writes one per role).
+    #[arg(long, env = "NATS_NKEY", global = true)]
+    pub nkey: Option<PathBuf>,
+    /// A PEM file of CA certificates trusted for the server's certificate; requires TLS.
+    #[arg(long, env = "NATS_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, env = "NATS_TLS_CERT", global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "NATS_TLS_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Where replies to this client's requests arrive; defaults to `_INBOX_<key file
+    /// name>` with --nkey (`payment.nk` → `_INBOX_payment`), the only inbox its role may read.
+    #[arg(long, env = "NATS_INBOX_PREFIX", global = true)]
+    pub inbox_prefix: Option<String>,
     /// Directory holding each service's sled database (one sub-directory per service).
     #[arg(long, env = "SHOP_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
@@ -39,7 +59,14 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// The connection settings these flags describe.
     pub fn nats(&self) -> crate::connect::NatsConfig {
-        crate::connect::NatsConfig::new(self.nats_url.clone())
+        crate::connect::NatsConfig {
+            url: self.nats_url.clone(),
+            nkey: self.nkey.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            inbox_prefix: self.inbox_prefix.clone(),
+        }
     }
 }
 
@@ -60,6 +87,39 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn credential_flags_fill_the_connection_settings() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "x",
+            "--nkey",
+            "/auth/payment.nk",
+            "--tls-ca",
+            "/tls/ca.pem",
+            "--tls-cert",
+            "/tls/c.pem",
+            "--tls-key",
+            "/tls/k.pem",
+        ]);
+        let nats = cli.map(|c| c.common.nats()).ok();
+        assert_eq!(
+            nats.as_ref().and_then(|n| n.nkey.clone()),
+            Some(PathBuf::from("/auth/payment.nk"))
+        );
+        assert_eq!(
+            nats.as_ref().and_then(|n| n.inbox_prefix()).as_deref(),
+            Some("_INBOX_payment")
+        );
+        assert!(nats.is_some_and(|n| n.tls_required()));
+        assert!(Cli::try_parse_from(["x", "--tls-cert", "/tls/c.pem"]).is_err());
+    }
 
     #[test]
     fn replica_counts_from_one_to_five_are_accepted() {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::Client;
 
-use crate::connect::connect;
+use crate::connect::connect_reporting;
 use crate::consumer::{run_consumer, ConsumerCtx, ConsumerSpec, EventHandler};
 use crate::micro::{serve_api, serve_boxed, start_service, Api, BoxedEndpoint, MicroSpec};
 use crate::outbox::{run_relay, RelayWaker};
@@ -81,7 +81,15 @@ pub struct Host {
 impl Host {
     /// Connects (retrying while NATS is away), declares streams, opens the store, starts the relay.
     pub async fn start(config: HostConfig, shutdown: Shutdown) -> Result<Host, RuntimeError> {
-        let client = connect(&config.nats, &config.service, &shutdown).await?;
+        // Before connecting, so the server's permission refusals count in STATS.
+        let stats = Arc::new(Stats::default());
+        let client = connect_reporting(
+            &config.nats,
+            &config.service,
+            &shutdown,
+            Some(stats.denial_sink()),
+        )
+        .await?;
         let js = jetstream::new(client.clone());
         declare_streams(&js, &config.streams).await?;
         let mut names = config.trees.clone();
@@ -89,7 +97,6 @@ impl Host {
         let (store, mut trees) = Store::open(&config.data_dir, &names)?;
         let extension_trees = trees.split_off(config.trees.len());
         let store = Arc::new(store);
-        let stats = Arc::new(Stats::default());
         let waker = RelayWaker::default();
         let (inner_trigger, inner) = Shutdown::new();
         let relay = tokio::spawn(run_relay(

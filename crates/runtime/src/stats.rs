@@ -1,9 +1,12 @@
-//! Counters a service exposes through its micro-service STATS: processed, redelivered, dead-lettered…
+//! Counters a service exposes through its micro-service STATS: processed, redelivered,
+//! dead-lettered… and the actions the server refused for lack of a right.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+
+use crate::connect::{DenialSink, PermissionDenial};
 
 /// Live counters, shared by the consumer loops and the relay of one service.
 #[derive(Debug, Default)]
@@ -15,7 +18,9 @@ pub struct Stats {
     naks: AtomicU64,
     published: AtomicU64,
     group_commits: AtomicU64,
+    permission_denials: AtomicU64,
     last_error: Mutex<Option<String>>,
+    last_permission_denial: Mutex<Option<String>>,
 }
 
 /// A point-in-time copy of [`Stats`], as JSON in STATS `data`.
@@ -31,6 +36,10 @@ pub struct StatsSnapshot {
     pub outbox_backlog: u64,
     pub inbox_size: u64,
     pub last_error: Option<String>,
+    /// Operations the server refused for lack of a right (permissions violations).
+    pub permission_denials: u64,
+    /// The last of them: the operation and the refused subject (never a credential).
+    pub last_permission_denial: Option<String>,
 }
 
 impl Stats {
@@ -62,6 +71,11 @@ impl Stats {
         }
     }
 
+    /// These counters as the sink of a connection's permission refusals.
+    pub fn denial_sink(self: &Arc<Self>) -> Arc<dyn DenialSink> {
+        self.clone()
+    }
+
     pub fn snapshot(&self, outbox_backlog: usize, inbox_size: usize) -> StatsSnapshot {
         StatsSnapshot {
             events_processed: self.processed.load(Ordering::Relaxed),
@@ -74,6 +88,44 @@ impl Stats {
             outbox_backlog: outbox_backlog as u64,
             inbox_size: inbox_size as u64,
             last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
+            permission_denials: self.permission_denials.load(Ordering::Relaxed),
+            last_permission_denial: self
+                .last_permission_denial
+                .lock()
+                .ok()
+                .and_then(|l| l.clone()),
         }
+    }
+}
+
+impl DenialSink for Stats {
+    fn denied(&self, denial: &PermissionDenial) {
+        self.permission_denials.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_permission_denial.lock() {
+            *last = Some(denial.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::DeniedOperation;
+
+    #[test]
+    fn refusals_are_counted_with_the_last_subject() {
+        let stats = Arc::new(Stats::default());
+        let sink = stats.denial_sink();
+        for subject in ["events.orders.placed.o-1", "events.orders.placed.o-2"] {
+            sink.denied(&PermissionDenial {
+                operation: DeniedOperation::Publish,
+                subject: subject.to_owned(),
+            });
+        }
+        let snapshot = stats.snapshot(0, 0);
+        assert_eq!(snapshot.permission_denials, 2);
+        assert!(snapshot
+            .last_permission_denial
+            .is_some_and(|d| d.ends_with("events.orders.placed.o-2")));
     }
 }
