@@ -7,11 +7,13 @@ use std::str::FromStr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shop_auth::Role;
 use shop_checkout::CheckoutArgs;
 use shop_gateway_sim::config::{parse_listen, BehaviourArgs, DEFAULT_LISTEN, LEDGER_DIR};
 use shop_gateway_sim::Simulator;
 use shop_payment::PaymentArgs;
 use shop_runtime::cli::CommonArgs;
+use shop_runtime::connect::NatsConfig;
 use shop_runtime::shutdown::{on_os_signal, Shutdown};
 use shop_runtime::telemetry::{init_subscriber, init_subscriber_with_default};
 
@@ -28,6 +30,10 @@ static ALLOCATOR: shop_runtime::Allocator = shop_runtime::Allocator;
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    /// A directory written by `shop auth init`: `shop run` connects each service with
+    /// DIR/<service>.nk, the other commands with DIR/operator.nk (unless --nkey is given).
+    #[arg(long, env = "SHOP_AUTH_DIR", global = true)]
+    auth_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +61,10 @@ enum Command {
         payment: PaymentArgs,
         #[command(flatten)]
         gateway: GatewaySimArgs,
+        /// `--instance` names the instance of every service this process runs (each
+        /// keeps its database under <data-dir>/<instance>); `--lease-ttl` bounds a takeover.
+        #[command(flatten)]
+        scale: shop_shell::scale::ScaleArgs,
     },
     /// Drive a realistic mixed workload against a running shop, then show outcomes and latencies.
     ///
@@ -88,6 +98,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// NATS identities: one key per role and the server's authorization block (docs/SECURITY.md).
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Check the books across the streams and the services' state; exits 1 on any violation.
     ///
     /// Orders past their deadline have settled; confirmed orders were captured exactly
@@ -105,6 +120,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Writes DIR/<role>.nk (one nkey seed per role, mode 0600) and DIR/auth.conf (the
+    /// authorization block to `include` from the server config). Existing keys are kept
+    /// unless --rotate; auth.conf is always rewritten from the current rights.
+    Init {
+        /// Where the keys and auth.conf go.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Replace every existing key with a new one.
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+/// `shop auth init`: the keys and the authorization block; prints public keys only.
+fn auth_init(dir: &std::path::Path, rotate: bool) -> anyhow::Result<()> {
+    let report = shop_auth::init(dir, rotate)
+        .with_context(|| format!("cannot write the NATS identities into {}", dir.display()))?;
+    for (role, public_key, outcome) in &report.keys {
+        println!("{role:<10} {public_key} {outcome:?}");
+    }
+    println!(
+        "wrote {}; include it from the server config",
+        report.auth_conf().display()
+    );
+    Ok(())
 }
 
 /// The gateway simulator `shop run` starts for payment.
@@ -138,12 +182,26 @@ impl FromStr for ServiceName {
     }
 }
 
+/// The connection settings of `role`: with an auth directory, its key from there (an
+/// explicit --nkey wins for the operator tools, which run as one identity).
+fn nats_as(common: &CommonArgs, auth_dir: Option<&std::path::Path>, role: Role) -> NatsConfig {
+    let nats = common.nats();
+    match auth_dir {
+        Some(dir) if role != Role::Operator || nats.nkey.is_none() => {
+            nats.with_nkey(shop_auth::seed_path(dir, role))
+        }
+        _ => nats,
+    }
+}
+
 async fn run_services(
     common: &CommonArgs,
+    auth_dir: Option<&std::path::Path>,
     services: &[ServiceName],
     checkout: &CheckoutArgs,
     payment: &PaymentArgs,
     gateway: &GatewaySimArgs,
+    scale: &shop_shell::scale::ScaleArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let (simulator, gateway_url) = if services.contains(&ServiceName::Payment) {
@@ -153,13 +211,20 @@ async fn run_services(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for service in services {
-        let (url, dir, stop) = (common.nats(), common.data_dir.clone(), shutdown.clone());
+        let role = match service {
+            ServiceName::Checkout => Role::Checkout,
+            ServiceName::Inventory => Role::Inventory,
+            ServiceName::Payment => Role::Payment,
+        };
+        let url = nats_as(common, auth_dir, role);
+        let (dir, stop) = (common.data_dir.clone(), shutdown.clone());
         match service {
             ServiceName::Checkout => {
                 let config = shop_checkout::Config {
                     nats: url,
                     data_dir: dir,
                     stream_replicas: common.stream_replicas,
+                    scale: scale.clone(),
                     order_deadline: checkout.order_deadline,
                     clock: shop_checkout::clock::system(),
                 };
@@ -174,6 +239,7 @@ async fn run_services(
                     nats: url,
                     data_dir: dir,
                     stream_replicas: common.stream_replicas,
+                    scale: scale.clone(),
                 };
                 tasks.spawn(async move {
                     shop_inventory::run(config, stop)
@@ -186,6 +252,7 @@ async fn run_services(
                     nats: url,
                     data_dir: dir,
                     stream_replicas: common.stream_replicas,
+                    scale: scale.clone(),
                     gateway: payment.gateway_at(gateway_url.clone()),
                 };
                 tasks.spawn(async move {
@@ -243,9 +310,12 @@ async fn start_gateway(
     Ok((Some(simulator), url))
 }
 
-async fn client(common: &CommonArgs) -> anyhow::Result<async_nats::Client> {
+async fn client(
+    common: &CommonArgs,
+    auth_dir: Option<&std::path::Path>,
+) -> anyhow::Result<async_nats::Client> {
     let (_trigger, shutdown) = Shutdown::new();
-    let nats = common.nats();
+    let nats = nats_as(common, auth_dir, Role::Operator);
     let connect = shop_runtime::connect::connect(&nats, "shop-cli", &shutdown);
     tokio::time::timeout(std::time::Duration::from_secs(10), connect)
         .await
@@ -278,24 +348,30 @@ async fn main() -> anyhow::Result<()> {
             checkout,
             payment,
             gateway,
+            scale,
         } => {
             run_services(
                 &cli.common,
+                cli.auth_dir.as_deref(),
                 services,
                 checkout,
                 payment,
                 gateway,
+                scale,
                 on_os_signal(),
             )
             .await
         }
+        Command::Auth {
+            command: AuthCommand::Init { dir, rotate },
+        } => auth_init(dir, *rotate),
         Command::Demo {
             orders,
             concurrency,
             settle_timeout,
             json,
         } => {
-            let client = client(&cli.common).await?;
+            let client = client(&cli.common, cli.auth_dir.as_deref()).await?;
             let opts = shop_ops::DemoOptions {
                 orders: *orders,
                 concurrency: *concurrency,
@@ -316,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
             stuck_after,
             json,
         } => {
-            let client = client(&cli.common).await?;
+            let client = client(&cli.common, cli.auth_dir.as_deref()).await?;
             if *json {
                 print_json(
                     &shop_ops::trace_with(
@@ -339,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
             grace,
             json,
         } => {
-            let client = client(&cli.common).await?;
+            let client = client(&cli.common, cli.auth_dir.as_deref()).await?;
             let opts = shop_ops::AuditOptions {
                 order_deadline: *order_deadline,
                 grace: *grace,

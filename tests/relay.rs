@@ -33,7 +33,7 @@ async fn the_relay_makes_an_entry_durable_before_it_publishes_it() -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     assert!(!store.all_durable());
 
-    let published = drain_once(&js, &store, &Stats::default()).await?;
+    let published = drain_once(&js, &store, &Stats::default(), None).await?;
     assert_eq!(published, 1);
     assert!(
         store.all_durable(),
@@ -60,10 +60,10 @@ async fn publishing_an_entry_again_after_a_crash_is_dropped_as_a_duplicate() -> 
             .map_err(|e| anyhow::anyhow!("{e:?}"))
     };
     queue(&store)?;
-    assert_eq!(drain_once(&js, &store, &Stats::default()).await?, 2);
+    assert_eq!(drain_once(&js, &store, &Stats::default(), None).await?, 2);
     // As if the relay crashed after its PubAcks but before deleting the entries.
     queue(&store)?;
-    assert_eq!(drain_once(&js, &store, &Stats::default()).await?, 2);
+    assert_eq!(drain_once(&js, &store, &Stats::default(), None).await?, 2);
     assert_eq!(
         stream_message_count(&js, ORDERS_STREAM).await?,
         2,

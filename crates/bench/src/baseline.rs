@@ -177,7 +177,7 @@ impl Chain {
         };
         for role in &ROLES {
             let durable = format!("bench-{}", role.service);
-            let spec = shop_shell::consumer_spec(&durable, role.domain, role.kinds);
+            let spec = shop_shell::consumer_spec(&durable, role.domain, role.kinds, None);
             let consumer = declare(js, &spec).await?;
             chain
                 .declared

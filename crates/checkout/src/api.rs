@@ -11,6 +11,7 @@ use shop_events::api::{Endpoint, OrderRef};
 use shop_events::{Envelope, Event, OrderCancellationRequested, OrderId, OrderPlaced, Problem};
 use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
 use shop_runtime::store::Store;
+use shop_shell::scale::Ownership;
 use shop_shell::{format_ms, publish_event};
 
 use crate::domain::{OrderStatus, State};
@@ -23,6 +24,8 @@ pub struct Api {
     pub js: jetstream::Context,
     pub store: Arc<Store>,
     pub trees: Trees,
+    /// Which orders this instance holds; the others are read from the changelog.
+    pub ownership: Ownership,
 }
 
 fn view(state: &State) -> Option<OrderView> {
@@ -63,7 +66,23 @@ pub fn describe_problems(problems: &[Problem]) -> String {
 }
 
 impl Api {
-    fn load(&self, order_id: &OrderId) -> Result<Option<State>, ApiError> {
+    /// The order as its owner last committed it: from the local store if this instance
+    /// holds its partition, from the changelog otherwise (any instance answers).
+    async fn load(&self, order_id: &OrderId) -> Result<Option<State>, ApiError> {
+        if self.ownership.holds(order_id.as_str()) {
+            return self.load_local(order_id);
+        }
+        match self.ownership.remote(order_id.as_str()).await? {
+            None => Ok(None),
+            Some(data) => serde_json::from_value(data).map(Some).map_err(|e| {
+                ApiError::internal(format!(
+                    "the changelog record of {order_id} does not decode: {e}"
+                ))
+            }),
+        }
+    }
+
+    fn load_local(&self, order_id: &OrderId) -> Result<Option<State>, ApiError> {
         Ok(self
             .store
             .read_json(self.trees.orders, order_id.as_str().as_bytes())?)
@@ -75,7 +94,7 @@ impl Api {
         if let Err(problems) = placed.validate() {
             return Err(ApiError::bad_request(describe_problems(&problems)));
         }
-        if let Some(existing) = self.load(&placed.order_id)? {
+        if let Some(existing) = self.load(&placed.order_id).await? {
             if let Some(first) = existing.placed() {
                 if first != &placed {
                     return Err(ApiError::bad_request(format!(
@@ -105,7 +124,7 @@ impl Api {
     pub async fn get(&self, body: &[u8]) -> ApiResult {
         let request: OrderRef = parse_request(body)?;
         let order_id = parse_order_id(&request.order_id)?;
-        let state = self.load(&order_id)?;
+        let state = self.load(&order_id).await?;
         match state.as_ref().and_then(view) {
             Some(v) => reply(&v),
             None => Err(ApiError::not_found(format!(
@@ -118,7 +137,7 @@ impl Api {
     pub async fn cancel(&self, body: &[u8]) -> ApiResult {
         let request: CancelRequest = parse_request(body)?;
         let order_id = parse_order_id(&request.order_id)?;
-        let Some(status) = self.load(&order_id)?.and_then(|s| s.status()) else {
+        let Some(status) = self.load(&order_id).await?.and_then(|s| s.status()) else {
             return Err(ApiError::not_found(format!(
                 "no order `{order_id}` is known to checkout"
             )));
@@ -156,7 +175,7 @@ impl Api {
             let Ok(order_id) = OrderId::parse(id) else {
                 continue;
             };
-            let Some(v) = self.load(&order_id)?.as_ref().and_then(view) else {
+            let Some(v) = self.load_local(&order_id)?.as_ref().and_then(view) else {
                 continue;
             };
             if request.status.is_none_or(|s| s == v.status) {

@@ -30,4 +30,6 @@ pub struct Config {
     /// What "now" is for placing orders and passing deadlines: [`crate::clock::system`]
     /// in production, a [`crate::clock::ManualClock`] when a test wants to move time.
     pub clock: Arc<dyn Clock>,
+    /// `--instance` and `--lease-ttl`: how this instance shares checkout's partitions.
+    pub scale: shop_shell::scale::ScaleArgs,
 }

@@ -7,6 +7,7 @@ use shop_events::{Envelope, Event};
 use shop_runtime::outbox::RelayWaker;
 use shop_runtime::shutdown::Shutdown;
 use shop_runtime::store::{reject, Store, Tx, TxResult};
+use shop_shell::scale::Ownership;
 use shop_shell::EnvelopeHandler;
 
 use crate::clock::Clock;
@@ -78,7 +79,7 @@ pub struct Sweep {
 
 /// Feeds `DeadlinePassed` to every order whose indexed deadline is at or before
 /// `ctx.now_ms`, in one transaction (see `Store::apply_batch` for why that matters).
-pub fn sweep_due(store: &Store, trees: Trees, ctx: &Ctx) -> Sweep {
+pub fn sweep_due(store: &Store, trees: Trees, ctx: &Ctx, ownership: &Ownership) -> Sweep {
     let due: Vec<Vec<u8>> = store
         .tree(trees.deadlines)
         .range(..(ctx.now_ms.max(0) as u64 + 1).to_be_bytes().to_vec())
@@ -87,30 +88,46 @@ pub fn sweep_due(store: &Store, trees: Trees, ctx: &Ctx) -> Sweep {
         .filter_map(Result::ok)
         .map(|k| k.to_vec())
         .collect();
-    let mut owed = Vec::with_capacity(due.len());
+    // Per partition: one transaction may only touch one partition's orders, and an
+    // order whose partition another instance holds is that instance's to cancel.
+    let mut owed: std::collections::BTreeMap<u32, Vec<(&Vec<u8>, shop_events::OrderId)>> =
+        std::collections::BTreeMap::new();
     for key in &due {
         match split_time_key(key).and_then(|(_, id)| shop_events::OrderId::parse(id).ok()) {
-            Some(order_id) => owed.push((key, order_id)),
+            Some(order_id) if ownership.holds(order_id.as_str()) => owed
+                .entry(ownership.partition(order_id.as_str()))
+                .or_default()
+                .push((key, order_id)),
+            Some(_) => {}
             None => {
                 let _ = store.tree(trees.deadlines).remove(key);
             }
         }
     }
-    let results = store.apply_batch(
-        &owed,
-        |_| None,
-        |tx, (key, order_id)| {
-            // Removing first makes a stale entry disappear; apply_input re-adds a live one.
-            tx.remove(trees.deadlines, key)?;
-            apply_input(trees, tx, order_id, &Input::DeadlinePassed, ctx, None)
-        },
-    );
     let mut handled = 0;
-    for ((_, order_id), result) in owed.iter().zip(results) {
-        match result {
-            Ok(_) => handled += 1,
-            Err(e) => {
-                tracing::warn!(order_id = %order_id, error = ?e, "deadline step failed; retrying")
+    for (_, owed) in owed {
+        // Checked right before the write: a fence that lapsed since the filter above
+        // leaves the deadline to the partition's next owner.
+        if !owed
+            .first()
+            .is_some_and(|(_, id)| ownership.holding(id.as_str()).still_held())
+        {
+            continue;
+        }
+        let results = store.apply_batch(
+            &owed,
+            |_| None,
+            |tx, (key, order_id)| {
+                tx.remove(trees.deadlines, key)?;
+                apply_input(trees, tx, order_id, &Input::DeadlinePassed, ctx, None)
+            },
+        );
+        for ((_, order_id), result) in owed.iter().zip(results) {
+            match result {
+                Ok(_) => handled += 1,
+                Err(e) => {
+                    tracing::warn!(order_id = %order_id, error = ?e, "deadline step failed; retrying")
+                }
             }
         }
     }
@@ -120,13 +137,13 @@ pub fn sweep_due(store: &Store, trees: Trees, ctx: &Ctx) -> Sweep {
     }
 }
 
-/// Cancels orders whose deadline passed, from the durable index, so deadlines survive restarts.
 pub async fn run_deadline_timer(
     store: Arc<Store>,
     trees: Trees,
     deadline_ms: i64,
     clock: Arc<dyn Clock>,
     waker: RelayWaker,
+    ownership: Ownership,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -134,7 +151,7 @@ pub async fn run_deadline_timer(
             now_ms: clock.now_ms(),
             deadline_ms,
         };
-        let sweep = sweep_due(&store, trees, &ctx);
+        let sweep = sweep_due(&store, trees, &ctx, &ownership);
         if sweep.handled > 0 {
             if let Err(e) = store.flush().await {
                 tracing::error!(error = %e, "flush after deadlines failed");
@@ -229,7 +246,10 @@ mod tests {
         place(&store, trees, "o-1", &clock);
 
         clock.advance(DEADLINE - Duration::from_millis(1));
-        assert_eq!(sweep_due(&store, trees, &ctx(&clock)), Sweep::default());
+        assert_eq!(
+            sweep_due(&store, trees, &ctx(&clock), &Ownership::everything()),
+            Sweep::default()
+        );
         assert_eq!(
             load(&store, trees, "o-1").pending_deadline(),
             Some(1_030_000)
@@ -237,7 +257,7 @@ mod tests {
 
         clock.advance(Duration::from_millis(1));
         assert_eq!(
-            sweep_due(&store, trees, &ctx(&clock)),
+            sweep_due(&store, trees, &ctx(&clock), &Ownership::everything()),
             Sweep { due: 1, handled: 1 }
         );
         assert!(timed_out(&store, trees, "o-1"));
@@ -248,7 +268,7 @@ mod tests {
         );
         assert_eq!(store.outbox_len(), 1, "OrderCancelled waits in the outbox");
         assert_eq!(
-            sweep_due(&store, trees, &ctx(&clock)),
+            sweep_due(&store, trees, &ctx(&clock), &Ownership::everything()),
             Sweep::default(),
             "nothing left to sweep"
         );
@@ -279,6 +299,7 @@ mod tests {
             DEADLINE_MS,
             Arc::new(clock.clone()),
             RelayWaker::default(),
+            Ownership::everything(),
             shutdown,
         ));
 

@@ -22,6 +22,7 @@ use shop_events::EventKind;
 use shop_runtime::host::Host;
 use shop_runtime::micro::MicroSpec;
 use shop_runtime::shutdown::Shutdown;
+use shop_shell::scale::{partitioning, Mode, Ownership};
 use shop_shell::{consumer_spec, host_config, Contract};
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -34,6 +35,11 @@ pub const SERVICE: &str = "checkout";
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError> {
     let deadline_ms = i64::try_from(config.order_deadline.as_millis())
         .map_err(|_| CheckoutError::Config("order deadline too large".into()))?;
+    // The trees' handles are known before the store opens: the runtime's own trees come
+    // first, then ours in the order of `store::TREES`.
+    let trees = store::Trees::from_ids(&shop_runtime::store::service_tree_ids(store::TREES.len()))
+        .ok_or_else(|| CheckoutError::Config("checkout trees missing".into()))?;
+    let orders = Arc::new(store::Orders { trees });
     let mut host = Host::start(
         host_config(
             SERVICE,
@@ -41,42 +47,57 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
             &config.data_dir,
             config.stream_replicas,
             store::TREES.to_vec(),
+            Some(partitioning(
+                SERVICE,
+                &config.scale,
+                config.stream_replicas,
+                Mode::Partitioned,
+                orders.clone(),
+            )),
         ),
         shutdown.clone(),
     )
     .await?;
-    let trees = store::Trees::from_ids(&host.trees)
-        .ok_or_else(|| CheckoutError::Config("checkout trees missing".into()))?;
+    let ownership = Ownership::of(&host, orders);
     let handler = Arc::new(Contract(handlers::CheckoutHandler {
         trees,
         deadline_ms,
         clock: config.clock.clone(),
     }));
     host.consume(
-        consumer_spec(
-            SERVICE,
-            Domain::Orders,
-            &[
-                EventKind::OrderPlaced,
-                EventKind::OrderCancellationRequested,
-            ],
-        ),
+        |p| {
+            consumer_spec(
+                SERVICE,
+                Domain::Orders,
+                &[
+                    EventKind::OrderPlaced,
+                    EventKind::OrderCancellationRequested,
+                ],
+                p,
+            )
+        },
         handler.clone(),
     );
     host.consume(
-        consumer_spec(
-            SERVICE,
-            Domain::Inventory,
-            &[EventKind::StockReservationFailed],
-        ),
+        |p| {
+            consumer_spec(
+                SERVICE,
+                Domain::Inventory,
+                &[EventKind::StockReservationFailed],
+                p,
+            )
+        },
         handler.clone(),
     );
     host.consume(
-        consumer_spec(
-            SERVICE,
-            Domain::Payments,
-            &[EventKind::PaymentCaptured, EventKind::PaymentDeclined],
-        ),
+        |p| {
+            consumer_spec(
+                SERVICE,
+                Domain::Payments,
+                &[EventKind::PaymentCaptured, EventKind::PaymentDeclined],
+                p,
+            )
+        },
         handler,
     );
     host.spawn_worker(handlers::run_deadline_timer(
@@ -85,6 +106,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
         deadline_ms,
         config.clock.clone(),
         host.waker.clone(),
+        ownership.clone(),
         host.shutdown(),
     ));
 
@@ -95,6 +117,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
             "Owns orders: validates, confirms, cancels (deadline, stock, payment, customer)"
                 .to_owned(),
         metadata: HashMap::from([
+            ("instance".to_owned(), config.scale.instance_of(SERVICE)),
             ("streams".to_owned(), "ORDERS,INVENTORY,PAYMENTS".to_owned()),
             (
                 "order_deadline".to_owned(),
@@ -106,6 +129,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
         js: host.js.clone(),
         store: host.store.clone(),
         trees,
+        ownership,
     };
     host.serve_api(spec, api, Duration::from_secs(10)).await?;
     Ok(())

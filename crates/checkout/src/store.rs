@@ -5,9 +5,11 @@
 //! for listing the most recent orders first).
 
 use shop_decider::Decider;
+use shop_events::partition::partition_of_key;
 use shop_events::{Meta, OrderId};
-use shop_runtime::store::{reject, TreeId, Tx, TxResult};
-use shop_shell::publish_all;
+use shop_runtime::changelog::Entities;
+use shop_runtime::store::{from_value, reject, Store, TreeId, Tx, TxResult};
+use shop_shell::{publish_all, publish_all_seeded};
 
 use crate::domain::{self, Ctx, Input, State};
 use crate::SERVICE;
@@ -62,6 +64,7 @@ pub fn apply_input(
     cause: Option<&Meta>,
 ) -> TxResult<()> {
     let key = order_id.as_str().as_bytes();
+    tx.touch(order_id.as_str());
     let mut state: State = tx.get_json(trees.orders, key)?.unwrap_or_default();
     let changes = match domain::decide(&state, input, ctx) {
         Ok(changes) => changes,
@@ -73,7 +76,14 @@ pub fn apply_input(
     let deadline_before = state.pending_deadline();
     let placed_before = state.placed_at_ms();
     let events = domain::Checkout::apply(&mut state, &changes);
-    publish_all(tx, SERVICE, events, cause)?;
+    match (cause, input, deadline_before) {
+        // A deadline has no event behind it; its id derives from the order and the
+        // deadline, so a new owner passing the same deadline again publishes the same one.
+        (None, Input::DeadlinePassed, Some(ms)) => {
+            publish_all_seeded(tx, SERVICE, events, &format!("{order_id}/deadline/{ms}"))?
+        }
+        _ => publish_all(tx, SERVICE, events, cause)?,
+    }
     tx.put_json(trees.orders, key, &state)?;
     let deadline_after = state.pending_deadline();
     if deadline_before != deadline_after {
@@ -88,4 +98,55 @@ pub fn apply_input(
         tx.insert(trees.placed, &time_key(ms, order_id.as_str()), &[])?;
     }
     Ok(())
+}
+
+/// Checkout's entities are orders: one record per order (its state; the deadline and
+/// placed-time indexes are derived from it on restore).
+#[derive(Debug, Clone, Copy)]
+pub struct Orders {
+    pub trees: Trees,
+}
+
+impl Entities for Orders {
+    fn partition(&self, entity: &str) -> u32 {
+        partition_of_key(entity)
+    }
+
+    fn snapshot(&self, tx: &Tx<'_>, entity: &str) -> TxResult<Option<serde_json::Value>> {
+        tx.get_json(self.trees.orders, entity.as_bytes())
+    }
+
+    fn restore(&self, tx: &Tx<'_>, entity: &str, data: &serde_json::Value) -> TxResult<()> {
+        let state: State = from_value(entity, data)?;
+        tx.put_json(self.trees.orders, entity.as_bytes(), &state)?;
+        if let Some(ms) = state.pending_deadline() {
+            tx.insert(self.trees.deadlines, &time_key(ms, entity), &[])?;
+        }
+        if let Some(ms) = state.placed_at_ms() {
+            tx.insert(self.trees.placed, &time_key(ms, entity), &[])?;
+        }
+        Ok(())
+    }
+
+    fn forget(&self, tx: &Tx<'_>, entity: &str) -> TxResult<()> {
+        if let Some(state) = tx.get_json::<State>(self.trees.orders, entity.as_bytes())? {
+            if let Some(ms) = state.pending_deadline() {
+                tx.remove(self.trees.deadlines, &time_key(ms, entity))?;
+            }
+            if let Some(ms) = state.placed_at_ms() {
+                tx.remove(self.trees.placed, &time_key(ms, entity))?;
+            }
+        }
+        tx.remove(self.trees.orders, entity.as_bytes())
+    }
+
+    fn held(&self, store: &Store) -> Vec<String> {
+        store
+            .tree(self.trees.orders)
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    }
 }

@@ -62,6 +62,19 @@ pub fn new_event_id() -> String {
     Uuid::now_v7().to_string()
 }
 
+/// The id of the `index`-th event of kind `kind` caused by the event `cause_id`: a
+/// name-based UUID (v5), so the same reaction to the same cause always has the same id.
+pub fn derived_event_id(cause_id: &str, index: usize, kind: EventKind) -> String {
+    Uuid::new_v5(
+        &DERIVED_ID_NAMESPACE,
+        format!("{cause_id}/{index}/{}", kind.name()).as_bytes(),
+    )
+    .to_string()
+}
+
+/// The namespace of [`derived_event_id`]s (a fixed random UUID of the shop's).
+const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_2c8e_93b4_4d0a_b5e7_1c3d_9f20_8e44);
+
 impl Envelope {
     /// A new event from `source`, starting a causal chain of its own.
     pub fn new(source: &str, event: Event) -> Envelope {

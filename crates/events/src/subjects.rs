@@ -2,10 +2,17 @@
 //!
 //! Event subjects are `events.<domain>.<verb>.<key>`; the key (order id or sku)
 //! is always a valid token because ids are restricted to `[A-Za-z0-9_-]`.
+//!
+//! Producers publish to those four-token subjects. Each event stream *stores* them with
+//! a fifth token, the key's partition (`events.orders.placed.o-1.12`), added by the
+//! stream's subject transform with nats-server's `partition(n, token)` function, so a
+//! service instance can consume exactly the partitions it owns (see
+//! [`crate::partition`]). Consumers accept both forms.
 
 use std::time::Duration;
 
 use crate::events::{Event, EventKind};
+use crate::partition::{partition_of_key, PARTITIONS};
 pub use crate::stream::{
     Domain, DEADLETTER_STREAM, EVENT_STREAMS, INVENTORY_STREAM, ORDERS_STREAM, PAYMENTS_STREAM,
 };
@@ -18,6 +25,8 @@ pub struct StreamSpec {
     pub description: &'static str,
     pub max_age: Duration,
     pub duplicate_window: Duration,
+    /// A subject transform applied as messages are stored: (source, destination).
+    pub subject_transform: Option<(String, String)>,
 }
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -36,6 +45,7 @@ pub fn stream_specs(event_max_age: Duration) -> Vec<StreamSpec> {
             },
             max_age: event_max_age,
             duplicate_window: Duration::from_secs(120),
+            subject_transform: Some(partition_transform(*d)),
         })
         .collect();
     specs.push(StreamSpec {
@@ -44,6 +54,7 @@ pub fn stream_specs(event_max_age: Duration) -> Vec<StreamSpec> {
         description: "Events a service could not process, with reason, origin and original bytes",
         max_age: 30 * DAY,
         duplicate_window: Duration::from_secs(120),
+        subject_transform: None,
     });
     specs
 }
@@ -63,22 +74,55 @@ impl Event {
     }
 }
 
-/// `events.<domain>.<verb>.*`: every event of one kind, for consumer filters.
-pub fn event_filter(kind: EventKind) -> String {
-    format!("events.{}.{}.*", kind.domain(), kind.verb())
+/// The stream's subject transform for `domain`: `events.<domain>.<verb>.<key>` is stored
+/// as `events.<domain>.<verb>.<key>.<partition>`, with [`PARTITIONS`] partitions of the
+/// key token — the same arithmetic as [`crate::partition::partition_of`].
+pub fn partition_transform(domain: Domain) -> (String, String) {
+    let token = domain.token();
+    (
+        format!("events.{token}.*.*"),
+        format!("events.{token}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({PARTITIONS},2)}}}}"),
+    )
 }
 
-/// `events.*.*.<key>`: every event about one order (or sku), for `nats stream view` and traces.
+/// The subject an event is stored under: its published subject plus its key's partition.
+pub fn stored_event_subject(kind: EventKind, key: &str) -> String {
+    format!("{}.{}", event_subject(kind, key), partition_of_key(key))
+}
+
+/// `events.<domain>.<verb>.*.*`: every stored event of one kind, in every partition,
+/// for consumer filters.
+pub fn event_filter(kind: EventKind) -> String {
+    format!("events.{}.{}.*.*", kind.domain(), kind.verb())
+}
+
+/// `events.<domain>.<verb>.*.<partition>`: the stored events of one kind in one partition.
+pub fn partition_filter(kind: EventKind, partition: u32) -> String {
+    format!("events.{}.{}.*.{partition}", kind.domain(), kind.verb())
+}
+
+/// `events.*.*.<key>.*`: every stored event about one order (or sku), for
+/// `nats stream view` and traces.
 pub fn events_about(key: &str) -> String {
-    format!("events.*.*.{key}")
+    format!("events.*.*.{key}.*")
 }
 
 /// Splits an event subject into its kind and key, or `None` if it is not one.
+///
+/// Both forms are events: the published `events.<domain>.<verb>.<key>` and the stored
+/// `events.<domain>.<verb>.<key>.<partition>`, whose partition must be the key's own
+/// (a message published straight to a stored-form subject with another partition would
+/// reach the wrong instance, so it is not an event of the contract).
 pub fn parse_event_subject(subject: &str) -> Option<(EventKind, &str)> {
     let mut parts = subject.split('.');
     let (events, domain, verb, key) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if events != "events" || parts.next().is_some() || key.is_empty() {
+    if events != "events" || key.is_empty() {
         return None;
+    }
+    if let Some(partition) = parts.next() {
+        if parts.next().is_some() || partition != partition_of_key(key).to_string() {
+            return None;
+        }
     }
     let kind = EventKind::ALL
         .iter()

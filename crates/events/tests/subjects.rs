@@ -5,6 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use shop_events::partition::{partition_of_key, PARTITIONS};
 use shop_events::subjects::*;
 use shop_events::*;
 
@@ -86,21 +87,21 @@ fn strings_that_are_not_event_subjects_do_not_parse() {
 }
 
 #[test]
-fn an_event_filter_matches_every_key_of_one_kind() {
+fn an_event_filter_matches_every_stored_key_of_one_kind() {
     assert_eq!(
         event_filter(EventKind::OrderPlaced),
-        "events.orders.placed.*"
+        "events.orders.placed.*.*"
     );
     assert_eq!(
         event_filter(EventKind::StockReplenished),
-        "events.inventory.replenished.*"
+        "events.inventory.replenished.*.*"
     );
     for &kind in EventKind::ALL {
         let filter = event_filter(kind);
         let prefix = filter
-            .strip_suffix('*')
-            .expect("ends with a wildcard token");
-        assert!(event_subject(kind, "o-1").starts_with(prefix));
+            .strip_suffix("*.*")
+            .expect("ends with the key and partition wildcards");
+        assert!(stored_event_subject(kind, "o-1").starts_with(prefix));
         // The filter lies inside the kind's stream.
         let stream_prefix = format!("events.{}.", kind.domain());
         assert!(filter.starts_with(&stream_prefix));
@@ -108,8 +109,51 @@ fn an_event_filter_matches_every_key_of_one_kind() {
 }
 
 #[test]
+fn a_stored_subject_ends_with_the_partition_of_its_key() {
+    let key = "o-1001";
+    let partition = partition_of_key(key);
+    assert_eq!(
+        stored_event_subject(EventKind::OrderPlaced, key),
+        format!("events.orders.placed.o-1001.{partition}")
+    );
+    assert_eq!(
+        partition_filter(EventKind::OrderPlaced, partition),
+        format!("events.orders.placed.*.{partition}")
+    );
+    // Both forms parse to the same kind and key.
+    for subject in [
+        event_subject(EventKind::OrderPlaced, key),
+        stored_event_subject(EventKind::OrderPlaced, key),
+    ] {
+        assert_eq!(
+            parse_event_subject(&subject),
+            Some((EventKind::OrderPlaced, key))
+        );
+    }
+}
+
+#[test]
+fn a_stored_subject_with_another_partition_is_not_an_event() {
+    let key = "o-1001";
+    let wrong = (partition_of_key(key) + 1) % PARTITIONS;
+    let subject = format!("events.orders.placed.{key}.{wrong}");
+    assert_eq!(parse_event_subject(&subject), None);
+}
+
+#[test]
+fn the_streams_store_the_partition_the_contract_computes() {
+    // The server computes `partition(16, key)`; the transform must name the same count.
+    let (source, destination) = partition_transform(Domain::Orders);
+    assert_eq!(source, "events.orders.*.*");
+    assert_eq!(
+        destination,
+        format!("events.orders.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({PARTITIONS},2)}}}}")
+    );
+}
+
+#[test]
 fn events_about_one_key_span_every_domain() {
-    assert_eq!(events_about("o-1001"), "events.*.*.o-1001");
+    assert_eq!(events_about("o-1001"), "events.*.*.o-1001.*");
 }
 
 #[test]

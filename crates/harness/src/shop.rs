@@ -86,6 +86,9 @@ pub struct ShopConfig {
     /// How many servers keep each stream the services declare (`SHOP_STREAM_REPLICAS`);
     /// 3 against a [`crate::NatsCluster`].
     pub stream_replicas: usize,
+    /// How long a dead instance's partitions stay locked (`SHOP_LEASE_TTL`): shorter
+    /// than production's 10 s, so a test that kills a service does not wait for long.
+    pub lease_ttl: Duration,
 }
 
 impl Default for ShopConfig {
@@ -99,6 +102,7 @@ impl Default for ShopConfig {
             data_dir: None,
             clock: None,
             stream_replicas: 1,
+            lease_ttl: Duration::from_secs(3),
         }
     }
 }
@@ -298,15 +302,20 @@ impl Shop {
         };
         let gateway = self.payment_gateway();
         let stream_replicas = self.config.stream_replicas;
+        let scale = shop_shell::scale::ScaleArgs {
+            instance: None,
+            lease_ttl: self.config.lease_ttl,
+        };
         let handle = tokio::spawn(async move {
             match service {
                 Service::Checkout => shop_checkout::run(
                     shop_checkout::Config {
-                        nats: shop_runtime::connect::NatsConfig::new(url),
+                        nats: crate::client::service_nats(&url, service.name()),
                         data_dir,
                         stream_replicas,
                         order_deadline: deadline,
                         clock,
+                        scale,
                     },
                     shutdown,
                 )
@@ -314,9 +323,10 @@ impl Shop {
                 .map_err(|e| e.to_string()),
                 Service::Inventory => shop_inventory::run(
                     shop_inventory::Config {
-                        nats: shop_runtime::connect::NatsConfig::new(url),
+                        nats: crate::client::service_nats(&url, service.name()),
                         data_dir,
                         stream_replicas,
+                        scale,
                     },
                     shutdown,
                 )
@@ -324,10 +334,11 @@ impl Shop {
                 .map_err(|e| e.to_string()),
                 Service::Payment => shop_payment::run(
                     shop_payment::Config {
-                        nats: shop_runtime::connect::NatsConfig::new(url),
+                        nats: crate::client::service_nats(&url, service.name()),
                         data_dir,
                         stream_replicas,
                         gateway,
+                        scale,
                     },
                     shutdown,
                 )
@@ -354,7 +365,12 @@ impl Shop {
         command
             .args(&args)
             .env("NATS_URL", &self.nats_url)
+            .envs(crate::client::service_env(&self.nats_url, service.name()))
             .env("SHOP_DATA_DIR", &self.data_dir)
+            .env(
+                "SHOP_LEASE_TTL",
+                format!("{}s", self.config.lease_ttl.as_secs()),
+            )
             .env(
                 "SHOP_ORDER_DEADLINE",
                 format!("{}ms", self.config.order_deadline.as_millis()),

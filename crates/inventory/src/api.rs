@@ -12,6 +12,7 @@ use shop_events::{Envelope, Event, Sku, StockReplenished};
 use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
 use shop_runtime::store::Store;
 use shop_shell::publish_event;
+use shop_shell::scale::Ownership;
 
 use crate::domain::StockLevel;
 use crate::store::Trees;
@@ -22,6 +23,8 @@ pub struct Api {
     pub js: jetstream::Context,
     pub store: Arc<Store>,
     pub trees: Trees,
+    /// Whether this instance is the active one; a standby answers from the changelog.
+    pub ownership: Ownership,
 }
 
 fn stock_view(sku: &str, level: &StockLevel) -> StockView {
@@ -39,10 +42,21 @@ impl Api {
         let request: SkuRef = parse_request(body)?;
         let sku =
             Sku::parse(request.sku).map_err(|e| ApiError::bad_request(format!("sku: {e}")))?;
-        match self
-            .store
-            .read_json::<StockLevel>(self.trees.stock, sku.as_str().as_bytes())?
-        {
+        let entity = crate::store::stock_entity(sku.as_str());
+        let level = if self.ownership.holds(&entity) {
+            self.store
+                .read_json::<StockLevel>(self.trees.stock, sku.as_str().as_bytes())?
+        } else {
+            match self.ownership.remote(&entity).await? {
+                None => None,
+                Some(data) => Some(serde_json::from_value::<StockLevel>(data).map_err(|e| {
+                    ApiError::internal(format!(
+                        "the changelog record of {entity} does not decode: {e}"
+                    ))
+                })?),
+            }
+        };
+        match level {
             Some(level) => reply(&stock_view(sku.as_str(), &level)),
             None => Err(ApiError::not_found(format!(
                 "sku `{sku}` is unknown to inventory; replenish it first"
@@ -53,6 +67,18 @@ impl Api {
     /// `inventory.stock.list`: every sku, in sku order.
     pub async fn list(&self, _body: &[u8]) -> ApiResult {
         let mut out = Vec::new();
+        if !self.ownership.holds(&crate::store::stock_entity("any")) {
+            // A standby: the active instance's levels, from the changelog.
+            for (entity, data) in self.ownership.remote_all("s").await? {
+                let level: StockLevel =
+                    serde_json::from_value(data).map_err(|e| ApiError::internal(e.to_string()))?;
+                out.push(stock_view(
+                    entity.strip_prefix("s.").unwrap_or(&entity),
+                    &level,
+                ));
+            }
+            return reply(&out);
+        }
         for item in self.store.tree(self.trees.stock).iter() {
             let (key, value) = item.map_err(|e| ApiError::internal(e.to_string()))?;
             let level: StockLevel =

@@ -11,4 +11,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How many servers keep each stream the service declares (`--replicas`).
     pub stream_replicas: usize,
+    /// `--instance` and `--lease-ttl`: inventory runs one active instance; the others
+    /// stand by and take over when it stops.
+    pub scale: shop_shell::scale::ScaleArgs,
 }

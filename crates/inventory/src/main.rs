@@ -15,6 +15,8 @@ static ALLOCATOR: shop_runtime::Allocator = shop_runtime::Allocator;
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    scale: shop_shell::scale::ScaleArgs,
 }
 
 #[tokio::main]
@@ -25,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         nats: cli.common.nats(),
         data_dir: cli.common.data_dir,
         stream_replicas: cli.common.stream_replicas,
+        scale: cli.scale,
     };
     run(config, on_os_signal()).await?;
     Ok(())

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use shop_decider::Decider;
 use shop_events::{Meta, Sku};
-use shop_runtime::store::{reject, TreeId, Tx, TxResult};
+use shop_runtime::changelog::Entities;
+use shop_runtime::store::{from_value, reject, Store, TreeId, Tx, TxResult};
 use shop_shell::publish_all;
 
 use crate::domain::{self, Ctx, Input, Reservation, State, StockLevel};
@@ -42,12 +43,17 @@ pub fn apply_input(trees: Trees, tx: &Tx<'_>, input: &Input, cause: &Meta) -> Tx
         Input::OrderCancelled(e) => Some(e.order_id.clone()),
         Input::StockReplenished(_) => None,
     };
+    // The order first: the event being applied is remembered on the first entity touched.
+    if let Some(id) = &order_key {
+        tx.touch(&reservation_entity(id.as_str()));
+    }
     let reservation: Option<Reservation> = match &order_key {
         Some(id) => tx.get_json(trees.reservations, id.as_str().as_bytes())?,
         None => None,
     };
     let mut stock: BTreeMap<Sku, StockLevel> = BTreeMap::new();
     for sku in domain::skus_needed(input, reservation.as_ref()) {
+        tx.touch(&stock_entity(sku.as_str()));
         if let Some(level) = tx.get_json::<StockLevel>(trees.stock, sku.as_str().as_bytes())? {
             stock.insert(sku, level);
         }
@@ -69,4 +75,83 @@ pub fn apply_input(trees: Trees, tx: &Tx<'_>, input: &Input, cause: &Meta) -> Tx
         tx.put_json(trees.stock, sku.as_str().as_bytes(), level)?;
     }
     Ok(())
+}
+
+/// The changelog entity of an order's reservation.
+pub fn reservation_entity(order_id: &str) -> String {
+    format!("r.{order_id}")
+}
+
+/// The changelog entity of a sku's stock level.
+pub fn stock_entity(sku: &str) -> String {
+    format!("s.{sku}")
+}
+
+/// Inventory's entities: reservations (`r.<order id>`) and stock levels (`s.<sku>`), all
+/// in one partition — an order touches several skus, so partitioning by order would
+/// oversell; inventory runs one active instance and standbys.
+#[derive(Debug, Clone, Copy)]
+pub struct Holdings {
+    pub trees: Trees,
+}
+
+impl Holdings {
+    fn locate(&self, entity: &str) -> Option<(TreeId, String)> {
+        let (kind, key) = entity.split_once('.')?;
+        match kind {
+            "r" => Some((self.trees.reservations, key.to_owned())),
+            "s" => Some((self.trees.stock, key.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+impl Entities for Holdings {
+    fn partition(&self, _entity: &str) -> u32 {
+        0
+    }
+
+    fn snapshot(&self, tx: &Tx<'_>, entity: &str) -> TxResult<Option<serde_json::Value>> {
+        match self.locate(entity) {
+            Some((tree, key)) => tx.get_json(tree, key.as_bytes()),
+            None => Ok(None),
+        }
+    }
+
+    fn restore(&self, tx: &Tx<'_>, entity: &str, data: &serde_json::Value) -> TxResult<()> {
+        let Some((tree, key)) = self.locate(entity) else {
+            return Ok(());
+        };
+        if tree == self.trees.stock {
+            let level: StockLevel = from_value(entity, data)?;
+            tx.put_json(tree, key.as_bytes(), &level)
+        } else {
+            let reservation: Reservation = from_value(entity, data)?;
+            tx.put_json(tree, key.as_bytes(), &reservation)
+        }
+    }
+
+    fn forget(&self, tx: &Tx<'_>, entity: &str) -> TxResult<()> {
+        match self.locate(entity) {
+            Some((tree, key)) => tx.remove(tree, key.as_bytes()),
+            None => Ok(()),
+        }
+    }
+
+    fn held(&self, store: &Store) -> Vec<String> {
+        let keys = |tree: TreeId| {
+            store
+                .tree(tree)
+                .iter()
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| String::from_utf8_lossy(&k).into_owned())
+                .collect::<Vec<_>>()
+        };
+        keys(self.trees.reservations)
+            .into_iter()
+            .map(|k| reservation_entity(&k))
+            .chain(keys(self.trees.stock).into_iter().map(|k| stock_entity(&k)))
+            .collect()
+    }
 }

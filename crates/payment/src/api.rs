@@ -9,6 +9,7 @@ use shop_events::api::{Endpoint, OrderRef};
 use shop_events::OrderId;
 use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
 use shop_runtime::store::Store;
+use shop_shell::scale::Ownership;
 
 use crate::domain::{Charge, Refund, State};
 use crate::gateway::{HttpGateway, LedgerEntry, PaymentGateway};
@@ -20,6 +21,8 @@ pub struct Api {
     pub store: Arc<Store>,
     pub trees: Trees,
     pub gateway: Arc<HttpGateway>,
+    /// Which orders this instance holds; the others are read from the changelog.
+    pub ownership: Ownership,
 }
 
 /// Where a record stands, in the contract's words.
@@ -70,10 +73,19 @@ impl Api {
         let request: OrderRef = parse_request(body)?;
         let order_id = OrderId::parse(request.order_id)
             .map_err(|e| ApiError::bad_request(format!("order_id: {e}")))?;
-        match self
-            .store
-            .read_json::<State>(self.trees.payments, order_id.as_str().as_bytes())?
-        {
+        let state = if self.ownership.holds(order_id.as_str()) {
+            self.store
+                .read_json::<State>(self.trees.payments, order_id.as_str().as_bytes())?
+        } else {
+            match self.ownership.remote(order_id.as_str()).await? {
+                None => None,
+                Some(data) => Some(
+                    crate::store::payment_from_record(order_id.as_str(), data)
+                        .map_err(ApiError::internal)?,
+                ),
+            }
+        };
+        match state {
             Some(state) => reply(&payment_view(&order_id, &state)),
             None => Err(ApiError::not_found(format!(
                 "no payment is known for order `{order_id}`"

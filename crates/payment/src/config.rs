@@ -67,4 +67,6 @@ pub struct Config {
     /// How many servers keep each stream the service declares (`--replicas`).
     pub stream_replicas: usize,
     pub gateway: HttpGatewayConfig,
+    /// `--instance` and `--lease-ttl`: how this instance shares payment's partitions.
+    pub scale: shop_shell::scale::ScaleArgs,
 }

@@ -16,6 +16,7 @@ use shop_runtime::outbox::RelayWaker;
 use shop_runtime::shutdown::Shutdown;
 use shop_runtime::stats::Stats;
 use shop_runtime::store::{reject, Store, Tx, TxResult};
+use shop_shell::scale::Ownership;
 use shop_shell::EnvelopeHandler;
 use tokio::sync::Notify;
 
@@ -57,6 +58,8 @@ pub struct GatewayWorker<G> {
     pub waker: RelayWaker,
     pub stats: Arc<Stats>,
     pub work_ready: Arc<Notify>,
+    /// Which orders' calls are this instance's to make.
+    pub ownership: Ownership,
 }
 
 /// Retries a transient gateway failure a few times with backoff; the next sweep tries again after that.
@@ -94,6 +97,8 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                 .take(1024)
                 .filter_map(Result::ok)
                 .filter_map(|k| OrderId::parse(String::from_utf8_lossy(&k).into_owned()).ok())
+                // Another instance's partition: its calls are that instance's to make.
+                .filter(|order_id| this.ownership.holds(order_id.as_str()))
                 .collect();
             let answers: Vec<(OrderId, Input)> = futures::stream::iter(keys.clone())
                 .map(|order_id| {
@@ -202,27 +207,48 @@ impl<G: PaymentGateway> GatewayWorker<G> {
     /// `Store::apply_batch` for why); returns how many were recorded.
     fn record_answers(&self, answers: &[(OrderId, Input)]) -> usize {
         let trees = self.trees;
-        let results = self.store.apply_batch(
-            answers,
-            |_| None,
-            |tx, (order_id, input)| {
-                let cause = tx
-                    .get_json::<CauseRef>(trees.work, order_id.as_str().as_bytes())?
-                    .and_then(|c| c.as_meta());
-                apply_input(trees, tx, order_id, input, cause.as_ref())
-            },
-        );
-        answers
-            .iter()
-            .zip(results)
-            .filter(|((order_id, _), result)| match result {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::error!(%order_id, error = ?e, "cannot record gateway answer; will retry");
-                    false
-                }
-            })
-            .count()
+        // One transaction per partition: a transaction may only touch one partition.
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<&(OrderId, Input)>> =
+            std::collections::BTreeMap::new();
+        for answer in answers {
+            by_partition
+                .entry(self.ownership.partition(answer.0.as_str()))
+                .or_default()
+                .push(answer);
+        }
+        let mut recorded = 0;
+        for (_, answers) in by_partition {
+            // Right before the write: a partition lost meanwhile is its next owner's,
+            // which asks the gateway again and gets the same answer (idempotency key).
+            if !answers
+                .first()
+                .is_some_and(|(id, _)| self.ownership.holding(id.as_str()).still_held())
+            {
+                continue;
+            }
+            let results = self.store.apply_batch(
+                &answers,
+                |_| None,
+                |tx, (order_id, input)| {
+                    let cause = tx
+                        .get_json::<CauseRef>(trees.work, order_id.as_str().as_bytes())?
+                        .and_then(|c| c.as_meta());
+                    apply_input(trees, tx, order_id, input, cause.as_ref())
+                },
+            );
+            recorded += answers
+                .iter()
+                .zip(results)
+                .filter(|((order_id, _), result)| match result {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(%order_id, error = ?e, "cannot record gateway answer; will retry");
+                        false
+                    }
+                })
+                .count();
+        }
+        recorded
     }
 
     /// Drops a work-index entry whose record no longer owes a call, re-checking inside

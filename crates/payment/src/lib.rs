@@ -21,6 +21,7 @@ use shop_events::EventKind;
 use shop_runtime::host::Host;
 use shop_runtime::micro::MicroSpec;
 use shop_runtime::shutdown::Shutdown;
+use shop_shell::scale::{partitioning, Mode, Ownership};
 use shop_shell::{consumer_spec, host_config, Contract};
 use tokio::sync::Notify;
 
@@ -32,6 +33,9 @@ pub const SERVICE: &str = "payment";
 /// Runs payment until `shutdown` fires, then stops gracefully.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError> {
     let gateway = Arc::new(gateway::HttpGateway::new(&config.gateway)?);
+    let trees = store::Trees::from_ids(&shop_runtime::store::service_tree_ids(store::TREES.len()))
+        .ok_or_else(|| PaymentError::Config("payment trees missing".into()))?;
+    let payments = Arc::new(store::Payments { trees });
     let mut host = Host::start(
         host_config(
             SERVICE,
@@ -39,27 +43,36 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
             &config.data_dir,
             config.stream_replicas,
             store::TREES.to_vec(),
+            Some(partitioning(
+                SERVICE,
+                &config.scale,
+                config.stream_replicas,
+                Mode::Partitioned,
+                payments.clone(),
+            )),
         ),
         shutdown.clone(),
     )
     .await?;
-    let trees = store::Trees::from_ids(&host.trees)
-        .ok_or_else(|| PaymentError::Config("payment trees missing".into()))?;
+    let ownership = Ownership::of(&host, payments);
     let work_ready = Arc::new(Notify::new());
     let handler = Arc::new(Contract(handlers::PaymentHandler {
         trees,
         work_ready: work_ready.clone(),
     }));
     host.consume(
-        consumer_spec(
-            SERVICE,
-            Domain::Orders,
-            &[EventKind::OrderPlaced, EventKind::OrderCancelled],
-        ),
+        |p| {
+            consumer_spec(
+                SERVICE,
+                Domain::Orders,
+                &[EventKind::OrderPlaced, EventKind::OrderCancelled],
+                p,
+            )
+        },
         handler.clone(),
     );
     host.consume(
-        consumer_spec(SERVICE, Domain::Inventory, &[EventKind::StockReserved]),
+        |p| consumer_spec(SERVICE, Domain::Inventory, &[EventKind::StockReserved], p),
         handler,
     );
     let worker = handlers::GatewayWorker {
@@ -70,6 +83,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
         waker: host.waker.clone(),
         stats: host.stats.clone(),
         work_ready,
+        ownership: ownership.clone(),
     };
     host.spawn_worker(worker.run(host.shutdown()));
 
@@ -79,6 +93,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
         description: "Charges and refunds orders exactly once through the payment gateway"
             .to_owned(),
         metadata: HashMap::from([
+            ("instance".to_owned(), config.scale.instance_of(SERVICE)),
             ("streams".to_owned(), "ORDERS,INVENTORY".to_owned()),
             ("gateway".to_owned(), config.gateway.url.clone()),
             (
@@ -95,6 +110,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
         store: host.store.clone(),
         trees,
         gateway,
+        ownership,
     };
     host.serve_api(spec, api, Duration::from_secs(10)).await?;
     Ok(())

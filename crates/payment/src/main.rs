@@ -16,6 +16,8 @@ struct Cli {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
+    scale: shop_shell::scale::ScaleArgs,
+    #[command(flatten)]
     payment: PaymentArgs,
 }
 
@@ -27,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         nats: cli.common.nats(),
         data_dir: cli.common.data_dir,
         stream_replicas: cli.common.stream_replicas,
+        scale: cli.scale,
         gateway: cli.payment.gateway(),
     };
     run(config, on_os_signal()).await?;

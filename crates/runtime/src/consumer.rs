@@ -1,6 +1,11 @@
 //! The consumer loop: pull a batch, decode, apply the batch's events in one transaction,
 //! flush once for the batch (group commit), then carry out each message's ack decision
 //! ([`crate::ack`]): ack, nak, or dead letter then term.
+//!
+//! In a partitioned service each consumer reads one partition under that partition's
+//! [`Fence`]: the fence is checked before a batch is applied and again before it is
+//! acked, and a batch is acked only once the relay has published its events and stored
+//! its entities' changelog records — so a new owner restores everything an ack covers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +17,7 @@ use futures::StreamExt;
 use crate::ack::{ack_decision, AckAction, Outcome};
 use crate::crashpoint;
 use crate::deadletter::{self, DeadLetter, DeadLetterTarget};
+use crate::group::Fence;
 use crate::outbox::RelayWaker;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -140,6 +146,7 @@ pub async fn run_consumer<H: EventHandler>(
     ctx: ConsumerCtx,
     spec: ConsumerSpec,
     handler: Arc<H>,
+    fence: Option<Fence>,
     mut shutdown: Shutdown,
 ) {
     let mut retry = Duration::from_millis(200);
@@ -200,7 +207,15 @@ pub async fn run_consumer<H: EventHandler>(
                         }
                         // Apply this batch while the previous one flushes; wait for that
                         // commit before starting this one's, so acks stay in order.
-                        let applied = apply_batch(&ctx, &spec, handler.as_ref(), batch);
+                        let applied = match fence.as_ref().map(Fence::check) {
+                            Some(Err(fenced)) => {
+                                // Not ours (any more): hand the messages back at once,
+                                // for the partition's owner.
+                                tracing::debug!(error = %fenced, "batch released, partition not held");
+                                release_batch(batch)
+                            }
+                            _ => apply_batch(&ctx, &spec, handler.as_ref(), batch),
+                        };
                         if let Some(previous) = in_flight.take() {
                             let _ = previous.await;
                         }
@@ -210,6 +225,7 @@ pub async fn run_consumer<H: EventHandler>(
                             spec.clone(),
                             move || handler.after_commit(),
                             applied,
+                            fence.clone(),
                         )));
                         if broken {
                             // Re-declare: the consumer may be gone after a broker restart without its store.
@@ -239,6 +255,30 @@ struct Applied {
     /// Nak'ed or dead-lettered, as [`ack_decision`] said.
     decided: Vec<(Delivery, AckAction)>,
     committed: u64,
+    /// The newest outbox entry the batch wrote: acks wait until it has left the outbox.
+    entry: Option<u64>,
+}
+
+/// A batch pulled for a partition this instance does not hold: every message is nak'ed
+/// without delay, so the partition's owner gets it next.
+fn release_batch(batch: Vec<jetstream::Message>) -> Applied {
+    Applied {
+        done: Vec::new(),
+        decided: batch
+            .into_iter()
+            .map(|message| {
+                (
+                    Delivery {
+                        message,
+                        delivered: 1,
+                    },
+                    AckAction::Nak(Duration::ZERO),
+                )
+            })
+            .collect(),
+        committed: 0,
+        entry: None,
+    }
 }
 
 /// Decodes every message of a batch and applies the decodable ones in one transaction
@@ -254,6 +294,7 @@ fn apply_batch<H: EventHandler>(
         done: Vec::with_capacity(batch.len()),
         decided: Vec::new(),
         committed: 0,
+        entry: None,
     };
     let mut decoded = Vec::with_capacity(batch.len());
     for message in batch {
@@ -291,12 +332,16 @@ fn apply_batch<H: EventHandler>(
             }
         }
     }
-    let outcomes = ctx.store.apply_batch(
+    let outcomes = ctx.store.apply_batch_entries(
         &decoded,
         |(_, event, _)| Some(handler.event_id(event)),
         |tx, (_, event, span)| span.in_scope(|| handler.apply(event, tx)),
     );
     for ((delivery, _, span), outcome) in decoded.into_iter().zip(outcomes) {
+        if let Ok((_, Some(entry))) = &outcome {
+            applied.entry = applied.entry.max(Some(*entry));
+        }
+        let outcome = outcome.map(|(applied, _)| applied);
         let error = match outcome {
             Ok(Applied_::Done(())) => {
                 applied.committed += 1;
@@ -335,11 +380,13 @@ async fn commit_batch(
     spec: ConsumerSpec,
     after_commit: impl FnOnce(),
     applied: Applied,
+    fence: Option<Fence>,
 ) {
     let Applied {
         done,
         decided,
         committed,
+        entry,
     } = applied;
     let (naks, parks): (Vec<_>, Vec<_>) = decided
         .into_iter()
@@ -347,7 +394,16 @@ async fn commit_batch(
     for (delivery, action) in naks {
         carry_out(&ctx, &spec, delivery, action).await;
     }
-    let durable = committed == 0 || group_commit(&ctx, after_commit, committed).await;
+    let mut durable = committed == 0 || group_commit(&ctx, after_commit, committed).await;
+    if let (true, Some(fence), Some(entry)) = (durable, fence.as_ref(), entry) {
+        // Ack only what a new owner would restore: the relay removes the entry once its
+        // events are published and its entities' records stored.
+        let stored = ctx
+            .store
+            .wait_outbox_gone(entry, || fence.check().is_err())
+            .await;
+        durable = stored && fence.check().is_ok();
+    }
     for delivery in done {
         let outcome = if durable {
             Outcome::Applied

@@ -89,6 +89,15 @@ pub enum RuntimeError {
     /// Joining, running or leaving a partitioned group failed; it says whether to retry.
     #[error("{0}")]
     Group(#[from] crate::group::GroupError),
+    /// The partition this work belongs to is no longer (or not yet) ours.
+    #[error("{0}")]
+    Fenced(#[from] crate::group::FenceError),
+    /// Something the broker should have delivered did not arrive in time.
+    #[error("timed out {0}")]
+    Timeout(String),
+    /// A partition's records could not be written back into the local store.
+    #[error("restoring a partition failed: {0}")]
+    Restore(String),
 }
 
 impl RuntimeError {
@@ -121,14 +130,17 @@ impl RuntimeError {
             | RuntimeError::FlushTask(_)
             | RuntimeError::Service { .. }
             | RuntimeError::NoAnswer { .. }
-            | RuntimeError::NoReplyWithin { .. } => true,
+            | RuntimeError::NoReplyWithin { .. }
+            | RuntimeError::Timeout(_)
+            | RuntimeError::Fenced(_) => true,
             // I/O may pass (a full disk gets space); sled's corruption, unsupported
             // operations and reported bugs stay what they are.
             RuntimeError::Storage(e) => matches!(e, sled::Error::Io(_)),
             RuntimeError::Corrupt { .. }
             | RuntimeError::Encode { .. }
             | RuntimeError::UnexpectedReply { .. }
-            | RuntimeError::DataDir { .. } => false,
+            | RuntimeError::DataDir { .. }
+            | RuntimeError::Restore(_) => false,
             RuntimeError::Group(e) => e.is_transient(),
         }
     }

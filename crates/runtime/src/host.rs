@@ -5,8 +5,12 @@
 //! shell's dead-letter book is one), so the runtime serves them without knowing
 //! what they are called.
 //!
-//! Graceful shutdown: stop pulling and finish the batches in flight, stop the
-//! workers, drain the outbox, flush sled, drain the NATS connection.
+//! A partitioned service ([`Partitioning`]) joins its group, and its consumers run per
+//! partition under the [`crate::partitions::Manager`], only while the partition is held.
+//!
+//! Graceful shutdown: stop pulling and finish the batches in flight (a partitioned
+//! service then hands its partitions over and leaves its group), stop the workers,
+//! drain the outbox, flush sled, drain the NATS connection.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -16,10 +20,17 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::Client;
 
+use std::collections::BTreeMap;
+
+use tokio::sync::watch;
+
+use crate::changelog::{Changelog, Entities, ReadyPartition, StateBucket};
 use crate::connect::connect_reporting;
 use crate::consumer::{run_consumer, ConsumerCtx, ConsumerSpec, EventHandler};
+use crate::group::{Group, GroupConfig, Handovers};
 use crate::micro::{serve_api, serve_boxed, start_service, Api, BoxedEndpoint, MicroSpec};
 use crate::outbox::{run_relay, RelayWaker};
+use crate::partitions::{Manager, SpawnConsumer};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
 use crate::store::{Store, TreeId};
@@ -36,6 +47,54 @@ pub struct HostConfig {
     pub streams: Vec<StreamDecl>,
     pub trees: Vec<&'static str>,
     pub extensions: Vec<Extension>,
+    /// Set for a service that runs as a group of instances owning partitions.
+    pub partitioning: Option<Partitioning>,
+}
+
+/// How a service shares its work among instances: see docs/architecture.md,
+/// "Partitions and ownership".
+#[derive(Clone)]
+pub struct Partitioning {
+    /// The KV bucket of group membership and leases.
+    pub groups_bucket: String,
+    /// The KV bucket of this service's changelog.
+    pub state_bucket: String,
+    /// This instance's name, unique within the service.
+    pub instance: String,
+    /// The partition count, which the streams' subject transform fixes.
+    pub partitions: u32,
+    pub lease_ttl: Duration,
+    /// Consumers per partition, or one set over every partition (a single-partition
+    /// service running active/standby).
+    pub per_partition_consumers: bool,
+    /// Copies of the state bucket (as of the streams).
+    pub replicas: usize,
+    pub entities: Arc<dyn Entities>,
+}
+
+impl std::fmt::Debug for Partitioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partitioning")
+            .field("groups_bucket", &self.groups_bucket)
+            .field("state_bucket", &self.state_bucket)
+            .field("instance", &self.instance)
+            .field("partitions", &self.partitions)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
+}
+
+/// A partitioned host's parts until [`Host::serve`] starts its manager.
+struct Partitioned {
+    group: Group,
+    handovers: Handovers,
+    bucket: StateBucket,
+    entities: Arc<dyn Entities>,
+    instance: String,
+    per_partition_consumers: bool,
+    ready_tx: watch::Sender<BTreeMap<u32, ReadyPartition>>,
+    ready: watch::Receiver<BTreeMap<u32, ReadyPartition>>,
+    consumers: Vec<SpawnConsumer>,
 }
 
 /// Endpoints served beside a service's own API, with a sled tree of their own for
@@ -76,6 +135,7 @@ pub struct Host {
     consumers: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     relay: Option<tokio::task::JoinHandle<()>>,
+    partitioned: Option<Partitioned>,
 }
 
 impl Host {
@@ -99,11 +159,21 @@ impl Host {
         let store = Arc::new(store);
         let waker = RelayWaker::default();
         let (inner_trigger, inner) = Shutdown::new();
+        let partitioned = match &config.partitioning {
+            None => None,
+            Some(p) => Some(join_group(&js, &config.service, &store, p).await?),
+        };
+        let changelog = partitioned.as_ref().map(|p| Changelog {
+            bucket: p.bucket.clone(),
+            entities: p.entities.clone(),
+            ready: p.ready.clone(),
+        });
         let relay = tokio::spawn(run_relay(
             js.clone(),
             store.clone(),
             waker.clone(),
             stats.clone(),
+            changelog,
             inner.clone(),
         ));
         tokio::spawn(prune_inbox_periodically(store.clone(), inner));
@@ -138,7 +208,19 @@ impl Host {
             consumers: Vec::new(),
             workers: Vec::new(),
             relay: Some(relay),
+            partitioned,
         })
+    }
+
+    /// The partitions this instance may work on now, for workers of a partitioned
+    /// service (`None` for a service that is not partitioned: it owns everything).
+    pub fn ready_partitions(&self) -> Option<watch::Receiver<BTreeMap<u32, ReadyPartition>>> {
+        self.partitioned.as_ref().map(|p| p.ready.clone())
+    }
+
+    /// The changelog bucket, for reads of entities another instance owns.
+    pub fn state_bucket(&self) -> Option<StateBucket> {
+        self.partitioned.as_ref().map(|p| p.bucket.clone())
     }
 
     /// The service-level shutdown, for workers that watch it themselves.
@@ -156,21 +238,38 @@ impl Host {
         }
     }
 
-    /// Runs a durable consumer until shutdown.
-    pub fn consume<H: EventHandler>(&mut self, spec: ConsumerSpec, handler: Arc<H>) {
-        tracing::info!(
-            service = %self.service,
-            stream = %spec.stream,
-            consumer = %spec.durable,
-            filters = ?spec.filter_subjects,
-            "listening"
-        );
-        self.consumers.push(tokio::spawn(run_consumer(
-            self.consumer_ctx(),
-            spec,
-            handler,
-            self.shutdown.clone(),
-        )));
+    /// Runs a durable consumer until shutdown: `spec(None)` in a service that is not
+    /// partitioned; in a partitioned one, `spec(Some(p))` for each partition `p` while it
+    /// is held (or `spec(None)` while the single partition of an active/standby service is).
+    pub fn consume<H: EventHandler>(
+        &mut self,
+        spec: impl Fn(Option<u32>) -> ConsumerSpec + Send + Sync + 'static,
+        handler: Arc<H>,
+    ) {
+        let ctx = self.consumer_ctx();
+        let spawn: SpawnConsumer = Arc::new(move |partition, fence, shutdown| {
+            let spec = spec(partition);
+            tracing::debug!(
+                service = %ctx.service,
+                stream = %spec.stream,
+                consumer = %spec.durable,
+                filters = ?spec.filter_subjects,
+                "listening"
+            );
+            tokio::spawn(run_consumer(
+                ctx.clone(),
+                spec,
+                handler.clone(),
+                fence,
+                shutdown,
+            ))
+        });
+        match &mut self.partitioned {
+            Some(p) => p.consumers.push(spawn),
+            None => self
+                .consumers
+                .push(spawn(None, None, self.shutdown.clone())),
+        }
     }
 
     /// Runs a background worker; it must return soon after the shutdown it was given fires.
@@ -211,6 +310,25 @@ impl Host {
 
     /// Waits for shutdown, then stops everything in order within `grace`.
     pub async fn serve(mut self, grace: Duration) -> Result<(), RuntimeError> {
+        if let Some(p) = self.partitioned.take() {
+            let manager = Manager {
+                group: p.group,
+                handovers: p.handovers,
+                bucket: p.bucket,
+                entities: p.entities,
+                store: self.store.clone(),
+                stats: self.stats.clone(),
+                instance: p.instance,
+                per_partition_consumers: p.per_partition_consumers,
+                consumers: p.consumers,
+                ready: p.ready_tx,
+                grace,
+            };
+            // First among the tasks stopped at shutdown: it finishes the partitions'
+            // batches and hands them over before the relay stops.
+            self.consumers
+                .insert(0, tokio::spawn(manager.run(self.shutdown.clone())));
+        }
         let mut shutdown = self.shutdown.clone();
         shutdown.requested().await;
         tracing::info!(service = %self.service, "shutting down");
@@ -253,4 +371,46 @@ async fn prune_inbox_periodically(store: Arc<Store>, mut shutdown: Shutdown) {
             _ => {}
         }
     }
+}
+
+/// Joins the service's group and opens its changelog bucket.
+async fn join_group(
+    js: &jetstream::Context,
+    service: &str,
+    store: &Arc<Store>,
+    p: &Partitioning,
+) -> Result<Partitioned, RuntimeError> {
+    let entities = p.entities.clone();
+    let partition_of = entities.clone();
+    store.set_partitioning(Arc::new(move |entity: &str| partition_of.partition(entity)));
+    let bucket = StateBucket::open(js, &p.state_bucket, p.replicas).await?;
+    let (group, handovers) = Group::join(
+        js,
+        GroupConfig::new(&p.groups_bucket, service, &p.instance)
+            .partitions(p.partitions)
+            .lease_ttl(p.lease_ttl),
+    )
+    .await?;
+    if group.partitions() != p.partitions {
+        return Err(RuntimeError::Restore(format!(
+            "group {service} records {} partitions but the streams are partitioned {} ways; \
+             delete the key {service}.partitions in bucket {} once no instance runs",
+            group.partitions(),
+            p.partitions,
+            p.groups_bucket
+        )));
+    }
+    let (ready_tx, ready) = watch::channel(BTreeMap::new());
+    tracing::info!(service, instance = %p.instance, partitions = p.partitions, "joined the group");
+    Ok(Partitioned {
+        group,
+        handovers,
+        bucket,
+        entities,
+        instance: p.instance.clone(),
+        per_partition_consumers: p.per_partition_consumers,
+        ready_tx,
+        ready,
+        consumers: Vec::new(),
+    })
 }

@@ -12,6 +12,7 @@
 //! those and `deadletter`; `host` joins them all. Everything uses `error`.
 
 pub mod ack;
+pub mod changelog;
 pub mod cli;
 pub mod connect;
 pub mod consumer;
@@ -23,6 +24,7 @@ pub mod host;
 pub mod micro;
 pub mod outbox;
 pub mod outbox_entry;
+pub mod partitions;
 pub mod shutdown;
 pub mod stats;
 pub mod store;

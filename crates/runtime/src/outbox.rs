@@ -13,6 +13,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use std::collections::{BTreeMap, HashSet};
+
+use crate::changelog::{local_record, Changelog, ReadyPartition};
 use crate::crashpoint;
 use crate::outbox_entry::OutboxMessage;
 use crate::shutdown::Shutdown;
@@ -52,11 +55,12 @@ pub async fn run_relay(
     store: Arc<Store>,
     waker: RelayWaker,
     stats: Arc<Stats>,
+    changelog: Option<Changelog>,
     mut shutdown: Shutdown,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match drain_once(&js, &store, &stats).await {
+        match drain_once(&js, &store, &stats, changelog.as_ref()).await {
             Ok(published) if published > 0 => {
                 backoff = Duration::from_millis(100);
                 continue;
@@ -86,7 +90,12 @@ pub async fn run_relay(
     // Shutdown: try to leave nothing behind, but never hang on a dead broker.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while store.outbox_len() > 0 && tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout_at(deadline, drain_once(&js, &store, &stats)).await {
+        match tokio::time::timeout_at(
+            deadline,
+            drain_once(&js, &store, &stats, changelog.as_ref()),
+        )
+        .await
+        {
             Ok(Ok(_)) => {}
             _ => break,
         }
@@ -99,15 +108,28 @@ pub async fn run_relay(
     }
 }
 
-/// Publishes up to about [`RELAY_BATCH`] messages; returns how many were published.
+/// An entry whose messages are on their way: its key, partition, entities and PubAcks.
+type PendingEntry = (
+    sled::IVec,
+    Option<u32>,
+    Vec<String>,
+    Vec<(String, PublishAckFuture)>,
+);
+
+/// Publishes up to about [`RELAY_BATCH`] messages, then the changelog records of the
+/// entities their transactions changed; returns how many messages and entries it handled.
 ///
-/// An entry is removed only when every one of its messages got its PubAck.
+/// An entry is removed only when every one of its messages got its PubAck and, in a
+/// partitioned service, its entities' records are stored. Entries of a partition that is
+/// not ready (being taken over, or owned elsewhere) wait; the partition's next owner
+/// restores from the changelog, and this store purges them when it takes the partition.
 pub async fn drain_once(
     js: &jetstream::Context,
     store: &Store,
     stats: &Stats,
+    changelog: Option<&Changelog>,
 ) -> Result<usize, RuntimeError> {
-    let batch = store.outbox_batch(RELAY_BATCH)?;
+    let batch = store.outbox_entries(RELAY_BATCH)?;
     if batch.is_empty() {
         return Ok(0);
     }
@@ -116,11 +138,23 @@ pub async fn drain_once(
     // be done again and publish the same fact under a new event id. Flushing first
     // (cheap when the committer already flushed) closes that window.
     store.flush().await?;
-    let mut pending: Vec<(sled::IVec, Vec<(String, PublishAckFuture)>)> =
-        Vec::with_capacity(batch.len());
-    for (key, messages) in batch {
-        let mut acks = Vec::with_capacity(messages.len());
-        for message in messages {
+    let ready = changelog.map(|c| c.ready.borrow().clone());
+    // Entries of one partition stay in order: once one must wait, the later ones do too.
+    let mut blocked: HashSet<u32> = HashSet::new();
+    let mut pending: Vec<PendingEntry> = Vec::with_capacity(batch.len());
+    for (key, entry) in batch {
+        if let (Some(partition), Some(ready)) = (entry.partition, &ready) {
+            let publishable = !blocked.contains(&partition)
+                && ready
+                    .get(&partition)
+                    .is_some_and(|r| r.fence.check().is_ok());
+            if !publishable {
+                blocked.insert(partition);
+                continue;
+            }
+        }
+        let mut acks = Vec::with_capacity(entry.messages.len());
+        for message in entry.messages {
             let (subject, publish) = into_publish(message);
             let ack = js
                 .send_publish(subject.clone(), publish)
@@ -128,12 +162,12 @@ pub async fn drain_once(
                 .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
             acks.push((subject, ack));
         }
-        pending.push((key, acks));
+        pending.push((key, entry.partition, entry.entities, acks));
     }
     let mut acked = Vec::with_capacity(pending.len());
     let mut published = 0;
     let mut failure = None;
-    'entries: for (key, acks) in pending {
+    'entries: for (key, partition, entities, acks) in pending {
         for (subject, ack) in acks {
             match ack.await {
                 Ok(_) => published += 1,
@@ -143,15 +177,100 @@ pub async fn drain_once(
                 }
             }
         }
-        acked.push(key);
+        acked.push((key, partition, entities));
     }
-    if !acked.is_empty() {
+    let mut removable: Vec<sled::IVec> = Vec::with_capacity(acked.len());
+    match (changelog, &ready) {
+        (Some(changelog), Some(ready)) => {
+            let (done, error) = publish_records(store, changelog, ready, acked).await;
+            removable = done;
+            if failure.is_none() {
+                failure = error;
+            }
+        }
+        _ => removable.extend(acked.into_iter().map(|(key, _, _)| key)),
+    }
+    if !removable.is_empty() {
         crashpoint::hit(crashpoint::AFTER_PUBLISH_BEFORE_OUTBOX_REMOVE);
-        store.outbox_remove_all(&acked)?;
+        store.outbox_remove_all(&removable)?;
     }
     stats.add_published(published as u64);
     match failure {
         Some(e) => Err(e),
-        None => Ok(published),
+        None => Ok(published.max(removable.len())),
     }
+}
+
+/// Publishes the records of the entities `acked` entries changed, partition by
+/// partition; returns the entries whose records are stored, and the first failure.
+///
+/// A record goes out only from the entry that changed its entity last: a later entry
+/// still in the outbox holds changes whose events are not published yet, and a record
+/// must never run ahead of its events.
+#[allow(clippy::type_complexity)]
+async fn publish_records(
+    store: &Store,
+    changelog: &Changelog,
+    ready: &BTreeMap<u32, ReadyPartition>,
+    acked: Vec<(sled::IVec, Option<u32>, Vec<String>)>,
+) -> (Vec<sled::IVec>, Option<RuntimeError>) {
+    let mut done = Vec::with_capacity(acked.len());
+    let mut by_partition: BTreeMap<u32, (Vec<sled::IVec>, HashSet<u64>, Vec<String>)> =
+        BTreeMap::new();
+    for (key, partition, entities) in acked {
+        match partition {
+            None => done.push(key),
+            Some(p) => {
+                let slot = by_partition.entry(p).or_default();
+                if let Ok(bytes) = <[u8; 8]>::try_from(key.as_ref()) {
+                    slot.1.insert(u64::from_be_bytes(bytes));
+                }
+                slot.0.push(key);
+                for entity in entities {
+                    if !slot.2.contains(&entity) {
+                        slot.2.push(entity);
+                    }
+                }
+            }
+        }
+    }
+    let mut failure = None;
+    for (partition, (keys, entry_ids, entities)) in by_partition {
+        let Some(ready) = ready.get(&partition) else {
+            continue;
+        };
+        let read = store.read(|tx| {
+            let mut records = Vec::with_capacity(entities.len());
+            for entity in &entities {
+                let (record, last_entry) = local_record(changelog.entities.as_ref(), tx, entity)?;
+                if entry_ids.contains(&last_entry) {
+                    records.push((entity.clone(), record));
+                }
+            }
+            Ok(records)
+        });
+        let records = match read {
+            Ok(records) => records,
+            Err(e) => {
+                failure.get_or_insert(RuntimeError::Restore(e.to_string()));
+                continue;
+            }
+        };
+        // The fence is checked again right before the records go out; the server
+        // checks the epoch record too, which closes the window after this check.
+        if ready.fence.check().is_err() {
+            continue;
+        }
+        match changelog
+            .bucket
+            .publish_records(partition, ready.epoch_seq, &records)
+            .await
+        {
+            Ok(()) => done.extend(keys),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    (done, failure)
 }

@@ -38,6 +38,73 @@ fn take_str(buf: &mut &[u8]) -> Option<String> {
 /// starts with its subject's length, which is never this large.
 const ENTRY_MARK: [u8; 4] = [0xFF; 4];
 
+/// Starts an entry that also names its partition and the entities its transaction
+/// touched, so the relay can publish their changelog records after the messages.
+const ENTRY_MARK_V2: [u8; 4] = [0xFF, 0xFF, 0xFF, 0xFE];
+
+/// One committed transaction's outgoing messages, and what the changelog must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Entry {
+    /// The partition every touched entity belongs to; `None` outside partitioned services.
+    pub partition: Option<u32>,
+    /// The entities (order ids, or what the service keys its records by) it changed.
+    pub entities: Vec<String>,
+    pub messages: Vec<OutboxMessage>,
+}
+
+/// Builds an entry that names its partition and touched entities.
+pub fn encode_entry_v2(partition: u32, entities: &[String], encoded: &[Vec<u8>]) -> Vec<u8> {
+    let len = encoded.iter().map(|m| m.len() + 4).sum::<usize>()
+        + entities.iter().map(|e| e.len() + 4).sum::<usize>()
+        + 16;
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(&ENTRY_MARK_V2);
+    buf.extend_from_slice(&partition.to_be_bytes());
+    buf.extend_from_slice(&(entities.len() as u32).to_be_bytes());
+    for entity in entities {
+        put(&mut buf, entity.as_bytes());
+    }
+    buf.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    for message in encoded {
+        put(&mut buf, message);
+    }
+    buf
+}
+
+fn take_u32(buf: &mut &[u8]) -> Option<u32> {
+    let value = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?);
+    *buf = &buf[4..];
+    Some(value)
+}
+
+impl Entry {
+    /// Decodes any entry form: v2 (partition and entities), several messages, or one.
+    pub fn decode(buf: &[u8]) -> Option<Entry> {
+        let Some(mut rest) = buf.strip_prefix(&ENTRY_MARK_V2[..]) else {
+            return OutboxMessage::decode_entry(buf).map(|messages| Entry {
+                messages,
+                ..Entry::default()
+            });
+        };
+        let partition = take_u32(&mut rest)?;
+        let count = take_u32(&mut rest)? as usize;
+        let mut entities = Vec::with_capacity(count.min(4096));
+        for _ in 0..count {
+            entities.push(take_str(&mut rest)?);
+        }
+        let count = take_u32(&mut rest)? as usize;
+        let mut messages = Vec::with_capacity(count.min(4096));
+        for _ in 0..count {
+            messages.push(OutboxMessage::decode(take(&mut rest)?)?);
+        }
+        Some(Entry {
+            partition: Some(partition),
+            entities,
+            messages,
+        })
+    }
+}
+
 /// Builds one outbox entry from messages already in their [`OutboxMessage::encode`] form.
 ///
 /// One entry per transaction, not per message: every sled insert and remove costs a log

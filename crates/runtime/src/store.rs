@@ -14,10 +14,21 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Db, IVec, Transactional, Tree};
 
-use crate::outbox_entry::{encode_entry, MalformedEntry, OutboxMessage};
+use crate::outbox_entry::{encode_entry, encode_entry_v2, Entry, MalformedEntry, OutboxMessage};
 use crate::RuntimeError;
 
 const INBOX: &str = "inbox";
+/// Per entity (order id, or what a service keys its records by): the event ids applied to
+/// it and the last outbox entry that changed it, for its changelog record.
+const ENTITIES: &str = "entities";
+/// How many applied event ids an entity's record remembers. Redeliveries only ever
+/// concern recent events (a message is acked once its record is stored), so this bounds
+/// a long-lived entity's record without losing a deduplication that matters.
+const APPLIED_IDS_KEPT: usize = 64;
+/// Where the store's random identity is kept (sled's default tree).
+const STORE_ID_KEY: &[u8] = b"shop.store_id";
+/// Trees the runtime owns, before the service's own.
+const RUNTIME_TREES: usize = 3;
 /// sled's page cache per service (see `Store::open`).
 const CACHE_BYTES: u64 = 24 * 1024 * 1024;
 const OUTBOX: &str = "outbox";
@@ -70,6 +81,24 @@ impl From<TxAbort> for ApplyError {
 
 pub type TxResult<T> = Result<T, ConflictableTransactionError<TxAbort>>;
 
+/// The handles [`Store::open`] gives a service's `count` own trees: they follow the
+/// runtime's trees. Known before the store opens, so the service can describe its
+/// entities to the host that opens it.
+pub fn service_tree_ids(count: usize) -> Vec<TreeId> {
+    (RUNTIME_TREES..RUNTIME_TREES + count).map(TreeId).collect()
+}
+
+/// Decodes a restored record's data inside a transaction; a record that does not decode
+/// aborts it as corrupt.
+pub fn from_value<T: DeserializeOwned>(record: &str, value: &serde_json::Value) -> TxResult<T> {
+    T::deserialize(value).map_err(|source| {
+        ConflictableTransactionError::Abort(TxAbort::Corrupt {
+            record: record.to_owned(),
+            source,
+        })
+    })
+}
+
 /// Aborts the transaction because the input cannot be applied.
 pub fn reject<T>(reason: impl Into<String>) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(TxAbort::Reject(
@@ -106,11 +135,28 @@ impl ApplyError {
     }
 }
 
+/// What a partitioned store needs to know about its entities.
+pub type PartitionOf = Arc<dyn Fn(&str) -> u32 + Send + Sync>;
+
+/// The bookkeeping of one entity in the runtime's `entities` tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct EntityMeta {
+    /// Event ids applied to this entity (the most recent [`APPLIED_IDS_KEPT`]).
+    pub applied: Vec<String>,
+    /// The outbox entry of the last transaction that changed it (0: none pending).
+    pub entry: u64,
+}
+
 /// The transactional view handed to domain glue: typed reads and writes plus `publish`.
 pub struct Tx<'a> {
     view: &'a [TransactionalTree],
     // Messages queued by `publish`, encoded; written as one outbox entry at the end.
     outgoing: std::cell::RefCell<Vec<Vec<u8>>>,
+    // Entities touched by the whole transaction, and by the item being applied.
+    touched: std::cell::RefCell<Vec<String>>,
+    item_touched: std::cell::RefCell<Vec<String>>,
+    // (entity, event id): the ids to remember on each item's first touched entity.
+    applied: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl<'a> Tx<'a> {
@@ -118,18 +164,132 @@ impl<'a> Tx<'a> {
         Tx {
             view,
             outgoing: std::cell::RefCell::new(Vec::new()),
+            touched: std::cell::RefCell::new(Vec::new()),
+            item_touched: std::cell::RefCell::new(Vec::new()),
+            applied: std::cell::RefCell::new(Vec::new()),
         }
     }
 
-    /// Writes the queued messages as one outbox entry (none if nothing was queued).
-    fn write_outbox(&self) -> TxResult<()> {
+    /// Says that this transaction reads or changes `entity` (an order id, say): its
+    /// changelog record is published after the commit, and the event being applied is
+    /// remembered on the first entity it touches. Every entity of one transaction must
+    /// be in the same partition.
+    pub fn touch(&self, entity: &str) {
+        let mut touched = self.touched.borrow_mut();
+        if !touched.iter().any(|e| e == entity) {
+            touched.push(entity.to_owned());
+        }
+        let mut item = self.item_touched.borrow_mut();
+        if !item.iter().any(|e| e == entity) {
+            item.push(entity.to_owned());
+        }
+    }
+
+    /// Starts an item of a batch.
+    fn begin_item(&self) {
+        self.item_touched.borrow_mut().clear();
+    }
+
+    /// Ends an item applied under `event_id`: remembers it on its first touched entity.
+    fn end_item(&self, event_id: Option<&str>) {
+        if let (Some(id), Some(entity)) = (event_id, self.item_touched.borrow().first()) {
+            self.applied
+                .borrow_mut()
+                .push((entity.clone(), id.to_owned()));
+        }
+    }
+
+    /// Writes the queued messages as one outbox entry, and the touched entities'
+    /// bookkeeping; returns the entry's key (none if nothing was queued or touched).
+    fn write_outbox(&self, partition_of: Option<&PartitionOf>) -> TxResult<Option<u64>> {
         let outgoing = self.outgoing.borrow();
-        if outgoing.is_empty() {
-            return Ok(());
+        let touched = self.touched.borrow();
+        let partitioned = partition_of.filter(|_| !touched.is_empty());
+        if outgoing.is_empty() && partitioned.is_none() {
+            return Ok(None);
         }
         let outbox = &self.view[1];
-        let key = outbox.generate_id()?.to_be_bytes();
-        outbox.insert(&key, encode_entry(&outgoing))?;
+        let id = outbox.generate_id()?;
+        let key = id.to_be_bytes();
+        let Some(partition_of) = partitioned else {
+            outbox.insert(&key, encode_entry(&outgoing))?;
+            return Ok(Some(id));
+        };
+        let partition = partition_of(&touched[0]);
+        if let Some(other) = touched.iter().find(|e| partition_of(e) != partition) {
+            return Err(ConflictableTransactionError::Abort(TxAbort::Reject(
+                format!(
+                    "one transaction touched entities of two partitions ({} and {other})",
+                    touched[0]
+                ),
+            )));
+        }
+        outbox.insert(&key, encode_entry_v2(partition, &touched, &outgoing))?;
+        let entities = &self.view[2];
+        let applied = self.applied.borrow();
+        for entity in touched.iter() {
+            let mut meta: EntityMeta = match entities.get(entity.as_bytes())? {
+                Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
+                    ConflictableTransactionError::Abort(TxAbort::Corrupt {
+                        record: format!("entities/{entity}"),
+                        source,
+                    })
+                })?,
+                None => EntityMeta::default(),
+            };
+            meta.applied.extend(
+                applied
+                    .iter()
+                    .filter(|(e, _)| e == entity)
+                    .map(|(_, id)| id.clone()),
+            );
+            let excess = meta.applied.len().saturating_sub(APPLIED_IDS_KEPT);
+            meta.applied.drain(..excess);
+            meta.entry = id;
+            let bytes = serde_json::to_vec(&meta)
+                .map_err(|e| ConflictableTransactionError::Abort(TxAbort::Encode(e)))?;
+            entities.insert(entity.as_bytes(), bytes)?;
+        }
+        Ok(Some(id))
+    }
+
+    /// The runtime's bookkeeping of `entity`, as this transaction sees it.
+    pub fn entity_meta(&self, entity: &str) -> TxResult<Option<EntityMeta>> {
+        match self.view[2].get(entity.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| {
+                ConflictableTransactionError::Abort(TxAbort::Corrupt {
+                    record: format!("entities/{entity}"),
+                    source,
+                })
+            }),
+        }
+    }
+
+    /// Replaces the bookkeeping of `entity` (a restore), and marks its ids as processed.
+    pub fn restore_entity_meta(&self, entity: &str, applied: &[String]) -> TxResult<()> {
+        let stamp = now_ms().to_be_bytes();
+        for id in applied {
+            self.view[0].insert(id.as_bytes(), &stamp)?;
+        }
+        let meta = EntityMeta {
+            applied: applied.to_vec(),
+            entry: 0,
+        };
+        let bytes = serde_json::to_vec(&meta)
+            .map_err(|e| ConflictableTransactionError::Abort(TxAbort::Encode(e)))?;
+        self.view[2].insert(entity.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Forgets the bookkeeping of `entity` and the ids applied to it (a purge).
+    pub fn forget_entity_meta(&self, entity: &str) -> TxResult<()> {
+        if let Some(meta) = self.entity_meta(entity)? {
+            for id in &meta.applied {
+                self.view[0].remove(id.as_bytes())?;
+            }
+        }
+        self.view[2].remove(entity.as_bytes())?;
         Ok(())
     }
 
@@ -203,6 +363,10 @@ pub struct Store {
     // count: so an entry visible in the outbox is always already counted, and a flush
     // that finds nothing new to cover can be skipped safely.
     commit_gate: std::sync::RwLock<()>,
+    // Set for a partitioned service: which partition an entity is in.
+    partition_of: std::sync::OnceLock<PartitionOf>,
+    // Woken whenever the relay removed outbox entries.
+    outbox_removed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Store {
@@ -240,13 +404,13 @@ impl Store {
             // tree), so a bigger cache buys little and costs memory at 1M stored orders.
             .cache_capacity(CACHE_BYTES)
             .open()?;
-        let mut names = vec![INBOX.to_owned(), OUTBOX.to_owned()];
+        let mut names = vec![INBOX.to_owned(), OUTBOX.to_owned(), ENTITIES.to_owned()];
         names.extend(tree_names.iter().map(|n| (*n).to_owned()));
         let trees = names
             .iter()
             .map(|n| db.open_tree(n))
             .collect::<Result<Vec<_>, _>>()?;
-        let ids = (2..names.len()).map(TreeId).collect();
+        let ids = (RUNTIME_TREES..names.len()).map(TreeId).collect();
         Ok((
             Store {
                 db,
@@ -256,9 +420,83 @@ impl Store {
                 committed: std::sync::atomic::AtomicU64::new(0),
                 durable: std::sync::atomic::AtomicU64::new(0),
                 commit_gate: std::sync::RwLock::new(()),
+                partition_of: std::sync::OnceLock::new(),
+                outbox_removed: tokio::sync::Notify::new(),
             },
             ids,
         ))
+    }
+
+    /// Makes this a partitioned store: transactions that touch entities write v2 outbox
+    /// entries naming their partition. Set once, before the first transaction.
+    pub fn set_partitioning(&self, partition_of: PartitionOf) {
+        let _ = self.partition_of.set(partition_of);
+    }
+
+    /// The partition of `entity`, for a partitioned store.
+    pub fn partition_of(&self, entity: &str) -> Option<u32> {
+        self.partition_of.get().map(|f| f(entity))
+    }
+
+    /// This database's random identity, created on first use: two owners of a partition
+    /// tell from it whether the last one was this very store.
+    pub fn store_id(&self) -> Result<String, RuntimeError> {
+        if let Some(id) = self.db.get(STORE_ID_KEY)? {
+            return Ok(String::from_utf8_lossy(&id).into_owned());
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        let _ =
+            self.db
+                .compare_and_swap(STORE_ID_KEY, None as Option<&[u8]>, Some(id.as_bytes()))?;
+        self.db.flush()?;
+        Ok(self
+            .db
+            .get(STORE_ID_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or(id))
+    }
+
+    /// Reads inside a transaction that writes nothing (a consistent view of several trees).
+    pub fn read<T>(&self, work: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, ApplyError> {
+        let result = self
+            .trees
+            .as_slice()
+            .transaction(|view| work(&Tx::new(view)));
+        match result {
+            Ok(value) => Ok(value),
+            Err(TransactionError::Abort(abort)) => Err(abort.into()),
+            Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(e.into())),
+        }
+    }
+
+    /// Runs `work` in one transaction and reports the outbox entry it wrote, if any.
+    pub fn apply_entry<T>(
+        &self,
+        dedupe_key: Option<&str>,
+        work: impl Fn(&Tx<'_>) -> TxResult<T>,
+    ) -> Result<(Applied<T>, Option<u64>), ApplyError> {
+        let stamp = now_ms().to_be_bytes();
+        let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
+        let result = self.trees.as_slice().transaction(|view| {
+            if !first_time(&view[0], dedupe_key, &stamp)? {
+                return Ok((Applied::Duplicate, None));
+            }
+            let tx = Tx::new(view);
+            tx.begin_item();
+            let done = work(&tx)?;
+            tx.end_item(dedupe_key);
+            let entry = tx.write_outbox(self.partition_of.get())?;
+            Ok((Applied::Done(done), entry))
+        });
+        match result {
+            Ok(applied) => {
+                self.committed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(applied)
+            }
+            Err(TransactionError::Abort(abort)) => Err(abort.into()),
+            Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(e.into())),
+        }
     }
 
     /// Runs `work` in one transaction with the inbox, outbox and service trees.
@@ -271,26 +509,8 @@ impl Store {
         dedupe_key: Option<&str>,
         work: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<Applied<T>, ApplyError> {
-        let stamp = now_ms().to_be_bytes();
-        let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
-        let result = self.trees.as_slice().transaction(|view| {
-            if !first_time(&view[0], dedupe_key, &stamp)? {
-                return Ok(Applied::Duplicate);
-            }
-            let tx = Tx::new(view);
-            let done = work(&tx)?;
-            tx.write_outbox()?;
-            Ok(Applied::Done(done))
-        });
-        match result {
-            Ok(applied) => {
-                self.committed
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok(applied)
-            }
-            Err(TransactionError::Abort(abort)) => Err(abort.into()),
-            Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(e.into())),
-        }
+        self.apply_entry(dedupe_key, work)
+            .map(|(applied, _)| applied)
     }
 
     /// Runs `work` for every item in **one** transaction, each item deduplicated by its
@@ -312,6 +532,21 @@ impl Store {
         dedupe_key: impl Fn(&I) -> Option<&str>,
         work: impl Fn(&Tx<'_>, &I) -> TxResult<T>,
     ) -> Vec<Result<Applied<T>, ApplyError>> {
+        self.apply_batch_entries(items, dedupe_key, work)
+            .into_iter()
+            .map(|r| r.map(|(applied, _)| applied))
+            .collect()
+    }
+
+    /// [`Store::apply_batch`], reporting with each outcome the outbox entry that holds
+    /// its messages and changes (shared by the items of one transaction).
+    #[allow(clippy::type_complexity)]
+    pub fn apply_batch_entries<I, T>(
+        &self,
+        items: &[I],
+        dedupe_key: impl Fn(&I) -> Option<&str>,
+        work: impl Fn(&Tx<'_>, &I) -> TxResult<T>,
+    ) -> Vec<Result<(Applied<T>, Option<u64>), ApplyError>> {
         if items.len() > 1 {
             let stamp = now_ms().to_be_bytes();
             let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
@@ -320,24 +555,27 @@ impl Store {
                 let tx = Tx::new(view);
                 let mut outcomes = Vec::with_capacity(items.len());
                 for item in items {
-                    if !first_time(inbox, dedupe_key(item), &stamp)? {
+                    let key = dedupe_key(item);
+                    if !first_time(inbox, key, &stamp)? {
                         outcomes.push(Applied::Duplicate);
                         continue;
                     }
+                    tx.begin_item();
                     outcomes.push(Applied::Done(work(&tx, item)?));
+                    tx.end_item(key);
                 }
-                tx.write_outbox()?;
-                Ok(outcomes)
+                let entry = tx.write_outbox(self.partition_of.get())?;
+                Ok((outcomes, entry))
             });
-            if let Ok(outcomes) = result {
+            if let Ok((outcomes, entry)) = result {
                 self.committed
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                return outcomes.into_iter().map(Ok).collect();
+                return outcomes.into_iter().map(|o| Ok((o, entry))).collect();
             }
         }
         items
             .iter()
-            .map(|item| self.apply(dedupe_key(item), |tx| work(tx, item)))
+            .map(|item| self.apply_entry(dedupe_key(item), |tx| work(tx, item)))
             .collect()
     }
 
@@ -460,8 +698,71 @@ impl Store {
         Ok(out)
     }
 
+    /// The oldest outbox entries with their partition and entities; like
+    /// [`Store::outbox_batch`].
+    pub fn outbox_entries(&self, max: usize) -> Result<Vec<(IVec, Entry)>, RuntimeError> {
+        let mut out = Vec::new();
+        let mut messages = 0;
+        for item in self.trees[1].iter() {
+            if messages >= max {
+                break;
+            }
+            let (key, value) = item?;
+            let entry = Entry::decode(&value).ok_or_else(|| RuntimeError::Corrupt {
+                record: format!("outbox/{}", u64_key(&key)),
+                source: Box::new(MalformedEntry),
+            })?;
+            messages += entry.messages.len().max(1);
+            out.push((key, entry));
+        }
+        Ok(out)
+    }
+
+    /// Removes the outbox entries of `partition` (a partition restored from elsewhere:
+    /// what this store had queued for it is superseded).
+    pub fn outbox_purge_partition(&self, partition: u32) -> Result<usize, RuntimeError> {
+        let mut removed = 0;
+        for item in self.trees[1].iter() {
+            let (key, value) = item?;
+            if Entry::decode(&value).and_then(|e| e.partition) == Some(partition) {
+                self.trees[1].remove(key)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.outbox_removed.notify_waiters();
+        }
+        Ok(removed)
+    }
+
+    /// Whether the outbox still holds entry `id`.
+    pub fn outbox_contains(&self, id: u64) -> Result<bool, RuntimeError> {
+        Ok(self.trees[1].contains_key(id.to_be_bytes())?)
+    }
+
+    /// Waits until entry `id` has left the outbox (published with its records, or purged),
+    /// or `give_up` says to stop waiting; `true` if it left.
+    pub async fn wait_outbox_gone(&self, id: u64, give_up: impl Fn() -> bool) -> bool {
+        loop {
+            let removed = self.outbox_removed.notified();
+            tokio::pin!(removed);
+            removed.as_mut().enable();
+            match self.outbox_contains(id) {
+                Ok(false) => return true,
+                Ok(true) => {}
+                Err(_) => return false,
+            }
+            if give_up() {
+                return false;
+            }
+            // A periodic look covers a wake-up that raced the check above.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(250), removed).await;
+        }
+    }
+
     pub fn outbox_remove(&self, key: &[u8]) -> Result<(), RuntimeError> {
         self.trees[1].remove(key)?;
+        self.outbox_removed.notify_waiters();
         Ok(())
     }
 
@@ -474,6 +775,7 @@ impl Store {
         for key in keys {
             self.trees[1].remove(key)?;
         }
+        self.outbox_removed.notify_waiters();
         Ok(())
     }
 

@@ -20,6 +20,8 @@ pub struct StreamDecl {
     pub duplicate_window: Duration,
     /// How many servers keep a copy: 1 on a single server, 3 (or 5) on a cluster.
     pub replicas: usize,
+    /// Rewrites subjects as messages are stored: (source, destination).
+    pub subject_transform: Option<(String, String)>,
 }
 
 impl StreamDecl {
@@ -38,7 +40,15 @@ impl StreamDecl {
             max_age,
             duplicate_window,
             replicas: 1,
+            subject_transform: None,
         }
+    }
+
+    /// The same declaration with a subject transform applied on ingest (for example
+    /// one that appends a partition token).
+    pub fn with_subject_transform(mut self, source: &str, destination: &str) -> StreamDecl {
+        self.subject_transform = Some((source.to_owned(), destination.to_owned()));
+        self
     }
 
     /// The same declaration kept on `replicas` servers (at least one).
@@ -59,6 +69,13 @@ impl StreamDecl {
             duplicate_window: self.duplicate_window,
             allow_direct: true,
             num_replicas: self.replicas.max(1),
+            subject_transform: self
+                .subject_transform
+                .as_ref()
+                .map(|(source, destination)| stream::SubjectTransform {
+                    source: source.clone(),
+                    destination: destination.clone(),
+                }),
             ..Default::default()
         }
     }

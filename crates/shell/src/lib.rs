@@ -12,6 +12,7 @@
 
 pub mod deadletter_api;
 pub mod deadletter_book;
+pub mod scale;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,13 +36,17 @@ pub fn stream_decls(event_max_age: Duration) -> Vec<StreamDecl> {
     subjects::stream_specs(event_max_age)
         .iter()
         .map(|s| {
-            StreamDecl::new(
+            let decl = StreamDecl::new(
                 s.name,
                 &s.subjects,
                 s.description,
                 s.max_age,
                 s.duplicate_window,
-            )
+            );
+            match &s.subject_transform {
+                Some((source, destination)) => decl.with_subject_transform(source, destination),
+                None => decl,
+            }
         })
         .collect()
 }
@@ -54,17 +59,26 @@ pub fn host_config(
     data_dir: &Path,
     stream_replicas: usize,
     trees: Vec<&'static str>,
+    partitioning: Option<shop_runtime::host::Partitioning>,
 ) -> HostConfig {
     HostConfig {
         service: service.to_owned(),
         nats: nats.clone(),
-        data_dir: data_dir.join(service),
+        // One database per instance: `<data dir>/<instance>` (the service's name when it
+        // runs as one instance), so instances may share a data directory.
+        data_dir: data_dir.join(
+            partitioning
+                .as_ref()
+                .map(|p| p.instance.as_str())
+                .unwrap_or(service),
+        ),
         streams: stream_decls(subjects::DEFAULT_EVENT_MAX_AGE)
             .into_iter()
             .map(|decl| decl.with_replicas(stream_replicas))
             .collect(),
         trees,
         extensions: vec![deadletter_api::EXTENSION],
+        partitioning,
     }
 }
 
@@ -81,12 +95,25 @@ pub const DEAD_LETTER_HEADERS: DeadLetterHeaders = DeadLetterHeaders {
     original_msg_id: dlq::HDR_ORIGINAL_MSG_ID,
 };
 
-/// A durable consumer named after `service` on `domain`'s stream, for the given event kinds.
-pub fn consumer_spec(service: &str, domain: Domain, kinds: &[EventKind]) -> ConsumerSpec {
-    let filters = kinds.iter().map(|k| subjects::event_filter(*k)).collect();
+/// A durable consumer of `service` on `domain`'s stream for the given event kinds: of one
+/// partition (`payment-p07`), or of every partition (`inventory`).
+pub fn consumer_spec(
+    service: &str,
+    domain: Domain,
+    kinds: &[EventKind],
+    partition: Option<u32>,
+) -> ConsumerSpec {
+    let filters = kinds
+        .iter()
+        .map(|k| match partition {
+            Some(p) => subjects::partition_filter(*k, p),
+            None => subjects::event_filter(*k),
+        })
+        .collect();
+    let durable = shop_events::partition::partition_consumer(service, partition);
     let mut spec = ConsumerSpec::new(
         domain.stream(),
-        service,
+        &durable,
         filters,
         DeadLetterTarget {
             subject: subjects::deadletter_subject(service, domain.stream()),
@@ -94,7 +121,10 @@ pub fn consumer_spec(service: &str, domain: Domain, kinds: &[EventKind]) -> Cons
         },
     );
     spec.description = format!(
-        "{service} reacting to {}",
+        "{service}{} reacting to {}",
+        partition
+            .map(|p| format!(", partition {p},"))
+            .unwrap_or_default(),
         kinds
             .iter()
             .map(|k| k.name())
@@ -179,13 +209,35 @@ pub fn publish_all(
     events: Vec<Event>,
     cause: Option<&Meta>,
 ) -> TxResult<()> {
-    for event in events {
+    for (index, event) in events.into_iter().enumerate() {
         let envelope = Envelope::new(source, event);
         let envelope = match cause {
-            Some(meta) => envelope.caused_by(meta),
+            // Derived from the cause: applying the same cause to the same state again (a
+            // new owner of the partition redoing unacknowledged work) yields the same ids,
+            // which JetStream and every inbox drop.
+            Some(meta) => {
+                let id = shop_events::envelope::derived_event_id(&meta.id, index, envelope.kind());
+                envelope.caused_by(meta).with_id(id)
+            }
             None => envelope,
         };
         tx.publish(&to_outbox(&envelope))?;
+    }
+    Ok(())
+}
+
+/// Queues `events` that no event caused (a deadline passing, say), with ids derived from
+/// `seed`, so doing the same work again publishes the same ids.
+pub fn publish_all_seeded(
+    tx: &Tx<'_>,
+    source: &str,
+    events: Vec<Event>,
+    seed: &str,
+) -> TxResult<()> {
+    for (index, event) in events.into_iter().enumerate() {
+        let envelope = Envelope::new(source, event);
+        let id = shop_events::envelope::derived_event_id(seed, index, envelope.kind());
+        tx.publish(&to_outbox(&envelope.with_id(id)))?;
     }
     Ok(())
 }

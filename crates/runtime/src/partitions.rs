@@ -1,0 +1,245 @@
+//! The owner code of a partitioned service: follows the partitions its group member
+//! holds, takes each over (epoch record, then the changelog's records when another store
+//! owned it last), runs the partition's consumers while it holds it, and stops them on a
+//! handover or a loss.
+//!
+//! Only partitions in the `ready` map are worked on: the consumers, the workers and the
+//! relay all look there, so nothing runs on a partition whose state is still being
+//! restored or whose lease is gone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::changelog::{replace_partition, Entities, EpochRecord, ReadyPartition, StateBucket};
+use crate::group::{Fence, Group, Handovers};
+use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::stats::Stats;
+use crate::store::Store;
+use crate::RuntimeError;
+
+/// Starts one consumer for a partition (`None`: every partition) under a fence, until
+/// the shutdown it is given fires.
+pub type SpawnConsumer =
+    Arc<dyn Fn(Option<u32>, Option<Fence>, Shutdown) -> JoinHandle<()> + Send + Sync>;
+
+/// Everything the manager needs.
+pub struct Manager {
+    pub group: Group,
+    pub handovers: Handovers,
+    pub bucket: StateBucket,
+    pub entities: Arc<dyn Entities>,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+    pub instance: String,
+    /// Consumers per partition (checkout, payment), or one set for all (inventory).
+    pub per_partition_consumers: bool,
+    pub consumers: Vec<SpawnConsumer>,
+    pub ready: watch::Sender<BTreeMap<u32, ReadyPartition>>,
+    /// How long a stop may wait for a partition's batches in flight.
+    pub grace: Duration,
+}
+
+/// The consumers running for one partition.
+struct Running {
+    trigger: ShutdownTrigger,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Manager {
+    /// Runs until `shutdown`, then stops every partition and leaves the group in order.
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let store_id = match self.store.store_id() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the store's identity; not taking partitions");
+                shutdown.requested().await;
+                return;
+            }
+        };
+        let mut owned = self.group.owned();
+        let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let current = owned.borrow_and_update().clone();
+            self.reconcile(&store_id, &current, &mut running).await;
+            tokio::select! {
+                changed = owned.changed() => {
+                    if changed.is_err() {
+                        tracing::error!(instance = %self.instance, "the group stopped; no partition is held any more");
+                        self.ready.send_replace(BTreeMap::new());
+                        for (_, run) in std::mem::take(&mut running) {
+                            run.trigger.fire();
+                        }
+                        shutdown.requested().await;
+                        return;
+                    }
+                }
+                handover = self.handovers.next() => {
+                    if let Some(handover) = handover {
+                        let partition = handover.partition();
+                        if let Some(run) = running.remove(&partition) {
+                            self.stop(partition, run).await;
+                        }
+                        self.ready.send_modify(|ready| {
+                            ready.remove(&partition);
+                        });
+                        tracing::info!(partition, instance = %self.instance, "partition handed over");
+                        handover.stopped();
+                    }
+                }
+                _ = retry.tick() => {}
+                _ = shutdown.requested() => break,
+            }
+        }
+        // Orderly exit: finish every partition's batches, then hand them all over.
+        for (partition, run) in std::mem::take(&mut running) {
+            self.stop(partition, run).await;
+        }
+        self.ready.send_replace(BTreeMap::new());
+        let Manager {
+            group,
+            mut handovers,
+            instance,
+            ..
+        } = self;
+        let leave = group.leave();
+        tokio::pin!(leave);
+        let left = loop {
+            tokio::select! {
+                result = &mut leave => break result,
+                handover = handovers.next() => match handover {
+                    Some(handover) => handover.stopped(),
+                    None => break (&mut leave).await,
+                },
+            }
+        };
+        match left {
+            Ok(()) => tracing::info!(%instance, "left the group; partitions released"),
+            Err(e) => {
+                tracing::warn!(%instance, error = %e, "leaving the group failed; the leases expire on their own")
+            }
+        }
+    }
+
+    /// Starts what the member now holds and stops what it lost.
+    async fn reconcile(
+        &mut self,
+        store_id: &str,
+        owned: &BTreeMap<u32, Fence>,
+        running: &mut BTreeMap<u32, Running>,
+    ) {
+        let lost: Vec<u32> = running
+            .keys()
+            .filter(|p| owned.get(p).is_none_or(|f| !f.is_valid()))
+            .copied()
+            .collect();
+        for partition in lost {
+            self.ready.send_modify(|ready| {
+                ready.remove(&partition);
+            });
+            if let Some(run) = running.remove(&partition) {
+                tracing::warn!(partition, instance = %self.instance, "partition lost; its consumers stop");
+                run.trigger.fire();
+                // Their batches in flight see the fence fail and leave their messages
+                // unacknowledged; nothing to wait for here.
+            }
+        }
+        for (&partition, fence) in owned {
+            if running.contains_key(&partition) || !fence.is_valid() {
+                continue;
+            }
+            match self.take_over(store_id, partition, fence).await {
+                Ok(epoch_seq) => {
+                    self.ready.send_modify(|ready| {
+                        ready.insert(
+                            partition,
+                            ReadyPartition {
+                                fence: fence.clone(),
+                                epoch_seq,
+                            },
+                        );
+                    });
+                    running.insert(partition, self.start(partition, fence));
+                }
+                Err(e) => {
+                    self.stats
+                        .record_error(format!("taking over partition {partition}: {e}"));
+                    tracing::warn!(partition, error = %e, "taking over the partition failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// Writes our epoch record and, unless this store was the last owner, replaces the
+    /// local copy of the partition with the changelog's records.
+    async fn take_over(
+        &self,
+        store_id: &str,
+        partition: u32,
+        fence: &Fence,
+    ) -> Result<u64, RuntimeError> {
+        let last = self.bucket.last_epoch(partition).await?;
+        let ours_last = last.as_ref().is_some_and(|e| e.store_id == store_id);
+        fence.check()?;
+        // The epoch record first: from here on the server refuses any record a former
+        // owner still had in flight, so what we read next is final.
+        let epoch_seq = self
+            .bucket
+            .write_epoch(
+                partition,
+                &EpochRecord {
+                    store_id: store_id.to_owned(),
+                    instance: self.instance.clone(),
+                    epoch: fence.epoch(),
+                },
+            )
+            .await?;
+        if ours_last {
+            tracing::info!(partition, instance = %self.instance, "partition taken; this store owned it last, nothing to restore");
+            return Ok(epoch_seq);
+        }
+        let started = std::time::Instant::now();
+        let records = self.bucket.read_partition(partition).await?;
+        let (store, entities) = (self.store.clone(), self.entities.clone());
+        let restored = tokio::task::spawn_blocking(move || {
+            replace_partition(&store, entities.as_ref(), partition, &records)
+        })
+        .await??;
+        tracing::info!(
+            partition,
+            instance = %self.instance,
+            restored,
+            previous_owner = last.as_ref().map(|e| e.instance.as_str()).unwrap_or("none"),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "partition taken; restored from the changelog"
+        );
+        Ok(epoch_seq)
+    }
+
+    fn start(&self, partition: u32, fence: &Fence) -> Running {
+        let (trigger, shutdown) = Shutdown::new();
+        let which = self.per_partition_consumers.then_some(partition);
+        let tasks = self
+            .consumers
+            .iter()
+            .map(|spawn| spawn(which, Some(fence.clone()), shutdown.clone()))
+            .collect();
+        Running { trigger, tasks }
+    }
+
+    /// Stops a partition's consumers and waits (within the grace) for their batches.
+    async fn stop(&self, partition: u32, run: Running) {
+        run.trigger.fire();
+        let deadline = tokio::time::Instant::now() + self.grace;
+        for task in run.tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!(partition, "a consumer did not stop within the grace period");
+            }
+        }
+    }
+}
