@@ -15,7 +15,13 @@ NATS_READY_SECONDS ?= 15
 INSTALL_NATS := scripts/install-nats-server.sh
 NATS_SERVER_PATH_FILE := .tools/nats-server-path
 
-.PHONY: all test fmt-check clippy cargo-test nats-server nats run bench chaos chaos-long clean-data fuzz
+# Secured by default (docs/SECURITY.md): one nkey per role in AUTH_DIR, and the server
+# config make writes, NATS_AUTH_CONF: nats.conf's settings plus the authorization block.
+AUTH_DIR := data/auth
+NATS_AUTH_CONF := data/nats-auth.conf
+SHOP_FAST := ./target/fast/shop
+
+.PHONY: all test fmt-check clippy cargo-test nats-server nats auth run bench chaos chaos-long clean-data fuzz
 
 all: test
 
@@ -39,14 +45,32 @@ test: nats-server
 	cargo build --workspace --bins $(TEST_FEATURES)
 	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" cargo test --workspace $(TEST_FEATURES)
 
-# The server alone, in the foreground; Ctrl-C stops it.
-nats: nats-server
-	mkdir -p data/nats
-	exec "$$(cat $(NATS_SERVER_PATH_FILE))" --config nats.conf
+# The `shop` binary `make run` uses (optimised, no LTO, no jemalloc: quick to build).
+$(SHOP_FAST): FORCE
+	cargo build --profile fast --no-default-features --bin shop
+
+.PHONY: FORCE
+FORCE:
+
+# Each role's key (kept once written) and the authorization block, then the server config
+# that includes nats.conf and that block. Rotate with `shop auth init --dir data/auth --rotate`.
+auth: $(SHOP_FAST)
+	@if [ ! -f $(AUTH_DIR)/auth.conf ]; then \
+		$(SHOP_FAST) auth init --dir $(AUTH_DIR); \
+	fi
+	@mkdir -p data/nats
+	@printf '%s\n' \
+		'# Written by make (see the Makefile): nats.conf plus the shop'"'"'s authorization.' \
+		'include "../nats.conf"' \
+		'include "auth/auth.conf"' >$(NATS_AUTH_CONF)
+
+# The server alone, in the foreground, secured; Ctrl-C stops it.
+nats: nats-server auth
+	exec "$$(cat $(NATS_SERVER_PATH_FILE))" --config $(NATS_AUTH_CONF)
 
 # Starts nats-server in the background unless something already answers on NATS_URL,
 # waits for /healthz with a deadline, then runs the shop in the foreground.
-run: nats-server
+run: nats-server auth
 	@hostport="$(NATS_URL)"; hostport="$${hostport#*://}"; hostport="$${hostport%%/*}"; \
 	host="$${hostport%:*}"; port="$${hostport##*:}"; \
 	if (exec 3<>"/dev/tcp/$$host/$$port") 2>/dev/null; then \
@@ -54,7 +78,7 @@ run: nats-server
 	else \
 		mkdir -p data/nats; \
 		echo "make run: starting nats-server in the background (log: data/nats-server.log, pid: data/nats-server.pid)"; \
-		nohup "$$(cat $(NATS_SERVER_PATH_FILE))" --config nats.conf >data/nats-server.log 2>&1 & \
+		nohup "$$(cat $(NATS_SERVER_PATH_FILE))" --config $(NATS_AUTH_CONF) >data/nats-server.log 2>&1 & \
 		echo $$! >data/nats-server.pid; \
 		deadline=$$((SECONDS + $(NATS_READY_SECONDS))); \
 		until curl -sf "$(NATS_HTTP)/healthz" >/dev/null; do \
@@ -66,7 +90,9 @@ run: nats-server
 			sleep 0.2; \
 		done; \
 	fi
-	NATS_URL="$(NATS_URL)" cargo run --profile fast --no-default-features --bin shop -- run
+	@echo "make run: each service connects with its own key from $(AUTH_DIR); operators use"
+	@echo "  nats --nkey $(AUTH_DIR)/operator.nk --inbox-prefix _INBOX_operator …  and  $(SHOP_FAST) --auth-dir $(AUTH_DIR) …"
+	NATS_URL="$(NATS_URL)" $(SHOP_FAST) --auth-dir $(AUTH_DIR) run
 
 # The bench (shop-lab) starts its own nats-server and runs the service binaries as
 # processes, so all of them are built in release (the LTO profile) first.

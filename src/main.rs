@@ -194,6 +194,9 @@ fn nats_as(common: &CommonArgs, auth_dir: Option<&std::path::Path>, role: Role) 
     }
 }
 
+// One argument per kind of setting the services take (connection, identities, scale-out,
+// each service's own); a struct around them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn run_services(
     common: &CommonArgs,
     auth_dir: Option<&std::path::Path>,

@@ -111,6 +111,8 @@ fn service_rights(service: &str, rights: &mut Rights) {
         rights.publish([domain.wildcard()]);
     }
     rights.publish([subjects::deadletter_filter(service)]);
+    // Creating a KV bucket first asks for the account's JetStream limits.
+    rights.publish([p::account_info()]);
     // Each service declares the streams when it starts (crates/runtime/src/streams.rs):
     // create or update, and the info lookup before it. Never delete or purge.
     for stream in declared_streams() {
@@ -184,8 +186,10 @@ fn operator_rights(rights: &mut Rights) {
         p::stream_names(),
         p::stream_list(),
     ]);
-    // Reading every stream: info, consumer info, single messages, and ephemeral consumers
-    // (the server refuses a durable on that subject, so no service's consumer is touched).
+    // Reading every stream: info, consumer info, single messages, and consumers of its
+    // own to read through (the nats CLI names its ordered consumers; async-nats leaves
+    // the name to the server). A service's consumer names are carved out below, so its
+    // consumers cannot be replaced, pulled from or deleted.
     for stream in declared_streams() {
         rights.publish([
             p::stream_info(stream),
@@ -196,16 +200,22 @@ fn operator_rights(rights: &mut Rights) {
             p::direct_get_last(stream, ">"),
             p::stream_msg_get(stream),
             p::consumer_create_ephemeral(stream),
+            p::consumer_create(stream, "*"),
+            p::consumer_create_filtered(stream, "*", ">"),
             p::consumer_next(stream, "*"),
+            p::flow_control(stream),
         ]);
     }
-    // Pulling from a service's durable would take its messages away for an ack wait.
+    // Creating a consumer under a service's name would replace its settings; pulling from
+    // one would take its messages away for an ack wait.
     for service in api::service::ALL {
-        for domain in consumed_domains(service) {
+        for stream in declared_streams() {
             for name in consumer_names(service) {
-                rights
-                    .publish_deny
-                    .insert(p::consumer_next(domain.stream(), &name));
+                rights.publish_deny.extend([
+                    p::consumer_create(stream, &name),
+                    p::consumer_create_filtered(stream, &name, ">"),
+                    p::consumer_next(stream, &name),
+                ]);
             }
         }
     }
@@ -407,6 +417,14 @@ mod tests {
         assert!(!may_publish(
             Role::Operator,
             &p::consumer_create(ORDERS_STREAM, "payment")
+        ));
+        assert!(!may_publish(
+            Role::Operator,
+            &p::consumer_create_filtered(ORDERS_STREAM, "payment-p02", "events.orders.>")
+        ));
+        assert!(may_publish(
+            Role::Operator,
+            &p::consumer_create(ORDERS_STREAM, "abc123_1")
         ));
     }
 

@@ -1,17 +1,31 @@
-//! Talking to the test server the way the shop does: connect, declare streams, publish
-//! CloudEvents (well-formed or hostile), and read back everything stored about one order.
-//! Declaring, publishing and reading are the shop's own code (shell and ops), not copies.
+//! Talking to the test server the way the shop does: connect (as a role), declare streams,
+//! publish CloudEvents (well-formed or hostile), and read back everything stored about one
+//! order. Declaring, publishing and reading are the shop's own code (shell and ops), not copies.
+//!
+//! # Credentials
+//!
+//! Harness servers run with the generated authorization by default, so every connection
+//! needs a role's key. Tests and the shop know a server by its URL, so the server
+//! registers its auth directory under its URL here ([`credentials_for`]); [`connect`]
+//! then connects as `admin` (tests play any upstream, hostile ones included),
+//! [`connect_as`] as any role, and the shop's services each get their own role's key
+//! ([`nats_config`]).
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, Context};
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectErrorKind};
 use bytes::Bytes;
+use shop_auth::Role;
 use shop_events::subjects::DEFAULT_EVENT_MAX_AGE;
 use shop_events::Envelope;
+use shop_runtime::connect::NatsConfig;
 use tokio::time::Instant;
 
 use crate::wait::Backoff;
@@ -22,12 +36,72 @@ pub use shop_ops::reader::{StoredEvent, EVENT_STREAMS};
 /// How long [`connect`] keeps trying; covers a server that is still coming up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Connects to `url` (one server, or a comma-separated list for a cluster), retrying
-/// until a deadline because the server may still be starting.
+/// The auth directory of each running harness server (and cluster), by every URL it is
+/// known by. A server registers when it starts and leaves when dropped.
+static CREDENTIALS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+
+pub(crate) fn register_credentials(url: &str, auth_dir: &Path) {
+    if let Ok(mut map) = CREDENTIALS.lock() {
+        map.insert(url.to_owned(), auth_dir.to_owned());
+    }
+}
+
+pub(crate) fn forget_credentials(url: &str) {
+    if let Ok(mut map) = CREDENTIALS.lock() {
+        map.remove(url);
+    }
+}
+
+/// The auth directory (`shop auth init`'s layout) of the harness server at `url`;
+/// `None` for a server started without auth (or not by the harness).
+pub fn credentials_for(url: &str) -> Option<PathBuf> {
+    CREDENTIALS.lock().ok()?.get(url).cloned()
+}
+
+/// How `role` connects to the harness server at `url`: its key when that server runs with
+/// auth, plain otherwise.
+pub fn nats_config(url: &str, role: Role) -> NatsConfig {
+    let config = NatsConfig::new(url);
+    match credentials_for(url) {
+        Some(dir) => config.with_nkey(shop_auth::seed_path(&dir, role)),
+        None => config,
+    }
+}
+
+/// How the shop service called `service` connects: as its own least-privilege role.
+pub(crate) fn service_nats(url: &str, service: &str) -> NatsConfig {
+    match Role::of_service(service) {
+        Some(role) => nats_config(url, role),
+        None => NatsConfig::new(url),
+    }
+}
+
+/// The environment a service process connects with besides `NATS_URL`: its own key.
+pub(crate) fn service_env(url: &str, service: &str) -> Vec<(&'static str, PathBuf)> {
+    service_nats(url, service)
+        .nkey
+        .map(|key| ("NATS_NKEY", key))
+        .into_iter()
+        .collect()
+}
+
+/// Connects to `url` (one server, or a comma-separated list for a cluster) as `admin`,
+/// retrying until a deadline because the server may still be starting.
 ///
 /// Reconnects after a server restart are quick (50 ms steps, at most 500 ms) so
 /// outage scenarios do not spend their deadline waiting for the client.
 pub async fn connect(url: &str) -> Result<Client, HarnessError> {
+    connect_as(url, Role::Admin).await
+}
+
+/// [`connect`] as `role`: its key and its private inbox.
+pub async fn connect_as(url: &str, role: Role) -> Result<Client, HarnessError> {
+    connect_with(&nats_config(url, role)).await
+}
+
+/// [`connect`] with explicit settings (a role's key, TLS files).
+pub async fn connect_with(config: &NatsConfig) -> Result<Client, HarnessError> {
+    let url = config.url.as_str();
     let started = Instant::now();
     let mut backoff = Backoff::new();
     let servers: Vec<&str> = url
@@ -36,7 +110,13 @@ pub async fn connect(url: &str) -> Result<Client, HarnessError> {
         .filter(|s| !s.is_empty())
         .collect();
     loop {
-        let options = ConnectOptions::new()
+        let options = config
+            .options()
+            .map_err(|e| HarnessError::Connect {
+                url: url.to_owned(),
+                after: Duration::ZERO,
+                reason: e.to_string(),
+            })?
             .name("shop-harness")
             .connection_timeout(Duration::from_secs(2))
             .reconnect_delay_callback(|attempts| {
@@ -44,7 +124,16 @@ pub async fn connect(url: &str) -> Result<Client, HarnessError> {
             });
         match options.connect(servers.clone()).await {
             Ok(client) => return Ok(client),
-            Err(e) if started.elapsed() >= CONNECT_DEADLINE => {
+            // Refused credentials stay refused: say so now rather than at the deadline.
+            Err(e)
+                if started.elapsed() >= CONNECT_DEADLINE
+                    || matches!(
+                        e.kind(),
+                        ConnectErrorKind::AuthorizationViolation
+                            | ConnectErrorKind::Authentication
+                            | ConnectErrorKind::Tls
+                    ) =>
+            {
                 return Err(HarnessError::Connect {
                     url: url.to_owned(),
                     after: CONNECT_DEADLINE,

@@ -4,19 +4,22 @@
 //! Shaped like nats-server's own cluster tests: one config template, three servers on
 //! free ports with a name each, routes to every node, and waits for the meta leader and
 //! each stream's leader before a test acts. A restarted node keeps its ports and store.
+//! Like [`crate::NatsServer`], every node runs with the shop's generated authorization
+//! (one auth directory for the three) unless started with [`NatsCluster::start_without_auth`].
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use async_nats::ConnectOptions;
+use shop_auth::Role;
+use shop_runtime::connect::NatsConfig;
 use tempfile::TempDir;
 use tokio::process::Child;
 
 use crate::server::{
-    base_config, find_server_binary, free_ports, hard_kill, log_tail, monitoring_get, send_signal,
-    spawn_with_config,
+    auth_include, base_config, find_server_binary, free_ports, hard_kill, init_auth, log_tail,
+    monitoring_get, send_signal, spawn_with_config,
 };
 use crate::wait::Backoff;
 use crate::{eventually, HarnessError};
@@ -113,8 +116,12 @@ pub struct NatsCluster {
     nodes: Vec<Node>,
     bin: PathBuf,
     cluster_name: String,
+    auth: bool,
     dir: TempDir,
 }
+
+/// The auth directory's name in the cluster's temp dir, next to the nodes' directories.
+const AUTH_DIR: &str = "auth";
 
 impl fmt::Debug for NatsCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -142,6 +149,16 @@ impl NatsCluster {
     /// Starts three routed servers on free ports, each with a fresh store, and waits
     /// until every node is healthy and they agree on a meta leader.
     pub async fn start() -> Result<NatsCluster, HarnessError> {
+        NatsCluster::start_with_auth(true).await
+    }
+
+    /// [`NatsCluster::start`] accepting any client without credentials, for a test about
+    /// something else on purpose.
+    pub async fn start_without_auth() -> Result<NatsCluster, HarnessError> {
+        NatsCluster::start_with_auth(false).await
+    }
+
+    async fn start_with_auth(auth: bool) -> Result<NatsCluster, HarnessError> {
         let bin = find_server_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("shop-nats-cluster-")
@@ -151,13 +168,24 @@ impl NatsCluster {
             nodes: Vec::new(),
             bin,
             cluster_name: String::new(),
+            auth,
             dir,
         };
+        if let Some(auth_dir) = cluster.auth_dir() {
+            init_auth(&auth_dir)?;
+        }
         let mut attempt = 1;
         loop {
             cluster.lay_out()?;
             match cluster.launch_all().await {
-                Ok(()) => return Ok(cluster),
+                Ok(()) => {
+                    if let Some(auth_dir) = cluster.auth_dir() {
+                        for url in cluster.known_urls() {
+                            crate::client::register_credentials(&url, &auth_dir);
+                        }
+                    }
+                    return Ok(cluster);
+                }
                 // Most likely a port was taken between picking and binding: start over.
                 Err(HarnessError::ServerExited { .. }) if attempt < LAUNCH_ATTEMPTS => {
                     attempt += 1;
@@ -175,6 +203,31 @@ impl NatsCluster {
             .map(Node::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The directory holding each role's key and `auth.conf`; `None` without auth.
+    pub fn auth_dir(&self) -> Option<PathBuf> {
+        self.auth.then(|| self.dir.path().join(AUTH_DIR))
+    }
+
+    /// How `role` connects to the cluster (every node): its key when it runs with auth.
+    pub fn nats_config(&self, role: Role) -> NatsConfig {
+        self.config_for(self.url(), role)
+    }
+
+    fn config_for(&self, url: String, role: Role) -> NatsConfig {
+        let config = NatsConfig::new(url);
+        match self.auth_dir() {
+            Some(dir) => config.with_nkey(shop_auth::seed_path(&dir, role)),
+            None => config,
+        }
+    }
+
+    /// The cluster's URL list and each node's URL: what tests know it by.
+    fn known_urls(&self) -> Vec<String> {
+        std::iter::once(self.url())
+            .chain(NodeId::ALL.into_iter().map(|id| self.node_url(id)))
+            .collect()
     }
 
     /// One node's client URL; it stays the same across restarts.
@@ -357,7 +410,15 @@ impl NatsCluster {
         if urls.is_empty() {
             return Err(HarnessError::ServerStopped);
         }
-        let client = ConnectOptions::new()
+        let options = self
+            .config_for(urls.join(","), Role::Admin)
+            .options()
+            .map_err(|e| HarnessError::Connect {
+                url: urls.join(","),
+                after: API_TIMEOUT,
+                reason: e.to_string(),
+            })?;
+        let client = options
             .name("shop-harness-cluster")
             .connection_timeout(API_TIMEOUT)
             .ignore_discovered_servers()
@@ -490,12 +551,16 @@ impl NatsCluster {
             .map(|n| format!("    nats-route://127.0.0.1:{}", n.cluster_port))
             .collect::<Vec<_>>()
             .join("\n");
-        let base = base_config(
+        let mut base = base_config(
             this.client_port,
             this.http_port,
             &this.server_name,
             &this.store_dir(),
         );
+        if self.auth {
+            // The nodes' directories sit next to the shared auth directory.
+            base.push_str(&auth_include(&format!("../{AUTH_DIR}")));
+        }
         // Every node lists every route, itself included (a server skips its own), so
         // all three configs come from one template.
         format!(
@@ -561,6 +626,9 @@ impl NatsCluster {
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
+        for url in self.known_urls() {
+            crate::client::forget_credentials(&url);
+        }
         let mut children: Vec<Child> = self.nodes.iter_mut().filter_map(Node::take_child).collect();
         // SIGKILL ends frozen processes too.
         for child in &mut children {

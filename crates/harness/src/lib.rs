@@ -31,6 +31,10 @@
 //! # }
 //! ```
 //!
+//! Servers run with the shop's generated authorization: [`connect`] connects as `admin`,
+//! [`connect_as`] (or [`NatsServer::connect_as`]) as any [`Role`], and the shop's services
+//! each as their own role. [`ServerOptions::without_auth`] opts a test out.
+//!
 //! Outages are part of the toolkit: [`NatsServer::restart`] brings the server
 //! back on the same port with the same store, and [`NatsServer::stop`] /
 //! [`NatsServer::start_again`] leave a gap of any length in between.
@@ -55,12 +59,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::{
-    connect, declare_streams, events_about, publish_event, publish_raw, stream_message_count,
-    StoredEvent, EVENT_STREAMS,
+    connect, connect_as, connect_with, credentials_for, declare_streams, events_about, nats_config,
+    publish_event, publish_raw, stream_message_count, StoredEvent, EVENT_STREAMS,
 };
 pub use cluster::{NatsCluster, NodeId, CLUSTER_SIZE};
 pub use server::{NatsServer, ServerOptions};
 pub use shop::{Mode, Service, Shop, ShopConfig};
+pub use shop_auth::Role;
 pub use wait::eventually;
 pub use world::{world, World};
 
@@ -111,6 +116,10 @@ pub enum HarnessError {
     #[error("publish to {subject} failed: {reason}")]
     Publish { subject: String, reason: String },
 
+    /// Writing the roles' keys or the authorization block failed.
+    #[error(transparent)]
+    Auth(#[from] shop_auth::AuthError),
+
     /// Declaring streams through the runtime failed.
     #[error(transparent)]
     Runtime(#[from] shop_runtime::RuntimeError),
@@ -148,6 +157,7 @@ impl HarnessError {
             | HarnessError::ServerNotReady { .. }
             | HarnessError::ServiceNotReady { .. } => true,
             HarnessError::Runtime(e) => e.is_transient(),
+            HarnessError::Auth(e) => e.is_transient(),
             HarnessError::Read(e) => e.is_transient(),
             HarnessError::ServerBinaryNotFound { .. }
             | HarnessError::Io { .. }

@@ -3,6 +3,10 @@
 //! Modelled on the nats.rs test helper: tests talk to the same server binary
 //! production uses, so JetStream semantics (dedup window, PubAcks, limits) are
 //! the real ones, and restarts exercise real recovery from the file store.
+//!
+//! Each server runs with the shop's generated authorization (`shop auth init` into its
+//! temp dir, included from its config) unless [`ServerOptions::without_auth`]: the
+//! services then run as their own least-privilege roles, which proves the rights suffice.
 
 use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
@@ -10,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use shop_auth::Role;
+use shop_runtime::connect::NatsConfig;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,6 +47,7 @@ pub struct ServerOptions {
     port: Option<u16>,
     extra_config: String,
     ready_timeout: Duration,
+    auth: bool,
 }
 
 impl Default for ServerOptions {
@@ -49,6 +56,7 @@ impl Default for ServerOptions {
             port: None,
             extra_config: String::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            auth: true,
         }
     }
 }
@@ -72,6 +80,29 @@ impl ServerOptions {
         self.ready_timeout = timeout;
         self
     }
+
+    /// Accepts any client without credentials, for a test about something else on
+    /// purpose (the shop's own deployment never runs like this).
+    pub fn without_auth(mut self) -> Self {
+        self.auth = false;
+        self
+    }
+}
+
+/// Writes the roles' keys and the authorization block into `dir` (kept if present, so a
+/// restarted server knows the same keys).
+pub(crate) fn init_auth(dir: &Path) -> Result<(), HarnessError> {
+    shop_auth::init(dir, false)?;
+    Ok(())
+}
+
+/// The config line that includes the block `init_auth` wrote, `relative` to the config
+/// file's directory (nats-server resolves includes from there).
+pub(crate) fn auth_include(relative: &str) -> String {
+    format!(
+        "# Each role's nkey and rights (shop auth init).\ninclude \"{relative}/{}\"\n",
+        shop_auth::AUTH_CONF
+    )
 }
 
 /// Guard around a running `nats-server`; dropping it kills the server and deletes its store.
@@ -96,6 +127,9 @@ impl std::fmt::Debug for NatsServer {
     }
 }
 
+/// The auth directory's name inside a server's temp dir.
+const AUTH_DIR: &str = "auth";
+
 impl NatsServer {
     /// Starts a server on a free port with a fresh JetStream store.
     pub async fn start() -> Result<NatsServer, HarnessError> {
@@ -118,6 +152,9 @@ impl NatsServer {
             options,
             dir,
         };
+        if server.options.auth {
+            init_auth(&server.dir.path().join(AUTH_DIR))?;
+        }
         let attempts = if server.options.port.is_some() {
             1
         } else {
@@ -126,7 +163,12 @@ impl NatsServer {
         let mut attempt = 1;
         loop {
             match server.launch().await {
-                Ok(()) => return Ok(server),
+                Ok(()) => {
+                    if let Some(dir) = server.auth_dir() {
+                        crate::client::register_credentials(&server.url(), &dir);
+                    }
+                    return Ok(server);
+                }
                 // Most likely a port was taken between picking and binding: pick again.
                 Err(HarnessError::ServerExited { .. }) if attempt < attempts => {
                     attempt += 1;
@@ -142,6 +184,26 @@ impl NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory holding each role's key (`<role>.nk`) and `auth.conf`; `None`
+    /// without auth.
+    pub fn auth_dir(&self) -> Option<PathBuf> {
+        self.options.auth.then(|| self.dir.path().join(AUTH_DIR))
+    }
+
+    /// How `role` connects to this server: its key when the server runs with auth.
+    pub fn nats_config(&self, role: Role) -> NatsConfig {
+        let config = NatsConfig::new(self.url());
+        match self.auth_dir() {
+            Some(dir) => config.with_nkey(shop_auth::seed_path(&dir, role)),
+            None => config,
+        }
+    }
+
+    /// A connection as `role` (see [`crate::connect`], which connects as admin).
+    pub async fn connect_as(&self, role: Role) -> Result<async_nats::Client, HarnessError> {
+        crate::client::connect_with(&self.nats_config(role)).await
     }
 
     /// The client port; it stays the same across restarts.
@@ -235,7 +297,12 @@ impl NatsServer {
             &format!("harness-{}", self.port),
             &self.store_dir(),
         );
-        format!("{base}{extra}\n", extra = self.options.extra_config)
+        let auth = if self.options.auth {
+            auth_include(AUTH_DIR)
+        } else {
+            String::new()
+        };
+        format!("{base}{auth}{extra}\n", extra = self.options.extra_config)
     }
 
     /// Polls `/healthz` (which only answers 200 once JetStream is up) until the deadline,
@@ -273,6 +340,7 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        crate::client::forget_credentials(&self.url());
         let Some(child) = self.child.as_mut() else {
             return;
         };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::ConnectOptions;
-use shop_harness::{connect, eventually, HarnessError, NatsCluster, NodeId};
+use shop_harness::{connect, eventually, HarnessError, NatsCluster, NodeId, Role};
 
 const STREAM: &str = "HARNESS_CLUSTER";
 const ELECTION: Duration = Duration::from_secs(20);
@@ -87,16 +87,18 @@ async fn a_killed_stream_leader_is_replaced_and_catches_up_after_a_restart() -> 
 async fn a_frozen_node_answers_nothing_until_it_is_thawed() -> anyhow::Result<()> {
     let mut cluster = NatsCluster::start().await?;
     let node = NodeId::ALL[2];
-    let quick = || {
-        ConnectOptions::new()
+    let admin = cluster.nats_config(Role::Admin);
+    let quick = || -> anyhow::Result<ConnectOptions> {
+        Ok(admin
+            .options()?
             .connection_timeout(Duration::from_millis(500))
-            .ignore_discovered_servers()
+            .ignore_discovered_servers())
     };
 
     cluster.freeze(node).await?;
     assert!(cluster.is_frozen(node) && !cluster.is_running(node));
     assert!(
-        quick().connect(cluster.node_url(node)).await.is_err(),
+        quick()?.connect(cluster.node_url(node)).await.is_err(),
         "a frozen node accepted a client"
     );
     // The other two keep a quorum and a meta leader.
@@ -108,7 +110,7 @@ async fn a_frozen_node_answers_nothing_until_it_is_thawed() -> anyhow::Result<()
 
     cluster.thaw(node).await?;
     assert!(cluster.is_running(node));
-    quick().connect(cluster.node_url(node)).await?;
+    quick()?.connect(cluster.node_url(node)).await?;
 
     cluster.kill(node).await?;
     assert!(matches!(
