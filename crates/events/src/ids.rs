@@ -14,6 +14,26 @@ use crate::DecodeError;
 /// Longest id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 
+/// How many characters of a refused value an error repeats.
+pub const SHOWN_VALUE_LEN: usize = MAX_ID_LEN;
+
+/// A refused value as an error repeats it: escaped to printable ASCII and cut after
+/// [`SHOWN_VALUE_LEN`] characters. Errors end up in places with rules of their own (a
+/// micro endpoint's 400 travels in the `Nats-Service-Error` header, where async-nats
+/// panics on a line break and the server refuses more than max_payload), so hostile
+/// bytes must not ride along verbatim.
+pub fn shown_value(value: &str) -> String {
+    let mut shown: String = value
+        .chars()
+        .take(SHOWN_VALUE_LEN)
+        .flat_map(char::escape_default)
+        .collect();
+    if value.chars().nth(SHOWN_VALUE_LEN).is_some() {
+        shown.push_str("...");
+    }
+    shown
+}
+
 /// Checks the id rule shared by every id and sku; returns the reason it fails.
 pub fn check_token(value: &str) -> Result<(), &'static str> {
     if value.is_empty() {
@@ -44,7 +64,11 @@ macro_rules! token_id {
                 let value = value.into();
                 match check_token(&value) {
                     Ok(()) => Ok(Self(value)),
-                    Err(reason) => Err(DecodeError::InvalidId { kind: $kind, value, reason }),
+                    Err(reason) => Err(DecodeError::InvalidId {
+                        kind: $kind,
+                        value: shown_value(&value),
+                        reason,
+                    }),
                 }
             }
 
@@ -154,7 +178,7 @@ impl Currency {
             [a, b, c] if [a, b, c].iter().all(|x| x.is_ascii_uppercase()) => Ok(Self([*a, *b, *c])),
             _ => Err(DecodeError::InvalidId {
                 kind: "currency",
-                value: value.to_owned(),
+                value: shown_value(value),
                 reason: "must be three upper-case letters (ISO 4217)",
             }),
         }

@@ -168,3 +168,49 @@ fn a_traceparent_with_a_line_break_is_refused() {
         );
     }
 }
+
+/// Regression (found by `tests/hostile.rs`): an endpoint's 400 repeats the refused id in
+/// the `Nats-Service-Error` header, and async-nats panicked on the line break of
+/// `{"order_id":"o\n1"}` in the responder task, so the caller never got an answer; a
+/// 900 KB id would have made the header larger than max_payload. The error now repeats
+/// the value escaped and cut short.
+#[test]
+fn an_invalid_id_error_repeats_the_value_on_one_short_printable_line() {
+    let huge = "x".repeat(900_000);
+    let hostile = HOSTILE.iter().copied().chain([
+        "a\r\nNats-Service-Error-Code: 200",
+        "é\u{1b}[31m",
+        huge.as_str(),
+    ]);
+    for id in hostile {
+        let errors = [
+            OrderId::parse(id).map(|_| ()),
+            Sku::parse(id).map(|_| ()),
+            CustomerId::parse(id).map(|_| ()),
+            PaymentId::parse(id).map(|_| ()),
+            Currency::parse(id).map(|_| ()),
+        ];
+        for error in errors {
+            let text = error.expect_err("refused").to_string();
+            assert!(
+                text.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+                "{text:?}"
+            );
+            assert!(text.len() < 400, "{} bytes", text.len());
+        }
+        // The same text reaches a request's 400 through serde.
+        let parsed = serde_json::from_value::<OrderId>(json!(id));
+        let text = parsed.expect_err("refused").to_string();
+        assert!(!text.contains(['\r', '\n']) && text.len() < 400, "{text:?}");
+    }
+}
+
+#[test]
+fn a_shown_value_keeps_a_short_printable_value_as_it_is() {
+    assert_eq!(ids::shown_value("o.1"), "o.1");
+    assert_eq!(ids::shown_value("o\n1"), "o\\n1");
+    assert_eq!(
+        ids::shown_value(&"a".repeat(65)),
+        format!("{}...", "a".repeat(64))
+    );
+}
