@@ -32,6 +32,9 @@ use tokio::task::JoinHandle;
 
 use crate::HarnessError;
 
+mod instances;
+pub use instances::InstanceInfo;
+
 /// One of the three services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Service {
@@ -178,6 +181,8 @@ pub struct Shop {
     _temp: Option<tempfile::TempDir>,
     running: BTreeMap<Service, Running>,
     starts: BTreeMap<Service, u32>,
+    /// Named instances of scaled-out services, beside the one in `running`.
+    instances: BTreeMap<(Service, String), Running>,
     gateway: Option<Gateway>,
     /// Where the gateway listens; fixed at its first start, so restarts keep payment's URL.
     gateway_addr: Option<SocketAddr>,
@@ -231,6 +236,7 @@ impl Shop {
             _temp: temp,
             running: BTreeMap::new(),
             starts: BTreeMap::new(),
+            instances: BTreeMap::new(),
             gateway: None,
             gateway_addr: None,
         })
@@ -350,6 +356,17 @@ impl Shop {
     }
 
     fn spawn_process(&self, service: Service, bin_dir: &Path) -> Result<Running, HarnessError> {
+        self.spawn_process_as(service, bin_dir, None)
+    }
+
+    /// Spawns the service's binary; `instance` names an instance of a scaled-out service
+    /// (its log is `<instance>.log`, its database `<data dir>/<instance>`).
+    fn spawn_process_as(
+        &self,
+        service: Service,
+        bin_dir: &Path,
+        instance: Option<&str>,
+    ) -> Result<Running, HarnessError> {
         let own = bin_dir.join(service.name());
         let (program, args): (PathBuf, Vec<String>) = if own.exists() {
             (own, Vec::new())
@@ -360,8 +377,11 @@ impl Shop {
                 vec!["run".into(), "--services".into(), service.name().into()],
             )
         };
-        let (log, log_file, log_err) = self.log_files(service.name())?;
+        let (log, log_file, log_err) = self.log_files(instance.unwrap_or(service.name()))?;
         let mut command = tokio::process::Command::new(&program);
+        if let Some(instance) = instance {
+            command.env("SHOP_INSTANCE", instance);
+        }
         command
             .args(&args)
             .env("NATS_URL", &self.nats_url)

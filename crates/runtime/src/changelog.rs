@@ -1,11 +1,14 @@
 //! State that moves with its partition: the changelog of a partitioned service, kept in
 //! a JetStream KV bucket with one compacted record per entity (an order, say).
 //!
-//! The relay publishes an entity's record after the events of the transaction that
-//! changed it, fenced by the owner's epoch record, and the consumer acks its input only
-//! once the record is stored. A new owner of a partition writes its epoch record, then
-//! (unless the last owner was this very store) replaces what it holds for the partition
-//! with the bucket's records. docs/architecture.md, "State that moves with its
+//! The relay works in cuts: every outbox entry of a partition and its entities' records,
+//! read while no transaction commits. It stores the cut first (its records and its
+//! messages, in one or a few chunk records and a cut record naming them), then publishes
+//! the messages, then each entity's own record; the consumer acks its input only after
+//! that. Every write is fenced by the owner's epoch record. A new owner of a partition
+//! writes its epoch record, then (unless the last owner was this very store) replaces
+//! what it holds with the entities' records, the last cut on top, and publishes the
+//! cut's messages again (their ids make repeats harmless). docs/architecture.md, "State that moves with its
 //! partition", gives the protocol and why it is safe.
 //!
 //! Domain-free: what a record holds is the service's business ([`Entities`]).
@@ -23,9 +26,12 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Store, Tx, TxResult};
 use crate::RuntimeError;
 
-/// The key of a partition's epoch record, and of its multi-entity intent record.
+/// The keys of a partition's epoch record and of its last cut (`_cut`, naming its chunks
+/// `_cut.<n>`). Entities never start with `_`.
 const EPOCH: &str = "_epoch";
-const INTENT: &str = "_intent";
+const CUT: &str = "_cut";
+/// The most one cut chunk carries; the server's default max_payload is 1 MiB.
+const MAX_CHUNK_BYTES: usize = 512 * 1024;
 /// How many restored records go into one local transaction.
 const RESTORE_CHUNK: usize = 256;
 
@@ -54,13 +60,96 @@ pub struct Record {
     pub applied: Vec<String>,
 }
 
-/// Several entities' records written as one message before their own keys, so a
-/// transaction that changed several entities (inventory's) is restored whole even if the
-/// owner died between their publishes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Intent {
+impl Record {
+    /// A record to be filled in (the relay names the entities before it reads them).
+    pub fn placeholder() -> Record {
+        Record {
+            v: 1,
+            data: None,
+            applied: Vec::new(),
+        }
+    }
+}
+
+/// A cut as stored: its id and how many chunks carry it. Written after the chunks, so a
+/// cut whose record names it is whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CutRecord {
     v: u32,
+    id: String,
+    chunks: u32,
+}
+
+/// One chunk's records (JSON); its messages follow in the outbox entry codec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ChunkHead {
+    id: String,
     records: Vec<(String, Record)>,
+}
+
+/// A partition as the changelog holds it: every entity's latest record (the last cut's
+/// version where the cut is newer), and the last cut's messages, to publish again.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    pub records: BTreeMap<String, Record>,
+    pub messages: Vec<crate::outbox_entry::OutboxMessage>,
+}
+
+fn encode_chunk(head: &ChunkHead, messages: &[Vec<u8>]) -> Result<Vec<u8>, serde_json::Error> {
+    let head = serde_json::to_vec(head)?;
+    let body = crate::outbox_entry::encode_entry(messages);
+    let mut out = Vec::with_capacity(4 + head.len() + body.len());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn decode_chunk(bytes: &[u8]) -> Option<(ChunkHead, Vec<crate::outbox_entry::OutboxMessage>)> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let head = serde_json::from_slice(bytes.get(4..4 + len)?).ok()?;
+    let messages = crate::outbox_entry::OutboxMessage::decode_entry(bytes.get(4 + len..)?)?;
+    Some((head, messages))
+}
+
+/// Splits a cut into chunks of at most [`MAX_CHUNK_BYTES`] (by estimate).
+fn chunks_of(
+    id: &str,
+    records: &[(String, Record)],
+    messages: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, serde_json::Error> {
+    let mut chunks = Vec::new();
+    let mut head = ChunkHead {
+        id: id.to_owned(),
+        records: Vec::new(),
+    };
+    let mut body: Vec<Vec<u8>> = Vec::new();
+    let mut size = 0;
+    for (entity, record) in records {
+        let bytes = serde_json::to_vec(record)?.len() + entity.len() + 8;
+        if size + bytes > MAX_CHUNK_BYTES && (!head.records.is_empty() || !body.is_empty()) {
+            chunks.push(encode_chunk(&head, &body)?);
+            head.records.clear();
+            body.clear();
+            size = 0;
+        }
+        head.records.push((entity.clone(), record.clone()));
+        size += bytes;
+    }
+    for message in messages {
+        if size + message.len() + 4 > MAX_CHUNK_BYTES
+            && (!head.records.is_empty() || !body.is_empty())
+        {
+            chunks.push(encode_chunk(&head, &body)?);
+            head.records.clear();
+            body.clear();
+            size = 0;
+        }
+        body.push(message.clone());
+        size += message.len() + 4;
+    }
+    chunks.push(encode_chunk(&head, &body)?);
+    Ok(chunks)
 }
 
 /// Who took a partition last.
@@ -131,13 +220,11 @@ impl StateBucket {
             .await
             .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
         match stream
-            .get_last_raw_message_by_subject(&self.subject(partition, EPOCH))
+            .direct_get_last_for_subject(self.subject(partition, EPOCH))
             .await
         {
             Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(RuntimeError::js(format!(
                 "reading the epoch of partition {partition}"
             ))(e)),
@@ -165,57 +252,41 @@ impl StateBucket {
         Ok(ack.sequence)
     }
 
-    /// Publishes records of `partition`, each refused by the server unless the
-    /// partition's last epoch record is still the one at `epoch_seq` (ours).
-    pub async fn publish_records(
+    /// A publish of `payload` refused by the server unless the partition's last epoch
+    /// record is still the one at `epoch_seq` (ours).
+    fn fenced(
         &self,
         partition: u32,
         epoch_seq: u64,
-        records: &[(String, Record)],
+        payload: Vec<u8>,
+    ) -> jetstream::message::PublishMessage {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            epoch_seq.to_string().as_str(),
+        );
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            self.subject(partition, EPOCH).as_str(),
+        );
+        jetstream::message::PublishMessage::build()
+            .headers(headers)
+            .payload(Bytes::from(payload))
+    }
+
+    /// Publishes fenced writes and waits for every PubAck.
+    async fn publish_fenced(
+        &self,
+        partition: u32,
+        epoch_seq: u64,
+        writes: Vec<(String, Vec<u8>)>,
     ) -> Result<(), RuntimeError> {
-        let fence_subject = self.subject(partition, EPOCH);
-        let fenced = |payload: Vec<u8>| {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                epoch_seq.to_string().as_str(),
-            );
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                fence_subject.as_str(),
-            );
-            jetstream::message::PublishMessage::build()
-                .headers(headers)
-                .payload(Bytes::from(payload))
-        };
-        let encode = |what: &str, value: &dyn erased::Encode| {
-            value.encode().map_err(|source| RuntimeError::Encode {
-                what: what.to_owned(),
-                source,
-            })
-        };
-        let mut acks = Vec::with_capacity(records.len() + 1);
-        if records.len() > 1 {
-            let intent = Intent {
-                v: 1,
-                records: records.to_vec(),
-            };
-            let subject = self.subject(partition, INTENT);
-            let payload = encode("an intent record", &intent)?;
-            // The intent must be stored before any record it covers.
-            self.js
-                .send_publish(subject.clone(), fenced(payload))
-                .await
-                .map_err(|e| RuntimeError::publish(subject.as_str(), e))?
-                .await
-                .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
-        }
-        for (entity, record) in records {
-            let subject = self.subject(partition, entity);
-            let payload = encode("a changelog record", record)?;
+        let mut acks = Vec::with_capacity(writes.len());
+        for (key, payload) in writes {
+            let subject = self.subject(partition, &key);
             let ack = self
                 .js
-                .send_publish(subject.clone(), fenced(payload))
+                .send_publish(subject.clone(), self.fenced(partition, epoch_seq, payload))
                 .await
                 .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
             acks.push((subject, ack));
@@ -227,27 +298,118 @@ impl StateBucket {
         Ok(())
     }
 
-    /// The partition's intent record with its sequence, if one was written.
-    async fn intent(&self, partition: u32) -> Result<Option<(u64, Intent)>, RuntimeError> {
+    /// Stores a cut of `partition` whole: its chunks, then the cut record naming them.
+    /// `messages` are in the outbox message codec ([`OutboxMessage::encode`]).
+    ///
+    /// [`OutboxMessage::encode`]: crate::outbox_entry::OutboxMessage::encode
+    pub async fn store_cut(
+        &self,
+        partition: u32,
+        epoch_seq: u64,
+        records: &[(String, Record)],
+        messages: &[Vec<u8>],
+    ) -> Result<(), RuntimeError> {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let encode_error = |source| RuntimeError::Encode {
+            what: "a changelog cut".to_owned(),
+            source,
+        };
+        let chunks = chunks_of(&id, records, messages).map_err(encode_error)?;
+        let cut = serde_json::to_vec(&CutRecord {
+            v: 1,
+            id,
+            chunks: chunks.len() as u32,
+        })
+        .map_err(encode_error)?;
+        let writes = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(n, chunk)| (format!("{CUT}.{n}"), chunk))
+            .collect();
+        self.publish_fenced(partition, epoch_seq, writes).await?;
+        self.publish_fenced(partition, epoch_seq, vec![(CUT.to_owned(), cut)])
+            .await
+    }
+
+    /// Publishes each entity's own record (fenced), for compaction and for reads of one
+    /// entity; the cut stored before them already holds the same versions.
+    pub async fn publish_records(
+        &self,
+        partition: u32,
+        epoch_seq: u64,
+        records: &[(String, Record)],
+    ) -> Result<(), RuntimeError> {
+        let writes = records
+            .iter()
+            .map(|(entity, record)| {
+                serde_json::to_vec(record)
+                    .map(|payload| (entity.clone(), payload))
+                    .map_err(|source| RuntimeError::Encode {
+                        what: "a changelog record".to_owned(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.publish_fenced(partition, epoch_seq, writes).await
+    }
+
+    /// The last value of one key of `partition`, with its stream sequence.
+    async fn last(&self, partition: u32, key: &str) -> Result<Option<(u64, Bytes)>, RuntimeError> {
         let stream = self
             .js
             .get_stream(self.stream())
             .await
             .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
         match stream
-            .get_last_raw_message_by_subject(&self.subject(partition, INTENT))
+            .direct_get_last_for_subject(self.subject(partition, key))
             .await
         {
-            Ok(message) => Ok(serde_json::from_slice(&message.payload)
-                .ok()
-                .map(|i| (message.sequence, i))),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
+            Ok(message) => Ok(Some((message.sequence, message.payload))),
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(RuntimeError::js(format!(
-                "reading the intent of partition {partition}"
+                "reading {key} of partition {partition}"
             ))(e)),
         }
+    }
+
+    /// The partition's last cut whole: its sequence, records and messages.
+    #[allow(clippy::type_complexity)]
+    async fn last_cut(
+        &self,
+        partition: u32,
+    ) -> Result<
+        Option<(
+            u64,
+            Vec<(String, Record)>,
+            Vec<crate::outbox_entry::OutboxMessage>,
+        )>,
+        RuntimeError,
+    > {
+        let Some((sequence, bytes)) = self.last(partition, CUT).await? else {
+            return Ok(None);
+        };
+        let Ok(cut) = serde_json::from_slice::<CutRecord>(&bytes) else {
+            return Ok(None);
+        };
+        let mut records = Vec::new();
+        let mut messages = Vec::new();
+        for n in 0..cut.chunks {
+            let chunk = self
+                .last(partition, &format!("{CUT}.{n}"))
+                .await?
+                .and_then(|(_, bytes)| decode_chunk(&bytes))
+                .filter(|(head, _)| head.id == cut.id);
+            let Some((head, chunk_messages)) = chunk else {
+                // A cut record is written after all its chunks, and only a later cut
+                // (with a new record) overwrites them: a mismatch is damage.
+                return Err(RuntimeError::Restore(format!(
+                    "chunk {n} of the last cut of partition {partition} is missing or from another cut"
+                )));
+            };
+            records.extend(head.records);
+            messages.extend(chunk_messages);
+        }
+        Ok(Some((sequence, records, messages)))
     }
 
     /// Reads one entity's record (for a read of an entity this instance does not own).
@@ -262,44 +424,84 @@ impl StateBucket {
             .await
             .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
         match stream
-            .get_last_raw_message_by_subject(&self.subject(partition, entity))
+            .direct_get_last_for_subject(self.subject(partition, entity))
             .await
         {
             Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(RuntimeError::js(format!("reading the record of {entity}"))(
                 e,
             )),
         }
     }
 
-    /// Every entity's latest record in `partition`, the intent applied on top where it
-    /// is newer than an entity's own record.
-    pub async fn read_partition(
-        &self,
-        partition: u32,
-    ) -> Result<BTreeMap<String, Record>, RuntimeError> {
-        self.read_keys(partition, None).await
+    /// The partition as the changelog holds it: every entity's latest record, the last
+    /// cut's versions where the cut is newer, and the cut's messages.
+    pub async fn read_partition(&self, partition: u32) -> Result<Restored, RuntimeError> {
+        let mut records = self.read_records(partition, None).await?;
+        let mut messages = Vec::new();
+        if let Some((cut_seq, cut_records, cut_messages)) = self.last_cut(partition).await? {
+            for (entity, record) in cut_records {
+                let newer = records
+                    .get(&entity)
+                    .is_none_or(|(sequence, _)| *sequence < cut_seq);
+                if newer {
+                    records.insert(entity, (cut_seq, record));
+                }
+            }
+            messages = cut_messages;
+        }
+        Ok(Restored {
+            records: records.into_iter().map(|(k, (_, r))| (k, r)).collect(),
+            messages,
+        })
     }
 
-    /// The latest records of `partition` whose entity starts with `prefix.` (every
-    /// entity without a prefix), the intent applied on top where newer.
+    /// The latest records of `partition` whose entity starts with `token.` (every
+    /// entity without a token), the last cut's versions where newer.
     pub async fn read_keys(
         &self,
         partition: u32,
-        prefix_token: Option<&str>,
+        token: Option<&str>,
     ) -> Result<BTreeMap<String, Record>, RuntimeError> {
+        let mut records = self.read_records(partition, token).await?;
+        if let Some((cut_seq, cut_records, _)) = self.last_cut(partition).await? {
+            let wanted = |entity: &str| match token {
+                Some(token) => entity
+                    .strip_prefix(token)
+                    .is_some_and(|rest| rest.starts_with('.')),
+                None => true,
+            };
+            for (entity, record) in cut_records.into_iter().filter(|(e, _)| wanted(e)) {
+                let newer = records
+                    .get(&entity)
+                    .is_none_or(|(sequence, _)| *sequence < cut_seq);
+                if newer {
+                    records.insert(entity, (cut_seq, record));
+                }
+            }
+        }
+        Ok(records.into_iter().map(|(k, (_, r))| (k, r)).collect())
+    }
+
+    /// Every entity's own latest record (with its sequence) in `partition`.
+    async fn read_records(
+        &self,
+        partition: u32,
+        token: Option<&str>,
+    ) -> Result<BTreeMap<String, (u64, Record)>, RuntimeError> {
         let stream = self
             .js
             .get_stream(self.stream())
             .await
             .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
         let prefix = format!("$KV.{}.{partition}.", self.bucket);
-        let mut reader = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: match prefix_token {
+        let reader = stream
+            // Push, not pull: the server delivers to our own inbox, so reading needs no
+            // right on the consumer it names.
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subject: match token {
                     Some(token) => format!("{prefix}{token}.>"),
                     None => format!("{prefix}>"),
                 },
@@ -308,89 +510,51 @@ impl StateBucket {
             })
             .await
             .map_err(RuntimeError::js(format!("reading partition {partition}")))?;
-        let pending = reader
-            .info()
-            .await
-            .map_err(RuntimeError::js(format!("reading partition {partition}")))?
-            .num_pending;
+        // The count at creation: what the server held for the partition then.
+        let pending = reader.cached_info().num_pending;
         let mut records: BTreeMap<String, (u64, Record)> = BTreeMap::new();
-        let mut intent: Option<(u64, Intent)> = None;
-        if pending > 0 {
-            let mut messages = reader
-                .messages()
-                .await
-                .map_err(RuntimeError::js(format!("reading partition {partition}")))?;
-            let mut seen = 0;
-            while seen < pending {
-                let next = tokio::time::timeout(Duration::from_secs(30), messages.next()).await;
-                let message = match next {
-                    Ok(Some(Ok(m))) => m,
-                    Ok(Some(Err(e))) => {
-                        return Err(RuntimeError::js(format!("reading partition {partition}"))(
-                            e,
-                        ))
-                    }
-                    Ok(None) | Err(_) => {
-                        return Err(RuntimeError::Timeout(format!(
-                            "reading partition {partition} of {}",
-                            self.bucket
-                        )))
-                    }
-                };
-                seen += 1;
-                let (sequence, left) = match message.info() {
-                    Ok(info) => (info.stream_sequence, info.pending),
-                    Err(_) => (0, 1),
-                };
-                let key = message.subject.as_str().strip_prefix(&prefix).unwrap_or("");
-                if key == INTENT {
-                    if let Ok(i) = serde_json::from_slice::<Intent>(&message.payload) {
-                        intent = Some((sequence, i));
-                    }
-                } else if key != EPOCH && !key.is_empty() {
-                    // A delete or purge marker has an empty body: nothing to restore.
-                    if let Ok(record) = serde_json::from_slice::<Record>(&message.payload) {
-                        records.insert(key.to_owned(), (sequence, record));
-                    }
-                }
-                if left == 0 {
-                    break;
-                }
-            }
+        if pending == 0 {
+            return Ok(records);
         }
-        if intent.is_none() && prefix_token.is_some() {
-            intent = self.intent(partition).await?;
-        }
-        if let Some((intent_seq, intent)) = intent {
-            let wanted = |entity: &str| match prefix_token {
-                Some(token) => entity
-                    .strip_prefix(token)
-                    .is_some_and(|rest| rest.starts_with('.')),
-                None => true,
+        let mut messages = reader
+            .messages()
+            .await
+            .map_err(RuntimeError::js(format!("reading partition {partition}")))?;
+        let mut seen = 0;
+        while seen < pending {
+            let next = tokio::time::timeout(Duration::from_secs(30), messages.next()).await;
+            let message = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    return Err(RuntimeError::js(format!("reading partition {partition}"))(
+                        e,
+                    ))
+                }
+                Ok(None) | Err(_) => {
+                    return Err(RuntimeError::Timeout(format!(
+                        "reading partition {partition} of {}",
+                        self.bucket
+                    )))
+                }
             };
-            for (entity, record) in intent.records.into_iter().filter(|(e, _)| wanted(e)) {
-                let newer = records
-                    .get(&entity)
-                    .map(|(sequence, _)| *sequence < intent_seq)
-                    .unwrap_or(true);
-                if newer {
-                    records.insert(entity, (intent_seq, record));
+            seen += 1;
+            let (sequence, left) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.pending),
+                Err(_) => (0, 1),
+            };
+            let key = message.subject.as_str().strip_prefix(&prefix).unwrap_or("");
+            // `_epoch` and the cut's keys are not entities; a delete or purge marker has
+            // an empty body and restores nothing.
+            if !key.is_empty() && !key.starts_with('_') {
+                if let Ok(record) = serde_json::from_slice::<Record>(&message.payload) {
+                    records.insert(key.to_owned(), (sequence, record));
                 }
             }
+            if left == 0 {
+                break;
+            }
         }
-        Ok(records.into_iter().map(|(k, (_, r))| (k, r)).collect())
-    }
-}
-
-/// Serialising records and intents through one helper.
-mod erased {
-    pub trait Encode {
-        fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
-    }
-    impl<T: serde::Serialize> Encode for T {
-        fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
-            serde_json::to_vec(self)
-        }
+        Ok(records)
     }
 }
 
@@ -416,8 +580,9 @@ pub fn replace_partition(
     store: &Store,
     entities: &dyn Entities,
     partition: u32,
-    records: &BTreeMap<String, Record>,
+    restored: &Restored,
 ) -> Result<usize, RuntimeError> {
+    let records = &restored.records;
     let stale: Vec<String> = entities
         .held(store)
         .into_iter()
@@ -448,6 +613,11 @@ pub fn replace_partition(
                 Ok(())
             })
             .map_err(into_runtime)?;
+    }
+    if !restored.messages.is_empty() {
+        // The last cut's messages go out again: the previous owner may have died between
+        // storing the cut and publishing them. Their ids make a repeat harmless.
+        store.enqueue(partition, &restored.messages)?;
     }
     store.flush_blocking()?;
     Ok(records.len())

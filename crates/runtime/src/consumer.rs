@@ -166,11 +166,20 @@ pub async fn run_consumer<H: EventHandler>(
             }
         };
         retry = Duration::from_millis(200);
+        // A partition's consumer is shared by whoever owns the partition over time. The
+        // server serves pull requests in order, so a frozen former owner's request would
+        // keep receiving the partition's messages until it expires: short requests bound
+        // how long a frozen instance can hold on to them.
+        let (heartbeat, expires) = if fence.is_some() {
+            (Duration::from_secs(1), Duration::from_secs(3))
+        } else {
+            (Duration::from_secs(5), Duration::from_secs(30))
+        };
         let messages = consumer
             .stream()
             .max_messages_per_batch(spec.batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .heartbeat(heartbeat)
+            .expires(expires)
             .messages()
             .await;
         let messages = match messages {

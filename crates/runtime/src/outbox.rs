@@ -13,9 +13,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-use crate::changelog::{local_record, Changelog, ReadyPartition};
+use crate::changelog::{local_record, Changelog, ReadyPartition, Record};
 use crate::crashpoint;
 use crate::outbox_entry::OutboxMessage;
 use crate::shutdown::Shutdown;
@@ -108,16 +108,10 @@ pub async fn run_relay(
     }
 }
 
-/// An entry whose messages are on their way: its key, partition, entities and PubAcks.
-type PendingEntry = (
-    sled::IVec,
-    Option<u32>,
-    Vec<String>,
-    Vec<(String, PublishAckFuture)>,
-);
-
-/// Publishes up to about [`RELAY_BATCH`] messages, then the changelog records of the
-/// entities their transactions changed; returns how many messages and entries it handled.
+/// Publishes what the outbox holds: up to about [`RELAY_BATCH`] messages at a time in a
+/// service that is not partitioned; in a partitioned one, every entry of the partitions
+/// it holds, then their entities' changelog records. Returns how many messages and
+/// entries it handled.
 ///
 /// An entry is removed only when every one of its messages got its PubAck and, in a
 /// partitioned service, its entities' records are stored. Entries of a partition that is
@@ -129,6 +123,18 @@ pub async fn drain_once(
     stats: &Stats,
     changelog: Option<&Changelog>,
 ) -> Result<usize, RuntimeError> {
+    match changelog {
+        Some(changelog) => drain_partitioned(js, store, stats, changelog).await,
+        None => drain_plain(js, store, stats).await,
+    }
+}
+
+/// A service that is not partitioned: the oldest entries, messages only.
+async fn drain_plain(
+    js: &jetstream::Context,
+    store: &Store,
+    stats: &Stats,
+) -> Result<usize, RuntimeError> {
     let batch = store.outbox_entries(RELAY_BATCH)?;
     if batch.is_empty() {
         return Ok(0);
@@ -138,23 +144,36 @@ pub async fn drain_once(
     // be done again and publish the same fact under a new event id. Flushing first
     // (cheap when the committer already flushed) closes that window.
     store.flush().await?;
-    let ready = changelog.map(|c| c.ready.borrow().clone());
-    // Entries of one partition stay in order: once one must wait, the later ones do too.
-    let mut blocked: HashSet<u32> = HashSet::new();
-    let mut pending: Vec<PendingEntry> = Vec::with_capacity(batch.len());
-    for (key, entry) in batch {
-        if let (Some(partition), Some(ready)) = (entry.partition, &ready) {
-            let publishable = !blocked.contains(&partition)
-                && ready
-                    .get(&partition)
-                    .is_some_and(|r| r.fence.check().is_ok());
-            if !publishable {
-                blocked.insert(partition);
-                continue;
-            }
-        }
-        let mut acks = Vec::with_capacity(entry.messages.len());
-        for message in entry.messages {
+    let mut published = 0;
+    let mut acked = Vec::with_capacity(batch.len());
+    let result = publish_entries(
+        js,
+        batch.into_iter().map(|(key, entry)| (key, entry.messages)),
+        &mut acked,
+        &mut published,
+    )
+    .await;
+    if !acked.is_empty() {
+        crashpoint::hit(crashpoint::AFTER_PUBLISH_BEFORE_OUTBOX_REMOVE);
+        store.outbox_remove_all(&acked)?;
+    }
+    stats.add_published(published as u64);
+    result.map(|()| published)
+}
+
+/// Publishes each entry's messages (pipelined), pushing the key of every entry whose
+/// messages all got their PubAck onto `acked`, in order, until the first failure.
+async fn publish_entries(
+    js: &jetstream::Context,
+    entries: impl IntoIterator<Item = (sled::IVec, Vec<OutboxMessage>)>,
+    acked: &mut Vec<sled::IVec>,
+    published: &mut usize,
+) -> Result<(), RuntimeError> {
+    let mut pending: Vec<(sled::IVec, Vec<(String, PublishAckFuture)>)> = Vec::new();
+    let mut in_flight = 0;
+    for (key, messages) in entries {
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in messages {
             let (subject, publish) = into_publish(message);
             let ack = js
                 .send_publish(subject.clone(), publish)
@@ -162,33 +181,110 @@ pub async fn drain_once(
                 .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
             acks.push((subject, ack));
         }
-        pending.push((key, entry.partition, entry.entities, acks));
+        in_flight += acks.len();
+        pending.push((key, acks));
+        // Bounded in flight: await this window's PubAcks before sending more.
+        if in_flight >= RELAY_BATCH {
+            await_acks(std::mem::take(&mut pending), acked, published).await?;
+            in_flight = 0;
+        }
     }
-    let mut acked = Vec::with_capacity(pending.len());
-    let mut published = 0;
-    let mut failure = None;
-    'entries: for (key, partition, entities, acks) in pending {
+    await_acks(pending, acked, published).await
+}
+
+async fn await_acks(
+    pending: Vec<(sled::IVec, Vec<(String, PublishAckFuture)>)>,
+    acked: &mut Vec<sled::IVec>,
+    published: &mut usize,
+) -> Result<(), RuntimeError> {
+    for (key, acks) in pending {
         for (subject, ack) in acks {
-            match ack.await {
-                Ok(_) => published += 1,
-                Err(e) => {
-                    failure = Some(RuntimeError::publish(subject, e));
-                    break 'entries;
-                }
-            }
+            ack.await
+                .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
+            *published += 1;
         }
-        acked.push((key, partition, entities));
+        acked.push(key);
     }
-    let mut removable: Vec<sled::IVec> = Vec::with_capacity(acked.len());
-    match (changelog, &ready) {
-        (Some(changelog), Some(ready)) => {
-            let (done, error) = publish_records(store, changelog, ready, acked).await;
-            removable = done;
-            if failure.is_none() {
-                failure = error;
+    Ok(())
+}
+
+/// One partition's share of a cut: its entries and its entities' records as of the cut.
+struct PartitionCut {
+    partition: u32,
+    entries: Vec<(sled::IVec, Vec<OutboxMessage>)>,
+    records: Vec<(String, Record)>,
+}
+
+/// A partitioned service: takes a consistent cut (every entry waiting, and the records
+/// of their entities, read while no transaction commits), stores it in the changelog
+/// (records and messages together), publishes the messages, then each entity's record,
+/// then removes the entries.
+///
+/// The cut is what makes a restored partition consistent: every record read in it
+/// reflects exactly the transactions whose entries are in it, and it carries their
+/// messages, so a new owner never holds a state whose events might be lost, nor an
+/// applied event id whose effects it lacks, nor misses an event the last owner published
+/// (it publishes the cut's messages again; their ids make that harmless).
+async fn drain_partitioned(
+    js: &jetstream::Context,
+    store: &Store,
+    stats: &Stats,
+    changelog: &Changelog,
+) -> Result<usize, RuntimeError> {
+    if store.outbox_len() == 0 {
+        return Ok(0);
+    }
+    let ready = changelog.ready.borrow().clone();
+    let entities = changelog.entities.as_ref();
+    let (plain, cuts) = store.at_a_cut(|store| take_cut(store, entities, &ready))?;
+    if plain.is_empty() && cuts.is_empty() {
+        return Ok(0);
+    }
+    // Everything in the cut is committed; make it durable before any of it is published.
+    store.flush().await?;
+    let mut published = 0;
+    let mut removable = Vec::new();
+    let mut failure = publish_entries(js, plain, &mut removable, &mut published)
+        .await
+        .err();
+    for cut in cuts {
+        let Some(held) = ready.get(&cut.partition) else {
+            continue;
+        };
+        // 1. The cut whole (records and messages), so a new owner restores exactly it.
+        let encoded: Vec<Vec<u8>> = cut
+            .entries
+            .iter()
+            .flat_map(|(_, messages)| messages.iter().map(OutboxMessage::encode))
+            .collect();
+        if held.fence.check().is_err() {
+            continue;
+        }
+        if let Err(e) = changelog
+            .bucket
+            .store_cut(cut.partition, held.epoch_seq, &cut.records, &encoded)
+            .await
+        {
+            failure.get_or_insert(e);
+            continue;
+        }
+        // 2. Its messages.
+        let mut acked = Vec::with_capacity(cut.entries.len());
+        if let Err(e) = publish_entries(js, cut.entries, &mut acked, &mut published).await {
+            failure.get_or_insert(e);
+            continue;
+        }
+        // 3. Each entity's own record (the cut already holds the same versions).
+        match changelog
+            .bucket
+            .publish_records(cut.partition, held.epoch_seq, &cut.records)
+            .await
+        {
+            Ok(()) => removable.extend(acked),
+            Err(e) => {
+                failure.get_or_insert(e);
             }
         }
-        _ => removable.extend(acked.into_iter().map(|(key, _, _)| key)),
     }
     if !removable.is_empty() {
         crashpoint::hit(crashpoint::AFTER_PUBLISH_BEFORE_OUTBOX_REMOVE);
@@ -201,76 +297,51 @@ pub async fn drain_once(
     }
 }
 
-/// Publishes the records of the entities `acked` entries changed, partition by
-/// partition; returns the entries whose records are stored, and the first failure.
-///
-/// A record goes out only from the entry that changed its entity last: a later entry
-/// still in the outbox holds changes whose events are not published yet, and a record
-/// must never run ahead of its events.
+/// Reads the cut: entries without a partition (published as they are), and per ready
+/// partition its entries and records.
 #[allow(clippy::type_complexity)]
-async fn publish_records(
+fn take_cut(
     store: &Store,
-    changelog: &Changelog,
+    entities: &dyn crate::changelog::Entities,
     ready: &BTreeMap<u32, ReadyPartition>,
-    acked: Vec<(sled::IVec, Option<u32>, Vec<String>)>,
-) -> (Vec<sled::IVec>, Option<RuntimeError>) {
-    let mut done = Vec::with_capacity(acked.len());
-    let mut by_partition: BTreeMap<u32, (Vec<sled::IVec>, HashSet<u64>, Vec<String>)> =
-        BTreeMap::new();
-    for (key, partition, entities) in acked {
-        match partition {
-            None => done.push(key),
-            Some(p) => {
-                let slot = by_partition.entry(p).or_default();
-                if let Ok(bytes) = <[u8; 8]>::try_from(key.as_ref()) {
-                    slot.1.insert(u64::from_be_bytes(bytes));
-                }
-                slot.0.push(key);
-                for entity in entities {
-                    if !slot.2.contains(&entity) {
-                        slot.2.push(entity);
-                    }
-                }
-            }
-        }
-    }
-    let mut failure = None;
-    for (partition, (keys, entry_ids, entities)) in by_partition {
-        let Some(ready) = ready.get(&partition) else {
+) -> Result<(Vec<(sled::IVec, Vec<OutboxMessage>)>, Vec<PartitionCut>), RuntimeError> {
+    let mut plain = Vec::new();
+    let mut by_partition: BTreeMap<u32, PartitionCut> = BTreeMap::new();
+    for (key, entry) in store.outbox_all()? {
+        let Some(partition) = entry.partition else {
+            plain.push((key, entry.messages));
             continue;
         };
-        let read = store.read(|tx| {
-            let mut records = Vec::with_capacity(entities.len());
-            for entity in &entities {
-                let (record, last_entry) = local_record(changelog.entities.as_ref(), tx, entity)?;
-                if entry_ids.contains(&last_entry) {
-                    records.push((entity.clone(), record));
-                }
-            }
-            Ok(records)
-        });
-        let records = match read {
-            Ok(records) => records,
-            Err(e) => {
-                failure.get_or_insert(RuntimeError::Restore(e.to_string()));
-                continue;
-            }
-        };
-        // The fence is checked again right before the records go out; the server
-        // checks the epoch record too, which closes the window after this check.
-        if ready.fence.check().is_err() {
-            continue;
-        }
-        match changelog
-            .bucket
-            .publish_records(partition, ready.epoch_seq, &records)
-            .await
+        if ready
+            .get(&partition)
+            .is_none_or(|r| r.fence.check().is_err())
         {
-            Ok(()) => done.extend(keys),
-            Err(e) => {
-                failure.get_or_insert(e);
+            continue;
+        }
+        let cut = by_partition
+            .entry(partition)
+            .or_insert_with(|| PartitionCut {
+                partition,
+                entries: Vec::new(),
+                records: Vec::new(),
+            });
+        for entity in entry.entities {
+            if !cut.records.iter().any(|(e, _)| *e == entity) {
+                cut.records.push((entity, Record::placeholder()));
             }
         }
+        cut.entries.push((key, entry.messages));
     }
-    (done, failure)
+    let mut cuts: Vec<PartitionCut> = by_partition.into_values().collect();
+    for cut in &mut cuts {
+        let names: Vec<String> = cut.records.iter().map(|(e, _)| e.clone()).collect();
+        let read = store.read(|tx| {
+            names
+                .iter()
+                .map(|entity| local_record(entities, tx, entity).map(|(r, _)| (entity.clone(), r)))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        cut.records = read.map_err(|e| RuntimeError::Restore(e.to_string()))?;
+    }
+    Ok((plain, cuts))
 }

@@ -62,10 +62,16 @@ impl Manager {
         };
         let mut owned = self.group.owned();
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+        // Partitions whose handover we confirmed: the group releases them a moment later,
+        // and until the owned map shows that, they must not be taken again (a second
+        // epoch record would fence out their next owner).
+        let mut handed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let current = owned.borrow_and_update().clone();
+            let mut current = owned.borrow_and_update().clone();
+            handed.retain(|p| current.contains_key(p));
+            current.retain(|p, _| !handed.contains(p));
             self.reconcile(&store_id, &current, &mut running).await;
             tokio::select! {
                 changed = owned.changed() => {
@@ -85,10 +91,12 @@ impl Manager {
                         if let Some(run) = running.remove(&partition) {
                             self.stop(partition, run).await;
                         }
+                        self.drain(partition).await;
                         self.ready.send_modify(|ready| {
                             ready.remove(&partition);
                         });
                         tracing::info!(partition, instance = %self.instance, "partition handed over");
+                        handed.insert(partition);
                         handover.stopped();
                     }
                 }
@@ -97,8 +105,12 @@ impl Manager {
             }
         }
         // Orderly exit: finish every partition's batches, then hand them all over.
+        let partitions: Vec<u32> = running.keys().copied().collect();
         for (partition, run) in std::mem::take(&mut running) {
             self.stop(partition, run).await;
+        }
+        for partition in partitions {
+            self.drain(partition).await;
         }
         self.ready.send_replace(BTreeMap::new());
         let Manager {
@@ -166,6 +178,10 @@ impl Manager {
                     });
                     running.insert(partition, self.start(partition, fence));
                 }
+                // Handed on while we were taking it: the group moved on, nothing failed.
+                Err(RuntimeError::Fenced(e)) => {
+                    tracing::debug!(partition, error = %e, "partition moved on during its takeover");
+                }
                 Err(e) => {
                     self.stats
                         .record_error(format!("taking over partition {partition}: {e}"));
@@ -204,10 +220,10 @@ impl Manager {
             return Ok(epoch_seq);
         }
         let started = std::time::Instant::now();
-        let records = self.bucket.read_partition(partition).await?;
+        let changelog = self.bucket.read_partition(partition).await?;
         let (store, entities) = (self.store.clone(), self.entities.clone());
         let restored = tokio::task::spawn_blocking(move || {
-            replace_partition(&store, entities.as_ref(), partition, &records)
+            replace_partition(&store, entities.as_ref(), partition, &changelog)
         })
         .await??;
         tracing::info!(
@@ -230,6 +246,28 @@ impl Manager {
             .map(|spawn| spawn(which, Some(fence.clone()), shutdown.clone()))
             .collect();
         Running { trigger, tasks }
+    }
+
+    /// Waits (within the grace) until the relay has published every outbox entry of the
+    /// partition, so its next owner restores records that include them all.
+    async fn drain(&self, partition: u32) {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        loop {
+            match self.store.outbox_entries_of(partition) {
+                Ok(0) => return,
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(left) => {
+                    tracing::warn!(partition, left, "outbox entries of a handed-over partition left; its next owner redoes that work");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot read the outbox");
+                    return;
+                }
+            }
+        }
     }
 
     /// Stops a partition's consumers and waits (within the grace) for their batches.

@@ -735,6 +735,44 @@ impl Store {
         Ok(removed)
     }
 
+    /// Runs `work` while no transaction can commit, so that what it reads of the outbox
+    /// and of the trees is one consistent cut: the relay reads the entries waiting and
+    /// their entities' records together, and every record it reads then reflects exactly
+    /// the transactions whose entries it read. Keep `work` short: commits wait.
+    pub fn at_a_cut<T>(&self, work: impl FnOnce(&Store) -> T) -> T {
+        let _gate = self.commit_gate.write().unwrap_or_else(|p| p.into_inner());
+        work(self)
+    }
+
+    /// Every outbox entry (see [`Store::outbox_entries`]), for a cut.
+    pub fn outbox_all(&self) -> Result<Vec<(IVec, Entry)>, RuntimeError> {
+        self.outbox_entries(usize::MAX)
+    }
+
+    /// Queues `messages` of `partition` as one outbox entry outside any transaction (a
+    /// restored cut's messages, published again by the relay).
+    pub fn enqueue(&self, partition: u32, messages: &[OutboxMessage]) -> Result<(), RuntimeError> {
+        let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
+        let id = self.db.generate_id()?;
+        let encoded: Vec<Vec<u8>> = messages.iter().map(OutboxMessage::encode).collect();
+        self.trees[1].insert(id.to_be_bytes(), encode_entry_v2(partition, &[], &encoded))?;
+        self.committed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many outbox entries of `partition` wait.
+    pub fn outbox_entries_of(&self, partition: u32) -> Result<usize, RuntimeError> {
+        let mut count = 0;
+        for item in self.trees[1].iter() {
+            let (_, value) = item?;
+            if Entry::decode(&value).and_then(|e| e.partition) == Some(partition) {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
     /// Whether the outbox still holds entry `id`.
     pub fn outbox_contains(&self, id: u64) -> Result<bool, RuntimeError> {
         Ok(self.trees[1].contains_key(id.to_be_bytes())?)

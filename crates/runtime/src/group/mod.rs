@@ -17,6 +17,7 @@ mod fence;
 mod keys;
 mod lease;
 mod member;
+mod view;
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub use assign::assign;
 pub use coordinator::{Group, Handover, Handovers};
 pub use error::{FenceError, GroupError};
 pub use fence::Fence;
+pub use view::{view, GroupView, LeaseView};
 
 /// Partitions per group unless configured otherwise: enough to spread over a dozen
 /// instances evenly, few enough that a rebalance is a handful of handovers.

@@ -1,0 +1,214 @@
+//! Several instances of one service, as processes: start, stop (SIGTERM), kill
+//! (SIGKILL), freeze (SIGSTOP) and thaw (SIGCONT) each by name, and see which
+//! partitions each one holds — the faults the scale-out tests inject.
+//!
+//! The instance a service runs as by default (named after the service) is the one
+//! `start_service` starts; these are the others, named by the test.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{terminate, Mode, Running, Service, Shop};
+use crate::HarnessError;
+
+/// One instance as the service's micro endpoint describes it (`$SRV.INFO`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub instance: String,
+    pub id: String,
+    pub version: String,
+}
+
+impl Shop {
+    /// Starts another instance of `service` named `instance`, as a process, and waits
+    /// until it answers INFO under that name.
+    pub async fn start_instance(
+        &mut self,
+        service: Service,
+        instance: &str,
+    ) -> Result<(), HarnessError> {
+        let key = (service, instance.to_owned());
+        if self.instances.contains_key(&key) {
+            return Ok(());
+        }
+        let Mode::Processes { bin_dir } = self.config.mode.clone() else {
+            return Err(HarnessError::ServiceFailed {
+                service: instance.to_owned(),
+                reason: "named instances run as processes only".into(),
+            });
+        };
+        if service == Service::Payment {
+            self.start_gateway().await?;
+        }
+        let running = self.spawn_process_as(service, &bin_dir, Some(instance))?;
+        self.instances.insert(key.clone(), running);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.instance_exited(service, instance) {
+                self.instances.remove(&key);
+                return Err(HarnessError::ServiceFailed {
+                    service: instance.to_owned(),
+                    reason: format!("exited while starting:\n{}", self.instance_log(instance)),
+                });
+            }
+            if self
+                .instances_of(service)
+                .await?
+                .iter()
+                .any(|i| i.instance == instance)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::ServiceNotReady {
+                    service: instance.to_owned(),
+                    log_tail: self.instance_log(instance),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops an instance with SIGTERM and waits for it to exit (it hands its partitions
+    /// over first); an error if it did not exit 0.
+    pub async fn stop_instance(
+        &mut self,
+        service: Service,
+        instance: &str,
+    ) -> Result<(), HarnessError> {
+        match self.instances.remove(&(service, instance.to_owned())) {
+            Some(Running::Process { mut child, .. }) => {
+                terminate(&mut child)
+                    .await
+                    .map_err(|reason| HarnessError::ServiceFailed {
+                        service: instance.to_owned(),
+                        reason,
+                    })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Kills an instance with SIGKILL.
+    pub async fn kill_instance(
+        &mut self,
+        service: Service,
+        instance: &str,
+    ) -> Result<(), HarnessError> {
+        if let Some(Running::Process { mut child, .. }) =
+            self.instances.remove(&(service, instance.to_owned()))
+        {
+            let _ = child.kill().await;
+        }
+        Ok(())
+    }
+
+    /// Stops an instance's process with SIGSTOP: it holds its connections and answers
+    /// nothing, like a long pause; [`Shop::thaw_instance`] resumes it.
+    pub async fn freeze_instance(
+        &mut self,
+        service: Service,
+        instance: &str,
+    ) -> Result<(), HarnessError> {
+        self.signal_instance(service, instance, "STOP").await
+    }
+
+    /// Resumes a frozen instance with SIGCONT.
+    pub async fn thaw_instance(
+        &mut self,
+        service: Service,
+        instance: &str,
+    ) -> Result<(), HarnessError> {
+        self.signal_instance(service, instance, "CONT").await
+    }
+
+    async fn signal_instance(
+        &mut self,
+        service: Service,
+        instance: &str,
+        signal: &str,
+    ) -> Result<(), HarnessError> {
+        let pid = match self.instances.get(&(service, instance.to_owned())) {
+            Some(Running::Process { child, .. }) => child.id(),
+            _ => None,
+        };
+        let Some(pid) = pid else {
+            return Err(HarnessError::ServiceFailed {
+                service: instance.to_owned(),
+                reason: "not running".into(),
+            });
+        };
+        let status = tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await
+            .map_err(|e| HarnessError::io(format!("sending SIG{signal} to {instance}"), e))?;
+        if !status.success() {
+            return Err(HarnessError::io(
+                format!("sending SIG{signal} to {instance}"),
+                std::io::Error::other("the `kill` command failed"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a named instance's process has exited.
+    pub fn instance_exited(&mut self, service: Service, instance: &str) -> bool {
+        match self.instances.get_mut(&(service, instance.to_owned())) {
+            Some(Running::Process { child, .. }) => matches!(child.try_wait(), Ok(Some(_))),
+            _ => true,
+        }
+    }
+
+    /// The named instances started and not stopped, per service.
+    pub fn named_instances(&self) -> BTreeMap<Service, Vec<String>> {
+        let mut out: BTreeMap<Service, Vec<String>> = BTreeMap::new();
+        for (service, name) in self.instances.keys() {
+            out.entry(*service).or_default().push(name.clone());
+        }
+        out
+    }
+
+    /// The last lines a named instance wrote.
+    pub fn instance_log(&self, instance: &str) -> String {
+        let path = self.data_dir.join(format!("{instance}.log"));
+        std::fs::read_to_string(path)
+            .map(|text| {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every instance of `service` that answers INFO now (the micro protocol's
+    /// discovery: one request, every instance replies).
+    pub async fn instances_of(&self, service: Service) -> Result<Vec<InstanceInfo>, HarnessError> {
+        let client = crate::connect(&self.nats_url).await?;
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| {
+            HarnessError::io("subscribing for INFO replies", std::io::Error::other(e))
+        })?;
+        client
+            .publish_with_reply(format!("$SRV.INFO.{}", service.name()), inbox, "".into())
+            .await
+            .map_err(|e| HarnessError::io("asking for INFO", std::io::Error::other(e)))?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        use futures::StreamExt;
+        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+            let Ok(info) = serde_json::from_slice::<serde_json::Value>(&reply.payload) else {
+                continue;
+            };
+            out.push(InstanceInfo {
+                instance: info["metadata"]["instance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                id: info["id"].as_str().unwrap_or_default().to_owned(),
+                version: info["version"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        Ok(out)
+    }
+}

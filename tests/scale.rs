@@ -1,0 +1,431 @@
+//! Scale-out: several instances of a service share its partitions, as real processes.
+//!
+//! Payment grows from 2 to 3 instances and back to 2 under load; the payment instance
+//! holding most partitions is SIGKILLed mid-load; a frozen payment instance loses its
+//! leases and, resumed, publishes nothing twice; inventory runs active/standby and its
+//! active instance dies in a race for the last units; checkout runs as three instances,
+//! one of which dies with orders pending. Every order settles, each confirmed order is
+//! captured once, and the audit is clean.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use serde_json::json;
+use shop_events::api::checkout::{OrderStatus, ORDERS_CANCEL};
+use shop_events::api::payment::PaymentStatus;
+use shop_events::partition::GROUPS_BUCKET;
+use shop_events::CancelReason;
+use shop_harness::scenario::{order, payment, place, replenish, wait_for_stock, wait_settled};
+use shop_harness::shop::SimulatorConfig;
+use shop_harness::{events_about, eventually, Service, ShopConfig};
+use shop_ops::audit::{audit, AuditOptions};
+use shop_runtime::group::{view, GroupView};
+
+use common::{call_ok, world, SETTLE};
+
+/// How long a dead instance's leases live in these tests (the harness default).
+const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// Process mode running `shop run --services <name>` from this very build (see
+/// tests/shutdown.rs for why only a link to this build's `shop` is in the directory).
+fn processes(gateway_latency: Duration) -> anyhow::Result<(tempfile::TempDir, ShopConfig)> {
+    let dir = tempfile::Builder::new().prefix("shop-bin-").tempdir()?;
+    let shop = dir.path().join("shop");
+    std::os::unix::fs::symlink(Path::new(env!("CARGO_BIN_EXE_shop")), &shop)?;
+    let config = ShopConfig::processes_next_to(&shop).gateway(SimulatorConfig {
+        latency: gateway_latency,
+        failure_rate: 0.0,
+    });
+    Ok((dir, config))
+}
+
+async fn group(js: &jetstream::Context, service: Service) -> anyhow::Result<GroupView> {
+    Ok(view(js, GROUPS_BUCKET, service.name()).await?)
+}
+
+/// Waits until `instances` (and nobody else) hold every partition of `service`, each
+/// ⌊P/N⌋ or ⌈P/N⌉ of them (members holding none, standbys say, are not counted).
+async fn wait_balanced(
+    js: &jetstream::Context,
+    service: Service,
+    instances: &[&str],
+    within: Duration,
+) -> anyhow::Result<BTreeMap<String, Vec<u32>>> {
+    Ok(eventually(
+        within,
+        &format!("{service} balanced over {instances:?}"),
+        || async {
+            let view = group(js, service).await.ok()?;
+            let partitions = view.partitions?;
+            let n = instances.len() as u32;
+            let (low, high) = (partitions / n, partitions.div_ceil(n));
+            let owners: BTreeMap<String, Vec<u32>> = view
+                .by_owner()
+                .into_iter()
+                .filter(|(_, ps)| !ps.is_empty())
+                .collect();
+            let ok = view.unowned().is_empty()
+                && owners.len() == instances.len()
+                && instances.iter().all(|i| {
+                    owners
+                        .get(*i)
+                        .is_some_and(|ps| (low..=high).contains(&(ps.len() as u32)))
+                });
+            ok.then_some(owners)
+        },
+    )
+    .await?)
+}
+
+/// Places `count` orders of one unit each, one every `every`, in the background.
+fn place_steadily(
+    js: jetstream::Context,
+    prefix: &'static str,
+    sku: &'static str,
+    count: usize,
+    every: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<String>>> {
+    tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(count);
+        for i in 0..count {
+            let id = format!("{prefix}-{i:04}");
+            place(&js, order(&id, &[(sku, 1, 100)], "tok_visa")).await?;
+            ids.push(id);
+            tokio::time::sleep(every).await;
+        }
+        Ok(ids)
+    })
+}
+
+/// Every order settled: returns the outcomes.
+async fn settle_all(
+    client: &async_nats::Client,
+    ids: &[String],
+) -> anyhow::Result<BTreeMap<String, OrderStatus>> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let view = wait_settled(client, id, SETTLE * 2).await?;
+        out.insert(id.clone(), view.status);
+    }
+    Ok(out)
+}
+
+/// Waits for the event of `kind` about `order_id` (an owner answers from its state before
+/// its events are out), then checks there is exactly one.
+async fn exactly_once(js: &jetstream::Context, order_id: &str, kind: &str) -> anyhow::Result<()> {
+    eventually(SETTLE, &format!("{kind} of {order_id}"), || async {
+        (count_events(js, order_id, kind).await.ok()? >= 1).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        count_events(js, order_id, kind).await?,
+        1,
+        "{kind} of {order_id}"
+    );
+    Ok(())
+}
+
+/// How many events of `kind` the streams hold about `order_id`.
+async fn count_events(
+    js: &jetstream::Context,
+    order_id: &str,
+    kind: &str,
+) -> anyhow::Result<usize> {
+    Ok(events_about(js, order_id)
+        .await?
+        .iter()
+        .filter(|e| e.kind_name() == Some(kind))
+        .count())
+}
+
+async fn assert_audit_clean(client: &async_nats::Client) -> anyhow::Result<()> {
+    let clean = eventually(SETTLE, "a clean audit", || async {
+        let mut buf = Vec::new();
+        let report = audit(client, AuditOptions::default(), &mut buf)
+            .await
+            .ok()?;
+        report.is_clean().then_some(())
+    })
+    .await;
+    if clean.is_err() {
+        let mut out = Vec::new();
+        audit(client, AuditOptions::default(), &mut out).await?;
+        anyhow::bail!("audit not clean:\n{}", String::from_utf8_lossy(&out));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn payment_scales_from_two_to_three_and_back_under_load() -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(20))?;
+    let mut w = world(config).await?;
+    w.shop.start_instance(Service::Payment, "payment-2").await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    replenish(&w.js, "sku-scale", 1000).await?;
+    wait_for_stock(&w.client, "sku-scale", 1000, 0, SETTLE).await?;
+
+    let load = place_steadily(
+        w.js.clone(),
+        "o-sc",
+        "sku-scale",
+        150,
+        Duration::from_millis(20),
+    );
+    w.shop.start_instance(Service::Payment, "payment-3").await?;
+    wait_balanced(
+        &w.js,
+        Service::Payment,
+        &["payment", "payment-2", "payment-3"],
+        SETTLE,
+    )
+    .await?;
+    // SIGTERM: it hands its partitions over and exits 0 (stop_instance checks).
+    w.shop.stop_instance(Service::Payment, "payment-2").await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-3"], SETTLE).await?;
+    let ids = load.await??;
+
+    let outcomes = settle_all(&w.client, &ids).await?;
+    for (id, status) in &outcomes {
+        assert_eq!(*status, OrderStatus::Confirmed, "{id}");
+        let paid = payment(&w.client, id).await?;
+        assert_eq!(
+            paid.map(|p| p.status),
+            Some(PaymentStatus::Captured),
+            "{id}"
+        );
+        exactly_once(&w.js, id, "PaymentCaptured").await?;
+    }
+    assert_audit_clean(&w.client).await
+}
+
+#[tokio::test]
+async fn killing_the_busiest_payment_instance_moves_its_partitions_and_loses_nothing(
+) -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(20))?;
+    let mut w = world(config).await?;
+    w.shop.start_instance(Service::Payment, "payment-2").await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    replenish(&w.js, "sku-kill", 1000).await?;
+    wait_for_stock(&w.client, "sku-kill", 1000, 0, SETTLE).await?;
+
+    let load = place_steadily(
+        w.js.clone(),
+        "o-kl",
+        "sku-kill",
+        120,
+        Duration::from_millis(20),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let owners = group(&w.js, Service::Payment).await?.by_owner();
+    let busiest = owners
+        .iter()
+        .max_by_key(|(_, ps)| ps.len())
+        .map(|(name, _)| name.clone())
+        .expect("payment has members");
+    let killed_at = Instant::now();
+    if busiest == "payment" {
+        w.shop.kill_service(Service::Payment).await?;
+    } else {
+        w.shop.kill_instance(Service::Payment, &busiest).await?;
+    }
+    let survivor = if busiest == "payment" {
+        "payment-2"
+    } else {
+        "payment"
+    };
+    // The bound stated in docs/architecture.md: TTL + about a second for the server's
+    // expiry timer + a round trip; a shared 2-core machine gets 3 s more.
+    wait_balanced(
+        &w.js,
+        Service::Payment,
+        &[survivor],
+        LEASE_TTL + Duration::from_secs(4),
+    )
+    .await?;
+    let moved_within = killed_at.elapsed();
+    assert!(moved_within <= LEASE_TTL + Duration::from_secs(4));
+    let ids = load.await??;
+
+    for (id, status) in settle_all(&w.client, &ids).await? {
+        assert_eq!(status, OrderStatus::Confirmed, "{id}");
+        exactly_once(&w.js, &id, "PaymentCaptured").await?;
+    }
+    assert_audit_clean(&w.client).await
+}
+
+#[tokio::test]
+async fn a_frozen_payment_instance_that_lost_its_leases_publishes_nothing_twice(
+) -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(20))?;
+    let mut w = world(config).await?;
+    w.shop.start_instance(Service::Payment, "payment-2").await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    replenish(&w.js, "sku-frz", 1000).await?;
+    wait_for_stock(&w.client, "sku-frz", 1000, 0, SETTLE).await?;
+
+    let load = place_steadily(
+        w.js.clone(),
+        "o-fz",
+        "sku-frz",
+        100,
+        Duration::from_millis(20),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.shop
+        .freeze_instance(Service::Payment, "payment-2")
+        .await?;
+    // Past its leases: the other instance takes every partition.
+    wait_balanced(
+        &w.js,
+        Service::Payment,
+        &["payment"],
+        LEASE_TTL + Duration::from_secs(5),
+    )
+    .await?;
+    let ids = load.await??;
+    for (id, status) in settle_all(&w.client, &ids).await? {
+        assert_eq!(status, OrderStatus::Confirmed, "{id}");
+    }
+    // Resumed, it finds its fences expired and its leases gone; whatever it had in
+    // flight must not reach the streams a second time.
+    w.shop.thaw_instance(Service::Payment, "payment-2").await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    let more = place_steadily(
+        w.js.clone(),
+        "o-fz2",
+        "sku-frz",
+        30,
+        Duration::from_millis(10),
+    );
+    let more = more.await??;
+    for (id, status) in settle_all(&w.client, &more).await? {
+        assert_eq!(status, OrderStatus::Confirmed, "{id}");
+    }
+    for id in ids.iter().chain(&more) {
+        exactly_once(&w.js, id, "PaymentCaptured").await?;
+        exactly_once(&w.js, id, "OrderConfirmed").await?;
+    }
+    assert_audit_clean(&w.client).await
+}
+
+#[tokio::test]
+async fn inventory_fails_over_to_its_standby_in_a_race_for_the_last_units() -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(5))?;
+    let mut w = world(config).await?;
+    w.shop
+        .start_instance(Service::Inventory, "inventory-2")
+        .await?;
+    wait_balanced(&w.js, Service::Inventory, &["inventory"], SETTLE).await?;
+    replenish(&w.js, "sku-race", 50).await?;
+    wait_for_stock(&w.client, "sku-race", 50, 0, SETTLE).await?;
+
+    let load = place_steadily(
+        w.js.clone(),
+        "o-rc",
+        "sku-race",
+        200,
+        Duration::from_millis(2),
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    w.shop.kill_service(Service::Inventory).await?;
+    wait_balanced(
+        &w.js,
+        Service::Inventory,
+        &["inventory-2"],
+        LEASE_TTL + Duration::from_secs(4),
+    )
+    .await?;
+    let ids = load.await??;
+    let outcomes = settle_all(&w.client, &ids).await?;
+    let confirmed = outcomes
+        .values()
+        .filter(|s| **s == OrderStatus::Confirmed)
+        .count();
+    assert_eq!(confirmed, 50, "exactly the stock on hand is sold");
+    for (id, status) in &outcomes {
+        if *status != OrderStatus::Confirmed {
+            let view = wait_settled(&w.client, id, SETTLE).await?;
+            assert_eq!(view.reason, Some(CancelReason::OutOfStock), "{id}");
+        }
+    }
+    wait_for_stock(&w.client, "sku-race", 0, 0, SETTLE).await?;
+    assert_audit_clean(&w.client).await
+}
+
+#[tokio::test]
+async fn checkout_as_three_instances_times_out_and_refunds_after_one_dies() -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(5))?;
+    let config = config.order_deadline(Duration::from_secs(4));
+    let mut w = world(config).await?;
+    w.shop
+        .start_instance(Service::Checkout, "checkout-2")
+        .await?;
+    w.shop
+        .start_instance(Service::Checkout, "checkout-3")
+        .await?;
+    wait_balanced(
+        &w.js,
+        Service::Checkout,
+        &["checkout", "checkout-2", "checkout-3"],
+        SETTLE,
+    )
+    .await?;
+    replenish(&w.js, "sku-co", 100).await?;
+    wait_for_stock(&w.client, "sku-co", 100, 0, SETTLE).await?;
+
+    // An order confirmed while everything runs.
+    place(&w.js, order("o-co-old", &[("sku-co", 1, 100)], "tok_visa")).await?;
+    let old = wait_settled(&w.client, "o-co-old", SETTLE).await?;
+    assert_eq!(old.status, OrderStatus::Confirmed);
+
+    // Payment away: new orders stay pending until their deadline.
+    w.shop.stop_service(Service::Payment).await?;
+    let mut pending = Vec::new();
+    for i in 0..30 {
+        let id = format!("o-co-{i:02}");
+        place(&w.js, order(&id, &[("sku-co", 1, 100)], "tok_visa")).await?;
+        pending.push(id);
+    }
+    let owners = group(&w.js, Service::Checkout).await?.by_owner();
+    let busiest = owners
+        .iter()
+        .max_by_key(|(_, ps)| ps.len())
+        .map(|(name, _)| name.clone())
+        .expect("checkout has members");
+    if busiest == "checkout" {
+        w.shop.kill_service(Service::Checkout).await?;
+    } else {
+        w.shop.kill_instance(Service::Checkout, &busiest).await?;
+    }
+    for id in &pending {
+        let view = wait_settled(&w.client, id, SETTLE * 2).await?;
+        assert_eq!(view.status, OrderStatus::Cancelled, "{id}");
+        assert_eq!(view.reason, Some(CancelReason::Timeout), "{id}");
+        exactly_once(&w.js, id, "OrderCancelled").await?;
+    }
+
+    // The old order can still be cancelled (by whichever instance answers) and refunded.
+    w.shop.start_service(Service::Payment).await?;
+    call_ok(
+        &w.client,
+        ORDERS_CANCEL.subject,
+        json!({"order_id": "o-co-old", "reason": "changed my mind"}),
+    )
+    .await?;
+    let cancelled = wait_settled(&w.client, "o-co-old", SETTLE).await?;
+    eventually(SETTLE, "o-co-old refunded", || async {
+        let view = shop_harness::scenario::order_status(&w.client, "o-co-old")
+            .await
+            .ok()??;
+        let paid = payment(&w.client, "o-co-old").await.ok()??;
+        (view.status == OrderStatus::Cancelled && paid.status == PaymentStatus::Refunded)
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(cancelled.reason, Some(CancelReason::CustomerRequest));
+    assert_audit_clean(&w.client).await
+}
