@@ -21,7 +21,7 @@ AUTH_DIR := data/auth
 NATS_AUTH_CONF := data/nats-auth.conf
 SHOP_FAST := ./target/fast/shop
 
-.PHONY: all test fmt-check clippy cargo-test nats-server nats auth run bench chaos chaos-long clean-data fuzz
+.PHONY: all test fmt-check clippy cargo-test nats-server nats auth run bench chaos chaos-long clean-data fuzz flood
 
 all: test
 
@@ -120,3 +120,8 @@ FUZZ_RUNS ?= 10000000
 FUZZ_TARGETS ?=
 fuzz:
 	FUZZ_RUNS=$(FUZZ_RUNS) fuzz/run.sh $(FUZZ_TARGETS)
+
+# The hostile-input flood (tests/flood.rs, #[ignore]d in make test because it takes
+# minutes): 20,000 hostile messages mixed with 2,000 real orders, then the accounting.
+flood: nats-server
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" cargo test -p shop --no-default-features --test flood -- --ignored --nocapture
