@@ -103,6 +103,13 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Each service's instances, the partitions each holds, and every partition's lag
+    /// and last progress; exits 1 if a partition has no owner.
+    Status {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the books across the streams and the services' state; exits 1 on any violation.
     ///
     /// Orders past their deadline have settled; confirmed orders were captured exactly
@@ -431,6 +438,14 @@ async fn main() -> anyhow::Result<()> {
                 shop_ops::audit(&client, opts, &mut stdout).await?
             };
             if !report.is_clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let client = client(&cli.common, cli.auth_dir.as_deref()).await?;
+            let report = shop_ops::status(&client, *json, &mut stdout).await?;
+            if !report.is_healthy() {
                 std::process::exit(1);
             }
             Ok(())
