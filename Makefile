@@ -52,12 +52,12 @@ $(SHOP_FAST): FORCE
 .PHONY: FORCE
 FORCE:
 
-# Each role's key (kept once written) and the authorization block, then the server config
-# that includes nats.conf and that block. Rotate with `shop auth init --dir data/auth --rotate`.
+# Each role's key (kept once written) and the authorization block (rewritten every time,
+# so it follows the rights of the binary just built), then the server config that
+# includes nats.conf and that block. Rotate with `shop auth init --dir data/auth --rotate`.
 auth: $(SHOP_FAST)
-	@if [ ! -f $(AUTH_DIR)/auth.conf ]; then \
-		$(SHOP_FAST) auth init --dir $(AUTH_DIR); \
-	fi
+	@$(SHOP_FAST) auth init --dir $(AUTH_DIR) >/dev/null
+	@echo "make: NATS identities in $(AUTH_DIR) (one .nk per role, auth.conf)"
 	@mkdir -p data/nats
 	@printf '%s\n' \
 		'# Written by make (see the Makefile): nats.conf plus the shop'"'"'s authorization.' \
@@ -75,6 +75,10 @@ run: nats-server auth
 	host="$${hostport%:*}"; port="$${hostport##*:}"; \
 	if (exec 3<>"/dev/tcp/$$host/$$port") 2>/dev/null; then \
 		echo "make run: using the NATS server already on $(NATS_URL)"; \
+		if [ -f data/nats-server.pid ] && kill -0 "$$(cat data/nats-server.pid)" 2>/dev/null; then \
+			"$$(cat $(NATS_SERVER_PATH_FILE))" --signal reload="$$(cat data/nats-server.pid)" \
+				&& echo "make run: asked it to reload $(AUTH_DIR)/auth.conf"; \
+		fi; \
 	else \
 		mkdir -p data/nats; \
 		echo "make run: starting nats-server in the background (log: data/nats-server.log, pid: data/nats-server.pid)"; \
