@@ -140,7 +140,26 @@ pub fn header<'m>(message: &'m StreamMessage, name: &str) -> &'m str {
     message.headers.get(name).map(|v| v.as_str()).unwrap_or("")
 }
 
-/// Waits until the dead letter parked by `consumer` for `stream` sequence `sequence` exists.
+/// Whether a dead letter's consumer header names one of `service`'s consumers: its
+/// per-partition ones (`checkout-p07`) or its single one (`inventory`).
+pub fn consumer_of(consumer: &str, service: &str) -> bool {
+    consumer == service
+        || consumer
+            .strip_prefix(service)
+            .and_then(|rest| rest.strip_prefix("-p"))
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
+/// An event subject as its producer published it: without the partition token the
+/// stream adds when it stores the event.
+pub fn as_published(subject: &str) -> String {
+    shop_events::subjects::parse_event_subject(subject)
+        .map(|(kind, key)| shop_events::subjects::event_subject(kind, key))
+        .unwrap_or_else(|| subject.to_owned())
+}
+
+/// Waits until the dead letter parked by `consumer` (a service's consumer, see
+/// [`consumer_of`]) for `stream` sequence `sequence` exists.
 pub async fn wait_dead_letter(
     js: &jetstream::Context,
     stream: &str,
@@ -155,7 +174,7 @@ pub async fn wait_dead_letter(
             dead_letters(js).await.ok()?.into_iter().find(|m| {
                 header(m, HDR_STREAM) == stream
                     && header(m, HDR_SEQUENCE) == sequence
-                    && header(m, HDR_CONSUMER) == consumer
+                    && consumer_of(header(m, HDR_CONSUMER), consumer)
             })
         },
     )

@@ -14,7 +14,7 @@ use async_nats::jetstream::Context;
 use async_nats::Client;
 use futures::StreamExt;
 use serde::Serialize;
-use shop_events::subjects::event_filter;
+use shop_events::subjects::published_filter;
 use shop_events::EventKind;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -51,7 +51,7 @@ impl Confirmations {
     pub async fn watch(client: &Client) -> Result<Confirmations, BenchError> {
         let mut subscription = client
             // The saga's last hop: every OrderConfirmed.
-            .subscribe(event_filter(EventKind::OrderConfirmed))
+            .subscribe(published_filter(EventKind::OrderConfirmed))
             .await
             .map_err(|e| BenchError::js("subscribing to confirmations", e))?;
         // The server must know the subscription before the first order goes out.

@@ -587,7 +587,11 @@ async fn count_dead_lettered(
             .get(shop_events::api::deadletters::HDR_SEQUENCE)
             .and_then(|v| v.as_str().parse::<u64>().ok());
         if let (Some(subject), Some(origin)) = (subject, origin) {
-            seen.insert((subject, origin));
+            // Stored subjects carry the key's partition; compare them as published.
+            let published = shop_events::subjects::parse_event_subject(&subject)
+                .map(|(kind, key)| shop_events::subjects::event_subject(kind, key))
+                .unwrap_or(subject);
+            seen.insert((published, origin));
         }
     }
     Ok(injected.iter().filter(|i| seen.contains(i)).count())

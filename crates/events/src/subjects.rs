@@ -96,6 +96,13 @@ pub fn event_filter(kind: EventKind) -> String {
     format!("events.{}.{}.*.*", kind.domain(), kind.verb())
 }
 
+/// `events.<domain>.<verb>.*`: every event of one kind as published, for core NATS
+/// subscriptions (which see the published subject; the partition token is added only
+/// when the stream stores it).
+pub fn published_filter(kind: EventKind) -> String {
+    format!("events.{}.{}.*", kind.domain(), kind.verb())
+}
+
 /// `events.<domain>.<verb>.*.<partition>`: the stored events of one kind in one partition.
 pub fn partition_filter(kind: EventKind, partition: u32) -> String {
     format!("events.{}.{}.*.{partition}", kind.domain(), kind.verb())

@@ -384,11 +384,19 @@ async fn join_group(
     let partition_of = entities.clone();
     store.set_partitioning(Arc::new(move |entity: &str| partition_of.partition(entity)));
     let bucket = StateBucket::open(js, &p.state_bucket, p.replicas).await?;
+    // The database's identity as the incarnation: a restart of this instance on this
+    // database adopts the leases its previous run left, instead of waiting out the TTL.
+    let store_id = store.store_id()?;
+    let incarnation = u64::from_str_radix(&store_id, 16).unwrap_or_else(|_| {
+        shop_fnv(store_id.as_bytes())
+    });
     let (group, handovers) = Group::join(
         js,
         GroupConfig::new(&p.groups_bucket, service, &p.instance)
             .partitions(p.partitions)
-            .lease_ttl(p.lease_ttl),
+            .lease_ttl(p.lease_ttl)
+            .incarnation(incarnation)
+            .replicas(p.replicas),
     )
     .await?;
     if group.partitions() != p.partitions {
@@ -412,5 +420,12 @@ async fn join_group(
         ready_tx,
         ready,
         consumers: Vec::new(),
+    })
+}
+
+/// A 64-bit FNV-1a, for a store identity that is not the hex this runtime writes.
+fn shop_fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
 }

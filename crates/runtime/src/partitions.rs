@@ -73,6 +73,8 @@ impl Manager {
             handed.retain(|p| current.contains_key(p));
             current.retain(|p, _| !handed.contains(p));
             self.reconcile(&store_id, &current, &mut running).await;
+            self.stats
+                .set_partitions(self.ready.borrow().keys().copied().collect());
             tokio::select! {
                 changed = owned.changed() => {
                     if changed.is_err() {

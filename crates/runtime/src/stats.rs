@@ -21,6 +21,8 @@ pub struct Stats {
     permission_denials: AtomicU64,
     last_error: Mutex<Option<String>>,
     last_permission_denial: Mutex<Option<String>>,
+    /// The partitions this instance works on now (`None`: not partitioned).
+    partitions: Mutex<Option<Vec<u32>>>,
 }
 
 /// A point-in-time copy of [`Stats`], as JSON in STATS `data`.
@@ -40,6 +42,10 @@ pub struct StatsSnapshot {
     pub permission_denials: u64,
     /// The last of them: the operation and the refused subject (never a credential).
     pub last_permission_denial: Option<String>,
+    /// The partitions this instance holds now; absent for a service that is not
+    /// partitioned. (INFO metadata is fixed at registration, so it lives here.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<u32>>,
 }
 
 impl Stats {
@@ -63,6 +69,13 @@ impl Stats {
     }
     pub fn add_group_commit(&self) {
         self.group_commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The partitions this instance holds now, for STATS.
+    pub fn set_partitions(&self, held: Vec<u32>) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            *partitions = Some(held);
+        }
     }
 
     pub fn record_error(&self, error: String) {
@@ -94,6 +107,7 @@ impl Stats {
                 .lock()
                 .ok()
                 .and_then(|l| l.clone()),
+            partitions: self.partitions.lock().ok().and_then(|p| p.clone()),
         }
     }
 }

@@ -54,6 +54,7 @@ impl GroupBucket {
         bucket: &str,
         group: &str,
         marker_ttl: Duration,
+        replicas: usize,
     ) -> Result<GroupBucket, GroupError> {
         let open_error = |source: BoxError| GroupError::Bucket {
             bucket: bucket.to_owned(),
@@ -70,6 +71,7 @@ impl GroupBucket {
                         history: 1,
                         storage: StorageType::File,
                         limit_markers: Some(marker_ttl),
+                        num_replicas: replicas.max(1),
                         ..Default::default()
                     })
                     .await;

@@ -89,7 +89,14 @@ impl Group {
         config: GroupConfig,
     ) -> Result<(Group, Handovers), GroupError> {
         config.validate()?;
-        let bucket = GroupBucket::open(js, &config.bucket, &config.group, config.lease_ttl).await?;
+        let bucket = GroupBucket::open(
+            js,
+            &config.bucket,
+            &config.group,
+            config.lease_ttl,
+            config.replicas,
+        )
+        .await?;
         let partitions = bucket.record_partitions(config.partitions).await?;
         if partitions != config.partitions {
             tracing::warn!(
@@ -101,7 +108,7 @@ impl Group {
         }
         let holder = Holder {
             instance: config.instance.clone(),
-            incarnation: rand::random(),
+            incarnation: config.incarnation.unwrap_or_else(rand::random),
             ttl: config.lease_ttl,
         };
         let heartbeat = holder.heartbeat(&bucket).await?;

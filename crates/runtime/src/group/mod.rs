@@ -53,6 +53,13 @@ pub struct GroupConfig {
     pub renew_every: Duration,
     /// How much earlier than the server's expiry a fence stops passing.
     pub safety_margin: Duration,
+    /// Tells this run's leases from another run's under the same instance name. `None`
+    /// (random) makes a restarted instance wait for its previous run's leases to expire;
+    /// a value derived from the instance's own database lets it adopt them at once,
+    /// which is safe because two processes cannot open one database.
+    pub incarnation: Option<u64>,
+    /// Copies of the bucket when this member creates it (3 on a three-node cluster).
+    pub replicas: usize,
 }
 
 impl GroupConfig {
@@ -71,7 +78,21 @@ impl GroupConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             renew_every: DEFAULT_LEASE_TTL / 3,
             safety_margin: DEFAULT_LEASE_TTL / 5,
+            incarnation: None,
+            replicas: 1,
         }
+    }
+
+    /// Creates the bucket (if this member is the first) with `replicas` copies.
+    pub fn replicas(mut self, replicas: usize) -> GroupConfig {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// Identifies this run by `incarnation` (see [`GroupConfig::incarnation`]).
+    pub fn incarnation(mut self, incarnation: u64) -> GroupConfig {
+        self.incarnation = Some(incarnation);
+        self
     }
 
     pub fn partitions(mut self, partitions: u32) -> GroupConfig {
