@@ -28,6 +28,8 @@ use shop_events::api::deadletters::{
 use shop_events::api::inventory::{STOCK_LIST, STOCK_REPLENISH};
 use shop_events::api::payment::GATEWAY_LEDGER;
 use shop_events::api::{all_endpoints, service};
+use shop_events::partition::{partition_consumer, PARTITIONS};
+use shop_events::rights_names::consumed_domains;
 use shop_events::subjects::{event_subject, DEADLETTER_STREAM};
 use shop_events::{CancelReason, Envelope, EventKind};
 use shop_harness::scenario::{order, order_status, place, replenish, wait_for_stock, STOREFRONT};
@@ -122,10 +124,14 @@ impl RequestAttack {
 
 /// Which services consume each event kind, read from the live consumers' filters, so the
 /// count holds whatever the consumers are called (one per service, or one per partition).
+/// `None` until every service has all its consumers on every stream it reads
+/// (`rights_names::consumed_domains`): a partitioned service creates them as it claims
+/// its partitions, after it answers PING.
 async fn consumers_by_kind(
     js: &jetstream::Context,
-) -> anyhow::Result<BTreeMap<EventKind, BTreeSet<String>>> {
+) -> anyhow::Result<Option<BTreeMap<EventKind, BTreeSet<String>>>> {
     let mut by_kind: BTreeMap<EventKind, BTreeSet<String>> = BTreeMap::new();
+    let mut names: BTreeSet<(String, String)> = BTreeSet::new();
     for name in shop_harness::EVENT_STREAMS {
         let stream = js.get_stream(name).await?;
         let mut consumers = stream.consumers();
@@ -135,6 +141,7 @@ async fn consumers_by_kind(
                 .iter()
                 .find(|s| info.name == **s || info.name.starts_with(&format!("{s}-")))
                 .with_context(|| format!("consumer {} belongs to no service", info.name))?;
+            names.insert((name.to_string(), info.name.clone()));
             let mut filters = info.config.filter_subjects.clone();
             filters.push(info.config.filter_subject.clone());
             for filter in filters.iter().filter(|f| !f.is_empty()) {
@@ -150,7 +157,17 @@ async fn consumers_by_kind(
             }
         }
     }
-    Ok(by_kind)
+    for owner in service::ALL {
+        for domain in consumed_domains(owner) {
+            let has = |consumer: String| names.contains(&(domain.stream().to_owned(), consumer));
+            let whole = has(partition_consumer(owner, None));
+            let every_partition = (0..PARTITIONS).all(|p| has(partition_consumer(owner, Some(p))));
+            if !whole && !every_partition {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(by_kind))
 }
 
 /// Raw CloudEvents JSON of `kind` about `key`, with `data`, as any upstream could send.
@@ -476,7 +493,12 @@ async fn a_flood_of_hostile_input_is_accounted_for_and_real_orders_settle() -> a
     let started = Instant::now();
     let deadline = Duration::from_secs(300);
     let w = world(ShopConfig::in_process().order_deadline(deadline)).await?;
-    let by_kind = consumers_by_kind(&w.js).await?;
+    let by_kind = eventually(
+        Duration::from_secs(60),
+        "every consumer to exist",
+        || async { consumers_by_kind(&w.js).await.ok().flatten() },
+    )
+    .await?;
     let consumed: Vec<EventKind> = by_kind.keys().copied().collect();
     assert!(!consumed.is_empty(), "no consumer found");
 
