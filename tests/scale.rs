@@ -40,6 +40,17 @@ fn processes(gateway_latency: Duration) -> anyhow::Result<(tempfile::TempDir, Sh
         latency: gateway_latency,
         failure_rate: 0.0,
     });
+    // For a post-mortem: keep every instance's log and database under this directory.
+    let config = match std::env::var_os("SHOP_TEST_KEEP_DATA") {
+        Some(base) => {
+            let kept = tempfile::Builder::new().prefix("scale-").tempdir_in(base)?.keep();
+            ShopConfig {
+                data_dir: Some(kept),
+                ..config
+            }
+        }
+        None => config,
+    };
     Ok((dir, config))
 }
 
@@ -416,7 +427,13 @@ async fn checkout_as_three_instances_times_out_and_refunds_after_one_dies() -> a
         json!({"order_id": "o-co-old", "reason": "changed my mind"}),
     )
     .await?;
-    let cancelled = wait_settled(&w.client, "o-co-old", SETTLE).await?;
+    let cancelled = shop_harness::scenario::wait_for_status(
+        &w.client,
+        "o-co-old",
+        OrderStatus::Cancelled,
+        SETTLE,
+    )
+    .await?;
     eventually(SETTLE, "o-co-old refunded", || async {
         let view = shop_harness::scenario::order_status(&w.client, "o-co-old")
             .await

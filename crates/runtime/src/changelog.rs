@@ -212,6 +212,14 @@ impl StateBucket {
         format!("KV_{}", self.bucket)
     }
 
+    /// The last epoch record of `partition` with its sequence, if any owner wrote one.
+    pub async fn last_epoch_record(
+        &self,
+        partition: u32,
+    ) -> Result<Option<(u64, EpochRecord)>, RuntimeError> {
+        self.last_epoch_at(partition).await
+    }
+
     /// The last epoch record of `partition`, if any owner wrote one.
     pub async fn last_epoch(&self, partition: u32) -> Result<Option<EpochRecord>, RuntimeError> {
         let stream = self
@@ -242,14 +250,36 @@ impl StateBucket {
             what: "an epoch record".to_owned(),
             source,
         })?;
+        // One id per owner and lease: a write retried after a lost PubAck (an election
+        // on a cluster) is dropped as a duplicate and answered with the first one's
+        // sequence, instead of landing twice and fencing out its own writer.
+        let message = jetstream::message::PublishMessage::build()
+            .message_id(format!(
+                "epoch-{partition}-{}-{}",
+                record.store_id, record.epoch
+            ))
+            .payload(Bytes::from(payload));
         let ack = self
             .js
-            .publish(subject.clone(), payload.into())
+            .send_publish(subject.clone(), message)
             .await
             .map_err(|e| RuntimeError::publish(subject.as_str(), e))?
             .await
             .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
         Ok(ack.sequence)
+    }
+
+    /// The last epoch record of `partition` with its stream sequence.
+    pub async fn last_epoch_at(
+        &self,
+        partition: u32,
+    ) -> Result<Option<(u64, EpochRecord)>, RuntimeError> {
+        Ok(self
+            .last(partition, EPOCH)
+            .await?
+            .and_then(|(sequence, bytes)| {
+                serde_json::from_slice(&bytes).ok().map(|r| (sequence, r))
+            }))
     }
 
     /// A publish of `payload` refused by the server unless the partition's last epoch
@@ -274,11 +304,37 @@ impl StateBucket {
             .payload(Bytes::from(payload))
     }
 
-    /// Publishes fenced writes and waits for every PubAck.
+    /// Publishes fenced writes one at a time, each after the previous one's PubAck: on a
+    /// cluster the stream leader refuses a check against a subject (`_epoch`) while
+    /// another check against it is still in flight.
     async fn publish_fenced(
         &self,
         partition: u32,
         epoch_seq: u64,
+        writes: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), RuntimeError> {
+        for (key, payload) in writes {
+            let subject = self.subject(partition, &key);
+            self.js
+                .send_publish(subject.clone(), self.fenced(partition, epoch_seq, payload))
+                .await
+                .map_err(|e| RuntimeError::publish(subject.as_str(), e))?
+                .await
+                .map_err(|e| {
+                    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                        RuntimeError::EpochMismatch { partition }
+                    } else {
+                        RuntimeError::publish(subject.as_str(), e)
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Publishes writes without a fence, pipelined, and waits for every PubAck.
+    async fn publish_plain(
+        &self,
+        partition: u32,
         writes: Vec<(String, Vec<u8>)>,
     ) -> Result<(), RuntimeError> {
         let mut acks = Vec::with_capacity(writes.len());
@@ -286,7 +342,7 @@ impl StateBucket {
             let subject = self.subject(partition, &key);
             let ack = self
                 .js
-                .send_publish(subject.clone(), self.fenced(partition, epoch_seq, payload))
+                .publish(subject.clone(), Bytes::from(payload))
                 .await
                 .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
             acks.push((subject, ack));
@@ -331,12 +387,16 @@ impl StateBucket {
             .await
     }
 
-    /// Publishes each entity's own record (fenced), for compaction and for reads of one
-    /// entity; the cut stored before them already holds the same versions.
+    /// Publishes each entity's own record, for compaction and for reads of one entity.
+    ///
+    /// Not fenced on the server (that would serialise them, see
+    /// [`StateBucket::publish_fenced`]): the cut stored just before, fenced, holds the
+    /// same versions, so a record that a former owner still had in flight repeats what
+    /// the partition's next owner restored from that cut. The caller checks the fence
+    /// locally right before.
     pub async fn publish_records(
         &self,
         partition: u32,
-        epoch_seq: u64,
         records: &[(String, Record)],
     ) -> Result<(), RuntimeError> {
         let writes = records
@@ -350,7 +410,7 @@ impl StateBucket {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.publish_fenced(partition, epoch_seq, writes).await
+        self.publish_plain(partition, writes).await
     }
 
     /// The last value of one key of `partition`, with its stream sequence.
@@ -400,11 +460,16 @@ impl StateBucket {
                 .and_then(|(_, bytes)| decode_chunk(&bytes))
                 .filter(|(head, _)| head.id == cut.id);
             let Some((head, chunk_messages)) = chunk else {
-                // A cut record is written after all its chunks, and only a later cut
-                // (with a new record) overwrites them: a mismatch is damage.
-                return Err(RuntimeError::Restore(format!(
-                    "chunk {n} of the last cut of partition {partition} is missing or from another cut"
-                )));
+                // The next cut's chunks were being written when its owner stopped: that
+                // cut never completed (its inputs were not acked), and the one the cut
+                // record names had been published whole, entity records included, before
+                // the next began. The entities' own records are the state.
+                tracing::info!(
+                    partition,
+                    chunk = n,
+                    "the last cut was being replaced; restoring from the entities' records"
+                );
+                return Ok(None);
             };
             records.extend(head.records);
             messages.extend(chunk_messages);
@@ -653,5 +718,20 @@ impl std::fmt::Debug for Changelog {
 #[derive(Debug, Clone)]
 pub struct ReadyPartition {
     pub fence: crate::group::Fence,
-    pub epoch_seq: u64,
+    /// The sequence of this owner's epoch record; the relay corrects it if its own
+    /// write turns out to have landed again later.
+    pub epoch_seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ReadyPartition {
+    pub fn new(fence: crate::group::Fence, epoch_seq: u64) -> ReadyPartition {
+        ReadyPartition {
+            fence,
+            epoch_seq: Arc::new(std::sync::atomic::AtomicU64::new(epoch_seq)),
+        }
+    }
+
+    pub fn epoch_seq(&self) -> u64 {
+        self.epoch_seq.load(std::sync::atomic::Ordering::Acquire)
+    }
 }

@@ -92,6 +92,11 @@ pub enum RuntimeError {
     /// The partition this work belongs to is no longer (or not yet) ours.
     #[error("{0}")]
     Fenced(#[from] crate::group::FenceError),
+    /// The server refused a changelog write because the partition's last epoch record is
+    /// not the one this owner last knew: another owner took it, or our own epoch write
+    /// landed twice. The relay looks again before it gives up.
+    #[error("the epoch record of partition {partition} is not the one this owner wrote last")]
+    EpochMismatch { partition: u32 },
     /// Something the broker should have delivered did not arrive in time.
     #[error("timed out {0}")]
     Timeout(String),
@@ -132,7 +137,8 @@ impl RuntimeError {
             | RuntimeError::NoAnswer { .. }
             | RuntimeError::NoReplyWithin { .. }
             | RuntimeError::Timeout(_)
-            | RuntimeError::Fenced(_) => true,
+            | RuntimeError::Fenced(_)
+            | RuntimeError::EpochMismatch { .. } => true,
             // I/O may pass (a full disk gets space); sled's corruption, unsupported
             // operations and reported bugs stay what they are.
             RuntimeError::Storage(e) => matches!(e, sled::Error::Io(_)),

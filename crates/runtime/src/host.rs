@@ -387,9 +387,8 @@ async fn join_group(
     // The database's identity as the incarnation: a restart of this instance on this
     // database adopts the leases its previous run left, instead of waiting out the TTL.
     let store_id = store.store_id()?;
-    let incarnation = u64::from_str_radix(&store_id, 16).unwrap_or_else(|_| {
-        shop_fnv(store_id.as_bytes())
-    });
+    let incarnation =
+        u64::from_str_radix(&store_id, 16).unwrap_or_else(|_| shop_fnv(store_id.as_bytes()));
     let (group, handovers) = Group::join(
         js,
         GroupConfig::new(&p.groups_bucket, service, &p.instance)

@@ -262,9 +262,12 @@ async fn drain_partitioned(
         }
         if let Err(e) = changelog
             .bucket
-            .store_cut(cut.partition, held.epoch_seq, &cut.records, &encoded)
+            .store_cut(cut.partition, held.epoch_seq(), &cut.records, &encoded)
             .await
         {
+            if let RuntimeError::EpochMismatch { partition } = e {
+                resync_epoch(store, changelog, held, partition).await;
+            }
             failure.get_or_insert(e);
             continue;
         }
@@ -275,13 +278,19 @@ async fn drain_partitioned(
             continue;
         }
         // 3. Each entity's own record (the cut already holds the same versions).
+        if held.fence.check().is_err() {
+            continue;
+        }
         match changelog
             .bucket
-            .publish_records(cut.partition, held.epoch_seq, &cut.records)
+            .publish_records(cut.partition, &cut.records)
             .await
         {
             Ok(()) => removable.extend(acked),
             Err(e) => {
+                if let RuntimeError::EpochMismatch { partition } = e {
+                    resync_epoch(store, changelog, held, partition).await;
+                }
                 failure.get_or_insert(e);
             }
         }
@@ -294,6 +303,30 @@ async fn drain_partitioned(
     match failure {
         Some(e) => Err(e),
         None => Ok(published.max(removable.len())),
+    }
+}
+
+/// After a fenced write was refused: if the partition's last epoch record is still this
+/// owner's (its write landed again after a retry), adopt that record's sequence; if
+/// another owner wrote it, leave the fence to the group, which revokes it.
+async fn resync_epoch(store: &Store, changelog: &Changelog, held: &ReadyPartition, partition: u32) {
+    let Ok(store_id) = store.store_id() else {
+        return;
+    };
+    match changelog.bucket.last_epoch_at(partition).await {
+        Ok(Some((sequence, record)))
+            if record.store_id == store_id && record.epoch == held.fence.epoch() =>
+        {
+            tracing::info!(partition, sequence, "our epoch record landed again; following it");
+            held.epoch_seq
+                .store(sequence, std::sync::atomic::Ordering::Release);
+        }
+        Ok(other) => tracing::warn!(
+            partition,
+            last_owner = other.map(|(_, r)| r.instance).unwrap_or_default(),
+            "another owner wrote the partition's epoch record; its writes are refused until the lease is handed back"
+        ),
+        Err(e) => tracing::debug!(partition, error = %e, "cannot read the epoch record"),
     }
 }
 

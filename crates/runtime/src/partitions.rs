@@ -170,13 +170,7 @@ impl Manager {
             match self.take_over(store_id, partition, fence).await {
                 Ok(epoch_seq) => {
                     self.ready.send_modify(|ready| {
-                        ready.insert(
-                            partition,
-                            ReadyPartition {
-                                fence: fence.clone(),
-                                epoch_seq,
-                            },
-                        );
+                        ready.insert(partition, ReadyPartition::new(fence.clone(), epoch_seq));
                     });
                     running.insert(partition, self.start(partition, fence));
                 }
@@ -201,11 +195,18 @@ impl Manager {
         partition: u32,
         fence: &Fence,
     ) -> Result<u64, RuntimeError> {
-        let last = self.bucket.last_epoch(partition).await?;
-        let ours_last = last.as_ref().is_some_and(|e| e.store_id == store_id);
+        let last = self.bucket.last_epoch_record(partition).await?;
+        // Current only if the last epoch record is this store's *and* this store finished
+        // a takeover at exactly that record: a takeover that wrote its epoch record and
+        // then failed to restore must restore on its next try.
+        let marker = self.store.partition_marker(partition)?;
+        let current = last
+            .as_ref()
+            .is_some_and(|(seq, e)| e.store_id == store_id && marker == Some(*seq));
+        let last = last.map(|(_, e)| e);
         fence.check()?;
-        // The epoch record first: from here on the server refuses any record a former
-        // owner still had in flight, so what we read next is final.
+        // The epoch record first: from here on the server refuses any cut a former owner
+        // still had in flight, so what we read next is final.
         let epoch_seq = self
             .bucket
             .write_epoch(
@@ -217,7 +218,8 @@ impl Manager {
                 },
             )
             .await?;
-        if ours_last {
+        if current {
+            self.store.set_partition_marker(partition, epoch_seq)?;
             tracing::info!(partition, instance = %self.instance, "partition taken; this store owned it last, nothing to restore");
             return Ok(epoch_seq);
         }
@@ -228,6 +230,7 @@ impl Manager {
             replace_partition(&store, entities.as_ref(), partition, &changelog)
         })
         .await??;
+        self.store.set_partition_marker(partition, epoch_seq)?;
         tracing::info!(
             partition,
             instance = %self.instance,

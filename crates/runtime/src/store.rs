@@ -456,6 +456,24 @@ impl Store {
             .unwrap_or(id))
     }
 
+    /// The epoch-record sequence at which this store last completed taking `partition`
+    /// over (restored it, or found it current); durable.
+    pub fn partition_marker(&self, partition: u32) -> Result<Option<u64>, RuntimeError> {
+        Ok(self
+            .db
+            .get(format!("shop.partition.{partition}"))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Records that taking `partition` over completed at epoch-record sequence `seq`.
+    pub fn set_partition_marker(&self, partition: u32, seq: u64) -> Result<(), RuntimeError> {
+        self.db
+            .insert(format!("shop.partition.{partition}"), &seq.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Reads inside a transaction that writes nothing (a consistent view of several trees).
     pub fn read<T>(&self, work: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, ApplyError> {
         let result = self
