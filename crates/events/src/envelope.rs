@@ -236,6 +236,16 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, DecodeError> {
     let correlation_id = take_optional(&mut obj, "correlationid")?;
     let causation_id = take_optional(&mut obj, "causationid")?;
     let traceparent = take_optional(&mut obj, "traceparent")?;
+    if let Some(tp) = &traceparent {
+        // It travels on as a NATS header: a line break or a control character there would
+        // break the relay's publish (and could forge headers).
+        if tp.is_empty() || tp.len() > 512 || !tp.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(DecodeError::InvalidAttribute {
+                name: "traceparent",
+                reason: "must be printable ASCII without spaces, at most 512 characters (W3C trace context)".to_owned(),
+            });
+        }
+    }
     let kind = parse_type(&ty)?;
     let data = obj
         .remove("data")

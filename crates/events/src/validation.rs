@@ -165,7 +165,7 @@ impl OrderPlaced {
                 total: Money(self.total),
                 payment_token: self.payment_token.clone(),
             }),
-            _ => Err(problems),
+            _ => Err(crate::problem::cap_problems(problems)),
         }
     }
 }

@@ -139,7 +139,7 @@ where
                 let response = match handler(request.message.payload.clone()).await {
                     Ok(value) => Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())),
                     Err(e) => Err(service::error::Error {
-                        status: e.description,
+                        status: header_safe(&e.description),
                         code: e.code as usize,
                     }),
                 };
@@ -150,6 +150,27 @@ where
         }
         let _ = endpoint.stop().await;
     }))
+}
+
+/// The longest error description sent; it travels in a header.
+const MAX_DESCRIPTION: usize = 1024;
+
+/// An error description as a header value: control characters (a line break would break
+/// the reply, and async-nats refuses to write it) become spaces, and it is cut short.
+fn header_safe(description: &str) -> String {
+    let mut out: String = description
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > MAX_DESCRIPTION {
+        let mut cut = MAX_DESCRIPTION;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 /// A service's request/reply surface: its endpoints and how to answer each.
