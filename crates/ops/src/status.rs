@@ -122,8 +122,7 @@ pub async fn status(
 async fn consumer_lags(
     js: &jetstream::Context,
 ) -> Result<BTreeMap<(String, Option<u32>), (u64, Option<OffsetDateTime>)>, OpsError> {
-    let mut out: BTreeMap<(String, Option<u32>), (u64, Option<OffsetDateTime>)> =
-        BTreeMap::new();
+    let mut out: BTreeMap<(String, Option<u32>), (u64, Option<OffsetDateTime>)> = BTreeMap::new();
     for stream_name in EVENT_STREAMS {
         let Ok(stream) = js.get_stream(stream_name).await else {
             continue;
