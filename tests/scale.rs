@@ -43,7 +43,10 @@ fn processes(gateway_latency: Duration) -> anyhow::Result<(tempfile::TempDir, Sh
     // For a post-mortem: keep every instance's log and database under this directory.
     let config = match std::env::var_os("SHOP_TEST_KEEP_DATA") {
         Some(base) => {
-            let kept = tempfile::Builder::new().prefix("scale-").tempdir_in(base)?.keep();
+            let kept = tempfile::Builder::new()
+                .prefix("scale-")
+                .tempdir_in(base)?
+                .keep();
             ShopConfig {
                 data_dir: Some(kept),
                 ..config
