@@ -212,33 +212,6 @@ impl StateBucket {
         format!("KV_{}", self.bucket)
     }
 
-    /// The last epoch record of `partition` with its sequence, if any owner wrote one.
-    pub async fn last_epoch_record(
-        &self,
-        partition: u32,
-    ) -> Result<Option<(u64, EpochRecord)>, RuntimeError> {
-        self.last_epoch_at(partition).await
-    }
-
-    /// The last epoch record of `partition`, if any owner wrote one.
-    pub async fn last_epoch(&self, partition: u32) -> Result<Option<EpochRecord>, RuntimeError> {
-        let stream = self
-            .js
-            .get_stream(self.stream())
-            .await
-            .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
-        match stream
-            .direct_get_last_for_subject(self.subject(partition, EPOCH))
-            .await
-        {
-            Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RuntimeError::js(format!(
-                "reading the epoch of partition {partition}"
-            ))(e)),
-        }
-    }
-
     /// Writes this owner's epoch record; its stream sequence fences every later record.
     pub async fn write_epoch(
         &self,
@@ -483,21 +456,10 @@ impl StateBucket {
         entity: &str,
         partition: u32,
     ) -> Result<Option<Record>, RuntimeError> {
-        let stream = self
-            .js
-            .get_stream(self.stream())
-            .await
-            .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
-        match stream
-            .direct_get_last_for_subject(self.subject(partition, entity))
-            .await
-        {
-            Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RuntimeError::js(format!("reading the record of {entity}"))(
-                e,
-            )),
-        }
+        Ok(self
+            .last(partition, entity)
+            .await?
+            .and_then(|(_, bytes)| serde_json::from_slice(&bytes).ok()))
     }
 
     /// The partition as the changelog holds it: every entity's latest record, the last

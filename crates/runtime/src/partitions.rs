@@ -195,7 +195,7 @@ impl Manager {
         partition: u32,
         fence: &Fence,
     ) -> Result<u64, RuntimeError> {
-        let last = self.bucket.last_epoch_record(partition).await?;
+        let last = self.bucket.last_epoch_at(partition).await?;
         // Current only if the last epoch record is this store's *and* this store finished
         // a takeover at exactly that record: a takeover that wrote its epoch record and
         // then failed to restore must restore on its next try.

@@ -698,26 +698,15 @@ impl Store {
         &self,
         max: usize,
     ) -> Result<Vec<(IVec, Vec<OutboxMessage>)>, RuntimeError> {
-        let mut out = Vec::new();
-        let mut messages = 0;
-        for item in self.trees[1].iter() {
-            if messages >= max {
-                break;
-            }
-            let (key, value) = item?;
-            let entry =
-                OutboxMessage::decode_entry(&value).ok_or_else(|| RuntimeError::Corrupt {
-                    record: format!("outbox/{}", u64_key(&key)),
-                    source: Box::new(MalformedEntry),
-                })?;
-            messages += entry.len();
-            out.push((key, entry));
-        }
-        Ok(out)
+        Ok(self
+            .outbox_entries(max)?
+            .into_iter()
+            .map(|(key, entry)| (key, entry.messages))
+            .collect())
     }
 
-    /// The oldest outbox entries with their partition and entities; like
-    /// [`Store::outbox_batch`].
+    /// The oldest outbox entries with their partition and entities, whole entries until
+    /// at least `max` messages (or the outbox's end) are reached.
     pub fn outbox_entries(&self, max: usize) -> Result<Vec<(IVec, Entry)>, RuntimeError> {
         let mut out = Vec::new();
         let mut messages = 0;
