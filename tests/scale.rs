@@ -5,7 +5,8 @@
 //! leases and, resumed, publishes nothing twice; inventory runs active/standby and its
 //! active instance dies in a race for the last units; checkout runs as three instances,
 //! one of which dies with orders pending. Every order settles, each confirmed order is
-//! captured once, and the audit is clean.
+//! captured once, and the audit is clean. A rolling upgrade replaces each payment instance
+//! in turn with a new build while orders flow.
 
 mod common;
 
@@ -447,5 +448,56 @@ async fn checkout_as_three_instances_times_out_and_refunds_after_one_dies() -> a
     })
     .await?;
     assert_eq!(cancelled.reason, Some(CancelReason::CustomerRequest));
+    assert_audit_clean(&w.client).await
+}
+
+#[tokio::test]
+async fn a_rolling_upgrade_of_payment_under_load_loses_no_order() -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(20))?;
+    let mut w = world(config).await?;
+    w.shop.start_instance(Service::Payment, "payment-2").await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    replenish(&w.js, "sku-roll", 1000).await?;
+    wait_for_stock(&w.client, "sku-roll", 1000, 0, SETTLE).await?;
+    let before: Vec<String> = w
+        .shop
+        .instances_of(Service::Payment)
+        .await?
+        .into_iter()
+        .map(|i| i.version)
+        .collect();
+    assert!(before.iter().all(|v| !v.ends_with("+r2")), "{before:?}");
+
+    let load = place_steadily(
+        w.js.clone(),
+        "o-ru",
+        "sku-roll",
+        150,
+        Duration::from_millis(20),
+    );
+    // One instance at a time: SIGTERM (it hands its partitions over and exits 0), then
+    // the new build under the same name and database.
+    w.shop.stop_service(Service::Payment).await?;
+    w.shop
+        .start_instance_with(Service::Payment, "payment", &[("SHOP_RELEASE", "r2")])
+        .await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    w.shop.stop_instance(Service::Payment, "payment-2").await?;
+    w.shop
+        .start_instance_with(Service::Payment, "payment-2", &[("SHOP_RELEASE", "r2")])
+        .await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    let ids = load.await??;
+
+    for (id, status) in settle_all(&w.client, &ids).await? {
+        assert_eq!(status, OrderStatus::Confirmed, "{id}");
+        exactly_once(&w.js, &id, "PaymentCaptured").await?;
+    }
+    let after = w.shop.instances_of(Service::Payment).await?;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.iter().all(|i| i.version.ends_with("+r2")),
+        "every instance runs the new build: {after:?}"
+    );
     assert_audit_clean(&w.client).await
 }

@@ -112,7 +112,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
 
     let spec = MicroSpec {
         name: SERVICE.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: config.scale.version(env!("CARGO_PKG_VERSION")),
         description:
             "Owns orders: validates, confirms, cancels (deadline, stock, payment, customer)"
                 .to_owned(),

@@ -311,6 +311,7 @@ impl Shop {
         let scale = shop_shell::scale::ScaleArgs {
             instance: None,
             lease_ttl: self.config.lease_ttl,
+            release: None,
         };
         let handle = tokio::spawn(async move {
             match service {

@@ -82,7 +82,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), InventoryErro
 
     let spec = MicroSpec {
         name: SERVICE.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: config.scale.version(env!("CARGO_PKG_VERSION")),
         description: "Reserves, sells and releases stock; takes in replenishments".to_owned(),
         metadata: HashMap::from([
             ("instance".to_owned(), config.scale.instance_of(SERVICE)),

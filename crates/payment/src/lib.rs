@@ -89,7 +89,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), PaymentError>
 
     let spec = MicroSpec {
         name: SERVICE.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: config.scale.version(env!("CARGO_PKG_VERSION")),
         description: "Charges and refunds orders exactly once through the payment gateway"
             .to_owned(),
         metadata: HashMap::from([

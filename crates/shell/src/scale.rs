@@ -28,6 +28,26 @@ pub struct ScaleArgs {
     /// over (whole seconds, at least 3).
     #[arg(long, env = "SHOP_LEASE_TTL", default_value = "10s", value_parser = parse_lease_ttl, global = true)]
     pub lease_ttl: Duration,
+    /// A label for this deployment (a build number, a commit), reported as semver build
+    /// metadata in the version `nats micro info` shows (`0.1.0+<label>`), so a rolling
+    /// upgrade can be followed instance by instance. Letters, digits, `-` and `.`.
+    #[arg(long, env = "SHOP_RELEASE", value_parser = parse_release, global = true)]
+    pub release: Option<String>,
+}
+
+fn parse_release(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a release label (letters, digits, '-' and '.', at most 64)"
+        ))
+    }
 }
 
 impl Default for ScaleArgs {
@@ -35,6 +55,7 @@ impl Default for ScaleArgs {
         ScaleArgs {
             instance: None,
             lease_ttl: Duration::from_secs(10),
+            release: None,
         }
     }
 }
@@ -50,6 +71,15 @@ fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
 }
 
 impl ScaleArgs {
+    /// The version a service reports: its crate version, plus `+<release>` when deployed
+    /// with a release label.
+    pub fn version(&self, crate_version: &str) -> String {
+        match &self.release {
+            Some(release) => format!("{crate_version}+{release}"),
+            None => crate_version.to_owned(),
+        }
+    }
+
     /// The instance name in effect for `service`.
     pub fn instance_of(&self, service: &str) -> String {
         self.instance.clone().unwrap_or_else(|| service.to_owned())

@@ -27,6 +27,17 @@ impl Shop {
         service: Service,
         instance: &str,
     ) -> Result<(), HarnessError> {
+        self.start_instance_with(service, instance, &[]).await
+    }
+
+    /// [`Shop::start_instance`] with extra environment for this process only (a new
+    /// build's `SHOP_RELEASE`, say).
+    pub async fn start_instance_with(
+        &mut self,
+        service: Service,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Result<(), HarnessError> {
         let key = (service, instance.to_owned());
         if self.instances.contains_key(&key) {
             return Ok(());
@@ -40,7 +51,13 @@ impl Shop {
         if service == Service::Payment {
             self.start_gateway().await?;
         }
-        let running = self.spawn_process_as(service, &bin_dir, Some(instance))?;
+        let saved = self.config.env.clone();
+        self.config
+            .env
+            .extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let running = self.spawn_process_as(service, &bin_dir, Some(instance));
+        self.config.env = saved;
+        let running = running?;
         self.instances.insert(key.clone(), running);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
