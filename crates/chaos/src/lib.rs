@@ -71,6 +71,10 @@ pub struct ChaosOptions {
     /// Orders placed while payment is down for longer than the deadline: they expire.
     pub expiring: usize,
     pub seed: u64,
+    /// Extra instances of checkout and payment beside their default one (`checkout-2`…);
+    /// 0 runs one instance of each. With extras, kills pick any instance, and the run
+    /// also scales each of the two services up by one more instance and back down.
+    pub instances: usize,
 }
 
 impl ChaosOptions {
@@ -89,6 +93,9 @@ impl ChaosOptions {
             rate: 100,
             expiring: 15,
             seed: 7,
+            // Not yet 1: with extra instances the run still finds violations (see
+            // docs/RELIABILITY.md, "Chaos with several instances").
+            instances: 0,
         }
     }
 }
@@ -97,7 +104,11 @@ impl ChaosOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChaosReport {
     pub orders: usize,
+    /// SIGKILLs per instance (the default instance is named after its service).
     pub kills: BTreeMap<String, u32>,
+    /// Instances started (scale up) and stopped with SIGTERM (scale down, a handover).
+    pub scale_ups: u32,
+    pub scale_downs: u32,
     pub broker_restarts: u32,
     /// Orders placed during the payment outage, all past their deadline before payment returned.
     pub expiring_orders: usize,
@@ -149,6 +160,8 @@ pub async fn run(
                 failure_rate: 0.05,
             },
             crashpoints: Some(base_points.clone()),
+            // SHOP_CHAOS_DATA_DIR keeps every log and database for a post-mortem.
+            data_dir: std::env::var_os("SHOP_CHAOS_DATA_DIR").map(PathBuf::from),
             ..ShopConfig::default()
         },
     )
@@ -159,6 +172,18 @@ pub async fn run(
         opts.orders,
         shop.data_dir().display()
     );
+    // Named instances of the services that scale out; the last name of each is the one
+    // scaled up and down during the run.
+    let mut named: Vec<(Service, String)> = Vec::new();
+    for service in [Service::Checkout, Service::Payment] {
+        for k in 0..opts.instances {
+            let name = format!("{}-{}", service.name(), k + 2);
+            shop.start_instance(service, &name).await?;
+            named.push((service, name));
+        }
+    }
+    let mut scale_ups = 0;
+    let mut scale_downs = 0;
 
     // Stock for most orders, not all: shortages are part of the mix.
     for s in 0..SKUS {
@@ -190,6 +215,19 @@ pub async fn run(
             // and when payment returns it must not charge them (or must refund what it did).
             shop.kill_service(Service::Payment).await?;
             *kills.entry("payment".to_owned()).or_default() += 1;
+            // Every payment instance: an outage of the service, not of one instance.
+            let payments: Vec<String> = named
+                .iter()
+                .filter(|(s, _)| *s == Service::Payment)
+                .map(|(_, n)| n.clone())
+                .chain(std::iter::once(format!("payment-{}", opts.instances + 2)))
+                .collect();
+            for name in &payments {
+                if !shop.instance_exited(Service::Payment, name) {
+                    shop.kill_instance(Service::Payment, name).await?;
+                    *kills.entry(name.clone()).or_default() += 1;
+                }
+            }
             for k in 0..opts.expiring {
                 let id = format!("chaos-{}-expiring-{k}", opts.seed);
                 let sku = format!("chaos-sku-{}", rng.gen_range(0..SKUS));
@@ -227,6 +265,9 @@ pub async fn run(
                 expiring_ids.len()
             );
             shop.start_service(Service::Payment).await?;
+            for (service, name) in named.iter().filter(|(s, _)| *s == Service::Payment) {
+                shop.start_instance(*service, name).await?;
+            }
         }
         let id = format!("chaos-{}-{n}", opts.seed);
         let roll: f64 = rng.gen();
@@ -283,14 +324,49 @@ pub async fn run(
             publish_with_retry(&js, &cancel).await?;
         }
         if last_kill.elapsed() >= opts.kill_every {
-            let service = Service::ALL[rng.gen_range(0..3)];
-            shop.kill_service(service).await?;
-            *kills.entry(service.name().to_owned()).or_default() += 1;
-            shop.start_service(service).await?;
+            let pick = rng.gen_range(0..3 + named.len());
+            if pick < 3 {
+                let service = Service::ALL[pick];
+                shop.kill_service(service).await?;
+                *kills.entry(service.name().to_owned()).or_default() += 1;
+                shop.start_service(service).await?;
+            } else {
+                let (service, name) = named[pick - 3].clone();
+                shop.kill_instance(service, &name).await?;
+                *kills.entry(name.clone()).or_default() += 1;
+                shop.start_instance(service, &name).await?;
+            }
             last_kill = Instant::now();
+        }
+        // Scaling: now and then one more instance of checkout or payment joins (its
+        // partitions are handed over to it) or leaves with SIGTERM (handed back).
+        if !named.is_empty() && rng.gen::<f64>() < 0.01 {
+            let service = if rng.gen_bool(0.5) {
+                Service::Checkout
+            } else {
+                Service::Payment
+            };
+            let extra = format!("{}-{}", service.name(), opts.instances + 2);
+            if shop.instance_exited(service, &extra) {
+                shop.start_instance(service, &extra).await?;
+                scale_ups += 1;
+            } else {
+                // With crash points armed, the handover itself may abort the process:
+                // that is one more crash for the survivors to absorb, not a failure.
+                if let Err(e) = shop.stop_instance(service, &extra).await {
+                    tracing::debug!(error = %e, "a crash point fired during a scale-down");
+                }
+                scale_downs += 1;
+            }
         }
         for crashed in shop.revive_crashed().await? {
             tracing::debug!(service = %crashed, "revived after a crash point");
+        }
+        for (service, name) in &named {
+            if shop.instance_exited(*service, name) {
+                // A crash point aborted it (or it never came back): start it again.
+                shop.start_instance(*service, name).await?;
+            }
         }
         if restart_at.contains(&n) {
             server.restart().await?;
@@ -316,6 +392,24 @@ pub async fn run(
         shop.kill_service(service).await?;
         *kills.entry(service.name().to_owned()).or_default() += 1;
         shop.start_service(service).await?;
+    }
+    for (service, name) in &named {
+        shop.kill_instance(*service, name).await?;
+        *kills.entry(name.clone()).or_default() += 1;
+        shop.start_instance(*service, name).await?;
+    }
+    // The scaled-up extras leave in order (SIGTERM), started again first without crash
+    // points so their handover runs clean.
+    for service in [Service::Checkout, Service::Payment] {
+        let extra = format!("{}-{}", service.name(), opts.instances + 2);
+        let running = !shop.instance_exited(service, &extra);
+        // Forget it either way: a crash point may have aborted it already.
+        shop.kill_instance(service, &extra).await?;
+        if running {
+            shop.start_instance(service, &extra).await?;
+            shop.stop_instance(service, &extra).await?;
+            scale_downs += 1;
+        }
     }
 
     placed_ids.extend(expiring_ids.iter().cloned());
@@ -366,6 +460,8 @@ pub async fn run(
     Ok(ChaosReport {
         orders: opts.orders,
         kills,
+        scale_ups,
+        scale_downs,
         broker_restarts,
         expiring_orders: expiring_ids.len(),
         crashpoint_hits,
@@ -601,7 +697,12 @@ async fn count_dead_lettered(
 pub fn print_summary(report: &ChaosReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
     writeln!(out, "orders driven            {}", report.orders)?;
     writeln!(out, "outcomes                 {:?}", report.outcomes)?;
-    writeln!(out, "kills per service        {:?}", report.kills)?;
+    writeln!(out, "kills per instance       {:?}", report.kills)?;
+    writeln!(
+        out,
+        "scaling                  {} up, {} down (SIGTERM, handover)",
+        report.scale_ups, report.scale_downs
+    )?;
     writeln!(out, "broker restarts          {}", report.broker_restarts)?;
     writeln!(out, "deadline expiries forced {}", report.expiring_orders)?;
     writeln!(out, "crash-point hits         {:?}", report.crashpoint_hits)?;

@@ -551,6 +551,12 @@ impl Shop {
     /// Stops every service gracefully, then the gateway simulator.
     pub async fn shutdown(mut self) -> Result<(), HarnessError> {
         let mut first_error = None;
+        let named: Vec<(Service, String)> = self.instances.keys().cloned().collect();
+        for (service, name) in named {
+            if let Err(e) = self.stop_instance(service, &name).await {
+                first_error.get_or_insert(e);
+            }
+        }
         for service in Service::ALL {
             if let Err(e) = self.stop_service(service).await {
                 first_error.get_or_insert(e);

@@ -64,6 +64,10 @@ enum Command {
         /// Random seed, to repeat a run.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Extra instances of checkout and payment (0: one of each); with extras the run
+        /// also scales each up by one more instance and back down.
+        #[arg(long, default_value_t = 0)]
+        instances: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -112,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
             broker_restarts,
             crash_probability,
             seed,
+            instances,
             json,
         } => {
             init_subscriber_with_default(cli.log_format, "warn");
@@ -120,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             opts.broker_restarts = broker_restarts;
             opts.crash_probability = crash_probability;
             opts.seed = seed;
+            opts.instances = instances;
             let report = if json {
                 shop_chaos::run(opts, &mut std::io::sink()).await?
             } else {

@@ -163,6 +163,18 @@ impl<G: PaymentGateway> GatewayWorker<G> {
             self.forget_stale(order_id);
             return None;
         };
+        // Call the provider only once the change that made the call due is in the
+        // changelog: an instance that dies after a charge whose cause the next owner
+        // never restores would leave money taken and never announced. The next sweep
+        // (a few hundred milliseconds) tries again.
+        match self.store.is_stored(order_id.as_str()) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(%order_id, error = %e, "cannot tell whether the change is stored; will retry");
+                return None;
+            }
+        }
         let gateway = self.gateway.as_ref();
         let answer = match work {
             GatewayWork::Charge => {

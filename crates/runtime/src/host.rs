@@ -323,6 +323,7 @@ impl Host {
                 consumers: p.consumers,
                 ready: p.ready_tx,
                 grace,
+                released: Default::default(),
             };
             // First among the tasks stopped at shutdown: it finishes the partitions'
             // batches and hands them over before the relay stops.

@@ -41,6 +41,8 @@ pub struct Manager {
     pub ready: watch::Sender<BTreeMap<u32, ReadyPartition>>,
     /// How long a stop may wait for a partition's batches in flight.
     pub grace: Duration,
+    /// Partitions this run held and gave up (their late entries are dropped).
+    pub released: std::collections::BTreeSet<u32>,
 }
 
 /// The consumers running for one partition.
@@ -73,6 +75,16 @@ impl Manager {
             handed.retain(|p| current.contains_key(p));
             current.retain(|p, _| !handed.contains(p));
             self.reconcile(&store_id, &current, &mut running).await;
+            // A batch that was committing when its partition went may have queued an
+            // entry after the partition's entries were dropped: drop those too.
+            for partition in 0..self.group.partitions() {
+                if !running.contains_key(&partition)
+                    && self.released.contains(&partition)
+                    && self.store.outbox_entries_of(partition).unwrap_or(0) > 0
+                {
+                    self.forget_queued(partition);
+                }
+            }
             self.stats
                 .set_partitions(self.ready.borrow().keys().copied().collect());
             tokio::select! {
@@ -97,6 +109,7 @@ impl Manager {
                         self.ready.send_modify(|ready| {
                             ready.remove(&partition);
                         });
+                        self.forget_queued(partition);
                         tracing::info!(partition, instance = %self.instance, "partition handed over");
                         handed.insert(partition);
                         handover.stopped();
@@ -162,6 +175,7 @@ impl Manager {
                 // Their batches in flight see the fence fail and leave their messages
                 // unacknowledged; nothing to wait for here.
             }
+            self.forget_queued(partition);
         }
         for (&partition, fence) in owned {
             if running.contains_key(&partition) || !fence.is_valid() {
@@ -173,6 +187,7 @@ impl Manager {
                         ready.insert(partition, ReadyPartition::new(fence.clone(), epoch_seq));
                     });
                     running.insert(partition, self.start(partition, fence));
+                    self.released.remove(&partition);
                 }
                 // Handed on while we were taking it: the group moved on, nothing failed.
                 Err(RuntimeError::Fenced(e)) => {
@@ -271,6 +286,29 @@ impl Manager {
                     tracing::warn!(partition, error = %e, "cannot read the outbox");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Drops what this store still queued for a partition it no longer holds, and makes
+    /// its next takeover restore from the changelog. Safe: an entry leaves the outbox only
+    /// once its cut is stored, so these were never in the changelog, their inputs were
+    /// never acked, and the partition's next owner redoes that work.
+    fn forget_queued(&mut self, partition: u32) {
+        self.released.insert(partition);
+        let cleared = self
+            .store
+            .set_partition_marker(partition, 0)
+            .and_then(|()| self.store.outbox_purge_partition(partition));
+        match cleared {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(
+                partition,
+                dropped,
+                "outbox entries of a partition no longer held dropped; its owner redoes them"
+            ),
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "cannot drop the entries of a partition no longer held")
             }
         }
     }

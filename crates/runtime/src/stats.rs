@@ -71,6 +71,11 @@ impl Stats {
         self.group_commits.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The partitions this instance holds now (`None`: not partitioned).
+    pub fn partitions(&self) -> Option<Vec<u32>> {
+        self.partitions.lock().ok().and_then(|p| p.clone())
+    }
+
     /// The partitions this instance holds now, for STATS.
     pub fn set_partitions(&self, held: Vec<u32>) {
         if let Ok(mut partitions) = self.partitions.lock() {

@@ -768,6 +768,41 @@ impl Store {
         Ok(())
     }
 
+    /// Outbox entries of the `held` partitions, and those without a partition.
+    pub fn outbox_len_in(&self, held: &[u32]) -> usize {
+        self.trees[1]
+            .iter()
+            .values()
+            .filter_map(Result::ok)
+            .filter(
+                |value| match Entry::decode(value).and_then(|e| e.partition) {
+                    None => true,
+                    Some(p) => held.contains(&p),
+                },
+            )
+            .count()
+    }
+
+    /// Whether everything this store changed for `entity` is already in the changelog
+    /// (its last outbox entry has left the outbox), so a side effect outside the shop
+    /// that the change calls for may start: were this instance to die now, the
+    /// partition's next owner would restore that change and finish the job. Always true
+    /// for a store that is not partitioned.
+    pub fn is_stored(&self, entity: &str) -> Result<bool, RuntimeError> {
+        if self.partition_of.get().is_none() {
+            return Ok(true);
+        }
+        let meta: Option<EntityMeta> = match self.trees[2].get(entity.as_bytes())? {
+            Some(bytes) => serde_json::from_slice(&bytes).ok(),
+            None => None,
+        };
+        match meta {
+            None => Ok(true),
+            Some(meta) if meta.entry == 0 => Ok(true),
+            Some(meta) => Ok(!self.outbox_contains(meta.entry)?),
+        }
+    }
+
     /// How many outbox entries of `partition` wait.
     pub fn outbox_entries_of(&self, partition: u32) -> Result<usize, RuntimeError> {
         let mut count = 0;

@@ -38,6 +38,32 @@ impl Shop {
         instance: &str,
         env: &[(&str, &str)],
     ) -> Result<(), HarnessError> {
+        // With crash points on, a process may abort while it starts; that is the point of
+        // them, so start it again (as `start_service` does).
+        let attempts = if self.config.crashpoints.is_some() {
+            20
+        } else {
+            1
+        };
+        let mut last = None;
+        for _ in 0..attempts {
+            match self.start_instance_once(service, instance, env).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(HarnessError::ServiceNotReady {
+            service: instance.to_owned(),
+            log_tail: String::new(),
+        }))
+    }
+
+    async fn start_instance_once(
+        &mut self,
+        service: Service,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Result<(), HarnessError> {
         let key = (service, instance.to_owned());
         if self.instances.contains_key(&key) {
             return Ok(());

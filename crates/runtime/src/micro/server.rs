@@ -94,8 +94,14 @@ pub async fn start_service(
         .description(&spec.description)
         .metadata(spec.metadata.clone())
         .stats_handler(move |_endpoint, _stats| {
-            serde_json::to_value(stats.snapshot(store.outbox_len(), store.inbox_len()))
-                .unwrap_or_default()
+            // What waits to be published by this instance: in a partitioned service, the
+            // entries of the partitions it holds (entries left for a partition another
+            // instance owns now are dropped when this one takes it again).
+            let backlog = match stats.partitions() {
+                Some(held) => store.outbox_len_in(&held),
+                None => store.outbox_len(),
+            };
+            serde_json::to_value(stats.snapshot(backlog, store.inbox_len())).unwrap_or_default()
         })
         .start(&spec.name, &spec.version)
         .await
