@@ -65,7 +65,9 @@ impl Api {
     }
 
     /// `inventory.stock.list`: every sku, in sku order.
-    pub async fn list(&self, _body: &[u8]) -> ApiResult {
+    pub async fn list(&self, body: &[u8]) -> ApiResult {
+        // No fields, but a body that is not a JSON object is still a bad request.
+        let _: shop_events::api::Empty = parse_request(body)?;
         let mut out = Vec::new();
         if !self.ownership.holds(&crate::store::stock_entity("any")) {
             // A standby: the active instance's levels, from the changelog.

@@ -94,7 +94,9 @@ impl Api {
     }
 
     /// `payment.gateway.ledger`: the gateway's own books (`GET /v1/ledger`), for audits.
-    pub async fn ledger(&self, _body: &[u8]) -> ApiResult {
+    pub async fn ledger(&self, body: &[u8]) -> ApiResult {
+        // No fields, but a body that is not a JSON object is still a bad request.
+        let _: shop_events::api::Empty = parse_request(body)?;
         ledger_reply(self.gateway.ledger().await)
     }
 }
