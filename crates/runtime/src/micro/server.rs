@@ -59,7 +59,10 @@ pub type ApiResult = Result<serde_json::Value, ApiError>;
 
 /// Parses a JSON request body, or explains what is wrong with it.
 pub fn parse_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body = if body.iter().all(|b| b.is_ascii_whitespace()) {
+    // No body, or JSON `null` (what a client serialising `()` sends), is the request
+    // with no fields.
+    let trimmed = body.trim_ascii();
+    let body = if trimmed.is_empty() || trimmed == b"null" {
         b"{}".as_slice()
     } else {
         body
