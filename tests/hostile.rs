@@ -7,6 +7,8 @@
 //! could land on, or be read from, another's subject. The contract refuses such ids
 //! (`shop_events::ids::check_token`); these tests prove every entry point applies it.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -27,7 +29,9 @@ use shop_events::api::{all_endpoints, service};
 use shop_events::subjects::{event_subject, DEADLETTER_STREAM, ORDERS_STREAM};
 use shop_events::{DecodeError, EventKind, OrderPlaced, ProblemCode};
 use shop_harness::scenario::{order, replenish, wait_for_status, wait_for_stock};
-use shop_harness::{eventually, publish_raw, stream_message_count, world, ShopConfig};
+use shop_harness::{eventually, publish_raw, stream_message_count, ShopConfig};
+
+use common::world;
 
 /// How long an asynchronous outcome may take on a small, shared machine.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -295,30 +299,18 @@ fn uuid_like(text: &str) -> String {
 async fn dead_letter_origins(
     js: &jetstream::Context,
 ) -> anyhow::Result<BTreeSet<(String, u64, String)>> {
-    let stream = js.get_stream(DEADLETTER_STREAM).await?;
-    let state = stream.get_info().await?.state;
-    let mut out = BTreeSet::new();
-    if state.messages == 0 {
-        return Ok(out);
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        let Ok(message) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        let header = |name: &str| {
-            message
-                .headers
-                .get(name)
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default()
-        };
-        out.insert((
-            header(HDR_STREAM),
-            header(HDR_SEQUENCE).parse().unwrap_or(0),
-            header(HDR_SERVICE),
-        ));
-    }
-    Ok(out)
+    Ok(common::dead_letters(js)
+        .await?
+        .iter()
+        .map(|message| {
+            let header = |name| common::header(message, name).to_owned();
+            (
+                header(HDR_STREAM),
+                header(HDR_SEQUENCE).parse().unwrap_or(0),
+                header(HDR_SERVICE),
+            )
+        })
+        .collect())
 }
 
 #[tokio::test]
