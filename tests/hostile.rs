@@ -497,3 +497,59 @@ async fn an_order_event_with_thousands_of_bad_lines_is_rejected_and_the_shop_kee
     w.shop.shutdown().await?;
     Ok(())
 }
+
+/// A well-formed event of `kind` about `order_id` that claims to come from `source`.
+fn forged_event(kind: EventKind, order_id: &str, source: &str, data: Value) -> Value {
+    let mut event = raw_event(kind, &format!("{order_id}-{}", kind.name()), data);
+    event["subject"] = json!(order_id);
+    event["source"] = json!(source);
+    event
+}
+
+#[tokio::test]
+async fn events_from_a_source_that_does_not_publish_them_are_dead_lettered_and_change_nothing(
+) -> anyhow::Result<()> {
+    let w = world(ShopConfig::in_process()).await?;
+    replenish(&w.js, "sku-src", 5).await?;
+    wait_for_stock(&w.client, "sku-src", 5, 0, SETTLE).await?;
+    // Before the order is placed, a "storefront" announces its stock failed and its card
+    // was charged. Accepted, the first would cancel the order when it arrives (checkout
+    // remembers a failure that overtook its order) and the second would confirm it unpaid.
+    let forgeries = [
+        (
+            EventKind::StockReservationFailed,
+            json!({ "order_id": "o-src", "shortages": [{ "sku": "sku-src", "requested": 1, "available": 0 }] }),
+        ),
+        (
+            EventKind::PaymentCaptured,
+            json!({ "order_id": "o-src", "payment_id": "pay-forged", "amount": 100, "currency": "EUR" }),
+        ),
+    ];
+    let mut expected = BTreeSet::new();
+    for (kind, data) in forgeries {
+        let event = forged_event(kind, "o-src", "storefront", data);
+        let subject = event_subject(kind, "o-src");
+        let payload = serde_json::to_vec(&event)?;
+        let decoded = shop_events::decode(&subject, &payload)?;
+        assert!(
+            matches!(
+                decoded.check_source(),
+                Err(DecodeError::UnexpectedSource { .. })
+            ),
+            "{kind:?}"
+        );
+        let ack = publish_raw(&w.js, &subject, HeaderMap::new(), payload).await?;
+        expected.insert((ack.stream, ack.sequence, service::CHECKOUT.to_owned()));
+    }
+    eventually(SETTLE, "both forgeries to be dead-lettered", || async {
+        let parked = dead_letter_origins(&w.js).await.ok()?;
+        expected.is_subset(&parked).then_some(())
+    })
+    .await?;
+    let placed = order("o-src", &[("sku-src", 1, 100)], "tok_visa");
+    shop_harness::scenario::place(&w.js, placed).await?;
+    wait_for_status(&w.client, "o-src", OrderStatus::Confirmed, SETTLE).await?;
+    assert_eq!(dead_letter_origins(&w.js).await?, expected);
+    w.shop.shutdown().await?;
+    Ok(())
+}

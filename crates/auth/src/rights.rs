@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use shop_events::api::{self, checkout, deadletters, inventory};
 use shop_events::partition::{partition_consumer, state_bucket, GROUPS_BUCKET, PARTITIONS};
-use shop_events::rights_names::{consumed_domains, group_keys, published_domain};
+use shop_events::rights_names::{consumed_domains, group_keys, published_domain, upstream_kinds};
 use shop_events::subjects::{self, stream_specs, DEADLETTER_STREAM, DEFAULT_EVENT_MAX_AGE};
 use shop_events::EventKind;
 
@@ -51,18 +51,15 @@ pub fn rights(role: Role) -> Rights {
         Role::Checkout | Role::Inventory | Role::Payment => {
             service_rights(role.name(), &mut rights)
         }
+        // An upstream system publishes the kinds the contract says it publishes (the same
+        // list the services check each event's `source` against), and calls its endpoints.
         Role::Storefront => {
-            rights.publish([
-                published(EventKind::OrderPlaced),
-                published(EventKind::OrderCancellationRequested),
-            ]);
+            rights.publish(upstream_kinds(role.name()).into_iter().map(published));
             rights.publish(checkout::ENDPOINTS.iter().map(|e| e.subject.to_owned()));
         }
         Role::Warehouse => {
-            rights.publish([
-                published(EventKind::StockReplenished),
-                inventory::STOCK_REPLENISH.subject.to_owned(),
-            ]);
+            rights.publish(upstream_kinds(role.name()).into_iter().map(published));
+            rights.publish([inventory::STOCK_REPLENISH.subject.to_owned()]);
         }
         Role::Operator => operator_rights(&mut rights),
         Role::Admin => {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use shop_events::api::service;
+use shop_events::api::{service, upstream};
 use shop_events::rights_names::inbox_prefix;
 
 /// Who connects: the three services, the two upstream systems, people operating the shop,
@@ -41,8 +41,8 @@ impl Role {
             Role::Checkout => service::CHECKOUT,
             Role::Inventory => service::INVENTORY,
             Role::Payment => service::PAYMENT,
-            Role::Storefront => "storefront",
-            Role::Warehouse => "warehouse",
+            Role::Storefront => upstream::STOREFRONT,
+            Role::Warehouse => upstream::WAREHOUSE,
             Role::Operator => "operator",
             Role::Admin => "admin",
         }

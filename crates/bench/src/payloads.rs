@@ -13,7 +13,7 @@ use shop_events::{
 use crate::BenchError;
 
 /// Where the bench's orders say they come from, like the harness's storefront.
-pub const STOREFRONT: &str = "storefront";
+pub const STOREFRONT: &str = shop_events::api::upstream::STOREFRONT;
 
 /// The skus the bench sells; two per order, so a reservation touches two stock records.
 pub const SKUS: [&str; 8] = [
@@ -127,8 +127,10 @@ impl Templates {
             .into_iter()
             .map(|event| {
                 let kind = event.kind();
-                // Every reaction is caused by an event of the saga, as in the services.
-                let envelope = Envelope::new("bench", event).caused_by(&placed.meta);
+                // Every reaction is caused by an event of the saga and comes from the
+                // service that publishes it, as in the shop.
+                let source = shop_events::rights_names::publishers(kind)[0];
+                let envelope = Envelope::new(source, event).caused_by(&placed.meta);
                 let body = String::from_utf8(envelope.to_json()).map_err(invalid)?;
                 Ok((kind, body))
             })

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::events::{Event, EventKind, CURRENT_MAJOR};
+use crate::rights_names::publishers;
 use crate::subjects::parse_event_subject;
 use crate::DecodeError;
 
@@ -108,6 +109,23 @@ impl Envelope {
 
     pub fn kind(&self) -> EventKind {
         self.event.kind()
+    }
+
+    /// Whether this kind of event may come from its `source` ([`publishers`]); consumers
+    /// dead-letter one that may not, so a storefront cannot announce a capture.
+    ///
+    /// Kept out of [`decode`] on purpose: the operators' tools (trace, audit) read what
+    /// the streams hold, forgeries included, and must still show them.
+    pub fn check_source(&self) -> Result<(), DecodeError> {
+        let allowed = publishers(self.kind());
+        if allowed.contains(&self.meta.source.as_str()) {
+            return Ok(());
+        }
+        Err(DecodeError::UnexpectedSource {
+            event: self.kind().name(),
+            claimed: crate::problem::printable(self.meta.source.clone()),
+            expected: allowed.join(" or "),
+        })
     }
 
     pub fn subject(&self) -> String {

@@ -36,6 +36,14 @@ pub enum DecodeError {
         attribute: String,
         data: String,
     },
+    #[error("`{event}` comes only from {expected}, not from source `{claimed}`")]
+    UnexpectedSource {
+        event: &'static str,
+        /// The `source` attribute the event carries (a field called `source` would be
+        /// taken by thiserror for the error's cause).
+        claimed: String,
+        expected: String,
+    },
     #[error("invalid {kind} `{value}`: {reason}")]
     InvalidId {
         kind: &'static str,

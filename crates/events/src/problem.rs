@@ -47,7 +47,7 @@ const MAX_PROBLEM_TEXT: usize = 200;
 
 /// Problems quote what they were sent: control characters become spaces (a line break
 /// in a reply header or an event breaks its reader) and the text is cut to a sentence.
-fn printable(text: String) -> String {
+pub(crate) fn printable(text: String) -> String {
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

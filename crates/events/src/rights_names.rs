@@ -5,8 +5,46 @@
 //! `shop-auth` turns these into nats-server allow lists; keeping them here means the
 //! rights follow the contract when it changes instead of drifting in a second place.
 
-use crate::api::service;
+use crate::api::{service, upstream};
+use crate::events::EventKind;
 use crate::stream::Domain;
+
+/// The sources that may publish `kind`, which is also who holds the right to publish it.
+///
+/// A service's own reactions come from that service alone. The three upstream kinds come
+/// from their upstream system, or from the service endpoint that publishes them on its
+/// behalf (`checkout.orders.place|cancel`, `inventory.stock.replenish`). A consumer
+/// dead-letters an event whose `source` is not listed (`Envelope::check_source`): with
+/// least privilege the server already refuses such a publish, and without it (a shop run
+/// with auth off, or a leaked key of another role) the check still stops a storefront from
+/// announcing a capture. A new upstream system is added here, in the versioned contract.
+pub fn publishers(kind: EventKind) -> &'static [&'static str] {
+    match kind {
+        EventKind::OrderPlaced | EventKind::OrderCancellationRequested => {
+            &[upstream::STOREFRONT, service::CHECKOUT]
+        }
+        EventKind::StockReplenished => &[upstream::WAREHOUSE, service::INVENTORY],
+        EventKind::OrderRejected | EventKind::OrderConfirmed | EventKind::OrderCancelled => {
+            &[service::CHECKOUT]
+        }
+        EventKind::StockReserved
+        | EventKind::StockReservationFailed
+        | EventKind::StockReleased
+        | EventKind::StockCommitted => &[service::INVENTORY],
+        EventKind::PaymentCaptured | EventKind::PaymentDeclined | EventKind::PaymentRefunded => {
+            &[service::PAYMENT]
+        }
+    }
+}
+
+/// The kinds an upstream system publishes (empty for a name the contract does not know).
+pub fn upstream_kinds(system: &str) -> Vec<EventKind> {
+    EventKind::ALL
+        .iter()
+        .copied()
+        .filter(|k| !service::ALL.contains(&system) && publishers(*k).contains(&system))
+        .collect()
+}
 
 /// The one domain whose events `service` publishes (its outbox, its endpoints that publish,
 /// the dead letters it replays); `None` for a name that is not a shop service.
@@ -64,6 +102,30 @@ mod tests {
             service::INVENTORY => "inventory",
             _ => "payments",
         }
+    }
+
+    #[test]
+    fn a_service_publishes_only_its_own_domain_and_upstream_systems_only_their_kinds() {
+        for kind in EventKind::ALL.iter().copied() {
+            for source in publishers(kind) {
+                if let Some(domain) = published_domain(source) {
+                    assert_eq!(domain.token(), kind.domain(), "{source} publishes {kind:?}");
+                }
+            }
+        }
+        assert_eq!(
+            upstream_kinds(upstream::STOREFRONT),
+            [
+                EventKind::OrderPlaced,
+                EventKind::OrderCancellationRequested
+            ]
+        );
+        assert_eq!(
+            upstream_kinds(upstream::WAREHOUSE),
+            [EventKind::StockReplenished]
+        );
+        assert!(upstream_kinds(service::PAYMENT).is_empty());
+        assert!(upstream_kinds("mallory").is_empty());
     }
 
     #[test]

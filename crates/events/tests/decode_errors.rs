@@ -448,3 +448,43 @@ fn an_order_that_breaks_the_rules_still_decodes() {
     };
     assert!(order.validate().is_err());
 }
+
+#[test]
+fn an_event_from_a_source_that_does_not_publish_its_kind_fails_the_source_check() {
+    // It decodes (trace and audit must still show a forgery), and the check refuses it.
+    for kind in EventKind::ALL.iter().copied() {
+        let allowed = rights_names::publishers(kind);
+        for source in allowed {
+            let envelope = Envelope::new(source, common::sample(kind));
+            assert_eq!(envelope.check_source(), Ok(()), "{kind:?} from {source}");
+        }
+        for forger in ["mallory", "storefront", "warehouse", "checkout", "payment"] {
+            if allowed.contains(&forger) {
+                continue;
+            }
+            let forged = Envelope::new(forger, common::sample(kind));
+            let decoded = decode(&forged.subject(), &forged.to_json()).expect("it decodes");
+            assert!(
+                matches!(
+                    decoded.check_source(),
+                    Err(DecodeError::UnexpectedSource { event, ref claimed, .. })
+                        if event == kind.name() && claimed == forger
+                ),
+                "{kind:?} from {forger}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_source_with_a_line_break_is_quoted_printably_in_the_refusal() {
+    let mut json = order_placed_json();
+    json["source"] = json!("evil\r\nNats-Msg-Id: x");
+    let decoded = decode_json(ORDER_PLACED_SUBJECT, &json).expect("it decodes");
+    match decoded.check_source() {
+        Err(DecodeError::UnexpectedSource { claimed, .. }) => {
+            assert!(!claimed.chars().any(char::is_control), "{claimed:?}")
+        }
+        other => panic!("expected UnexpectedSource, got {other:?}"),
+    }
+}

@@ -24,7 +24,7 @@ use crate::wait::eventually;
 use crate::HarnessError;
 
 /// Where the storefront's events say they come from.
-pub const STOREFRONT: &str = "storefront";
+pub const STOREFRONT: &str = shop_events::api::upstream::STOREFRONT;
 
 /// An order of `lines` (sku, quantity, unit price) paid with `token`, total computed.
 pub fn order(order_id: &str, lines: &[(&str, i64, i64)], token: &str) -> OrderPlaced {
@@ -66,7 +66,7 @@ pub async fn replenish(
         reason: e.to_string(),
     })?;
     let envelope = Envelope::new(
-        "warehouse",
+        shop_events::api::upstream::WAREHOUSE,
         Event::StockReplenished(StockReplenished { sku, quantity }),
     );
     publish_event(js, &envelope).await?;

@@ -40,6 +40,15 @@ pub struct StoredEvent {
     pub decoded: Result<Envelope, DecodeError>,
 }
 
+/// What the services make of a message: the event, or why they dead-letter it, its
+/// `source` included. Trace and audit take the services' verdict, so a forgery the
+/// services refused shows as refused and is never judged as a fact of the books.
+pub fn accepted(subject: &str, payload: &[u8]) -> Result<Envelope, DecodeError> {
+    let envelope = shop_events::decode(subject, payload)?;
+    envelope.check_source()?;
+    Ok(envelope)
+}
+
 impl StoredEvent {
     /// The event, if the message decoded.
     pub fn envelope(&self) -> Option<&Envelope> {
@@ -115,7 +124,7 @@ pub async fn events_about(js: &Context, key: &str) -> Result<Vec<StoredEvent>, O
             found.push(StoredEvent {
                 stream: name.to_owned(),
                 sequence: message.sequence,
-                decoded: shop_events::decode(&subject, &message.payload),
+                decoded: accepted(&subject, &message.payload),
                 subject,
                 stored_at: message.time,
                 headers: message.headers,
@@ -195,7 +204,7 @@ pub async fn read_event_stream(js: &Context, name: &str) -> Result<Vec<StoredEve
         .map(|raw| StoredEvent {
             stream: name.to_owned(),
             sequence: raw.sequence,
-            decoded: shop_events::decode(&raw.subject, &raw.payload),
+            decoded: accepted(&raw.subject, &raw.payload),
             subject: raw.subject,
             stored_at: raw.stored_at,
             headers: raw.headers.unwrap_or_default(),

@@ -134,9 +134,13 @@ pub fn consumer_spec(
     spec
 }
 
-/// Decodes a consumed message with the contract's checks; the error text is the dead-letter reason.
+/// Decodes a consumed message with the contract's checks, its `source` included; the error
+/// text is the dead-letter reason.
 pub fn decode_incoming(message: &Incoming<'_>) -> Result<Envelope, String> {
-    shop_events::decode(message.subject, message.payload).map_err(|e| e.to_string())
+    let envelope =
+        shop_events::decode(message.subject, message.payload).map_err(|e| e.to_string())?;
+    envelope.check_source().map_err(|e| e.to_string())?;
+    Ok(envelope)
 }
 
 /// The span every handled event runs in.

@@ -61,6 +61,16 @@ pub mod service {
     pub const ALL: [&str; 3] = [CHECKOUT, INVENTORY, PAYMENT];
 }
 
+/// The upstream systems the contract knows, by the name they use as an event's `source`
+/// and as their NATS identity: the storefront places and cancels orders, the warehouse
+/// replenishes stock (`rights_names::publishers` says which kinds each may publish).
+pub mod upstream {
+    pub const STOREFRONT: &str = "storefront";
+    pub const WAREHOUSE: &str = "warehouse";
+    /// Every upstream system.
+    pub const ALL: [&str; 2] = [STOREFRONT, WAREHOUSE];
+}
+
 /// Every endpoint of every service, for docs, permissions and tests.
 pub fn all_endpoints() -> Vec<Endpoint> {
     let mut all = Vec::new();
@@ -84,8 +94,12 @@ impl OrderRef {
     }
 }
 
-/// A request with no fields (`{}`); unknown fields are ignored.
+/// A request with no fields: `{}`, or no body at all (`parse_request` reads an empty body
+/// and `null` as `{}`). A field is refused with a 400, unlike the other requests, which
+/// ignore fields they do not know: an endpoint that takes nothing has nothing to grow
+/// into, and a caller who sends `{"sku": …}` to a list endpoint has the wrong endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Empty {}
 
 #[cfg(test)]

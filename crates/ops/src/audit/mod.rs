@@ -153,7 +153,7 @@ pub struct AuditCounts {
     pub events_by_stream: BTreeMap<String, usize>,
     /// Messages whose event id was seen before (at-least-once redeliveries); counted once.
     pub duplicate_events: usize,
-    /// Messages the contract refuses; the services dead-letter them.
+    /// Messages the contract refuses (their `source` included); the services dead-letter them.
     pub undecodable_events: usize,
     pub orders: usize,
     pub confirmed: usize,

@@ -131,7 +131,7 @@ impl Shop {
         self.events.push(StoredEvent {
             stream: stream.to_owned(),
             sequence: *sequence,
-            decoded: shop_events::decode(&subject, &payload),
+            decoded: crate::reader::accepted(&subject, &payload),
             subject,
             stored_at: self.clock,
             headers: HeaderMap::new(),
@@ -140,9 +140,12 @@ impl Shop {
         self.clock += Duration::from_millis(1);
     }
 
-    /// Stores an event and touches no view: on its own, a forged event.
+    /// Stores an event and touches no view: on its own, a forged event (from the source that
+    /// may publish it, as a bug or a leaked key in that service would send it).
     fn record(mut self, event: impl Into<Event>) -> Shop {
-        let envelope = Envelope::new("test", event.into());
+        let event = event.into();
+        let source = shop_events::rights_names::publishers(event.kind())[0];
+        let envelope = Envelope::new(source, event);
         let stream = envelope.kind().stream();
         self.store(stream, envelope.subject(), envelope.to_json().into());
         self
@@ -777,6 +780,38 @@ fn redelivered_events_count_once() {
 #[test]
 fn an_undecodable_message_is_counted_not_judged() {
     let verdict = judge(Shop::new().stocked(SKU, 5).paid_order("o-1").undecodable());
+    verdict.passes();
+    assert_eq!(verdict.counts().undecodable_events, 1);
+}
+
+#[test]
+fn a_capture_from_a_source_that_does_not_publish_captures_is_counted_as_refused_not_judged() {
+    // The same second capture that `captured_under_two_payment_ids` judges a double
+    // capture, but claimed by the storefront: the services dead-letter it, so the books
+    // must not count it either.
+    let mut shop = Shop::new()
+        .stocked(SKU, 5)
+        .placed("o-1")
+        .reserved("o-1")
+        .captured("o-1")
+        .confirmed("o-1")
+        .committed("o-1");
+    let forged = Envelope::new(
+        "storefront",
+        PaymentCaptured {
+            order_id: order_id("o-1"),
+            payment_id: payment_id("pay_again"),
+            amount: Money(PRICE),
+            currency: eur(),
+        }
+        .into(),
+    );
+    shop.store(
+        forged.kind().stream(),
+        forged.subject(),
+        forged.to_json().into(),
+    );
+    let verdict = judge(shop);
     verdict.passes();
     assert_eq!(verdict.counts().undecodable_events, 1);
 }
