@@ -80,29 +80,37 @@ pub struct Sweep {
 /// Feeds `DeadlinePassed` to every order whose indexed deadline is at or before
 /// `ctx.now_ms`, in one transaction (see `Store::apply_batch` for why that matters).
 pub fn sweep_due(store: &Store, trees: Trees, ctx: &Ctx, ownership: &Ownership) -> Sweep {
-    let due: Vec<Vec<u8>> = store
+    // The entries of partitions another instance holds stay in the index (the partition's
+    // restore rewrites them if it comes back) and are passed over *before* the cap: were
+    // they counted, a few hundred of them at the front of the index would fill every
+    // sweep and no held order would ever time out.
+    let mut due: Vec<(Vec<u8>, shop_events::OrderId)> = Vec::new();
+    for key in store
         .tree(trees.deadlines)
         .range(..(ctx.now_ms.max(0) as u64 + 1).to_be_bytes().to_vec())
         .keys()
-        .take(SWEEP_MAX)
         .filter_map(Result::ok)
-        .map(|k| k.to_vec())
-        .collect();
-    // Per partition: one transaction may only touch one partition's orders, and an
-    // order whose partition another instance holds is that instance's to cancel.
-    let mut owed: std::collections::BTreeMap<u32, Vec<(&Vec<u8>, shop_events::OrderId)>> =
-        std::collections::BTreeMap::new();
-    for key in &due {
-        match split_time_key(key).and_then(|(_, id)| shop_events::OrderId::parse(id).ok()) {
-            Some(order_id) if ownership.holds(order_id.as_str()) => owed
-                .entry(ownership.partition(order_id.as_str()))
-                .or_default()
-                .push((key, order_id)),
+    {
+        match split_time_key(&key).and_then(|(_, id)| shop_events::OrderId::parse(id).ok()) {
+            Some(order_id) if ownership.holds(order_id.as_str()) => {
+                due.push((key.to_vec(), order_id));
+                if due.len() == SWEEP_MAX {
+                    break;
+                }
+            }
             Some(_) => {}
             None => {
-                let _ = store.tree(trees.deadlines).remove(key);
+                let _ = store.tree(trees.deadlines).remove(&key);
             }
         }
+    }
+    // Per partition: one transaction may only touch one partition's orders.
+    let mut owed: std::collections::BTreeMap<u32, Vec<(&Vec<u8>, shop_events::OrderId)>> =
+        std::collections::BTreeMap::new();
+    for (key, order_id) in &due {
+        owed.entry(ownership.partition(order_id.as_str()))
+            .or_default()
+            .push((key, order_id.clone()));
     }
     let mut handled = 0;
     for (_, owed) in owed {
@@ -271,6 +279,33 @@ mod tests {
             sweep_due(&store, trees, &ctx(&clock), &Ownership::everything()),
             Sweep::default(),
             "nothing left to sweep"
+        );
+    }
+
+    #[test]
+    fn deadlines_of_partitions_held_elsewhere_do_not_crowd_out_a_held_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, trees) = open_store(dir.path());
+        let clock = ManualClock::at(1_000_000);
+        // More due deadlines than one sweep takes, all ahead of the held order's and all
+        // in a partition another instance holds (left in the index when it moved away).
+        let elsewhere = SWEEP_MAX + 10;
+        for n in 0..elsewhere {
+            place(&store, trees, &format!("o-away-{n:04}"), &clock);
+        }
+        clock.advance(Duration::from_millis(1));
+        place(&store, trees, "o-held", &clock);
+        clock.advance(DEADLINE);
+        let ownership = Ownership::fixed([0], |id: &str| u32::from(id != "o-held"));
+
+        let sweep = sweep_due(&store, trees, &ctx(&clock), &ownership);
+        assert_eq!(sweep, Sweep { due: 1, handled: 1 });
+        assert!(timed_out(&store, trees, "o-held"));
+        assert!(!timed_out(&store, trees, "o-away-0000"));
+        assert_eq!(
+            store.tree(trees.deadlines).len(),
+            elsewhere,
+            "the other partition's deadlines stay for its owner"
         );
     }
 

@@ -94,11 +94,13 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                 .tree(this.trees.work)
                 .iter()
                 .keys()
-                .take(1024)
                 .filter_map(Result::ok)
                 .filter_map(|k| OrderId::parse(String::from_utf8_lossy(&k).into_owned()).ok())
                 // Another instance's partition: its calls are that instance's to make.
+                // Filtered before the cap, or a thousand entries of partitions held
+                // elsewhere would fill every sweep and starve the held ones.
                 .filter(|order_id| this.ownership.holds(order_id.as_str()))
+                .take(1024)
                 .collect();
             let answers: Vec<(OrderId, Input)> = futures::stream::iter(keys.clone())
                 .map(|order_id| {

@@ -143,6 +143,9 @@ impl Holding {
 #[derive(Clone)]
 pub struct Ownership {
     ready: Option<watch::Receiver<BTreeMap<u32, ReadyPartition>>>,
+    /// A fixed set of partitions held without a lease ([`Ownership::fixed`]); `None` when
+    /// the group decides (or for an instance that owns everything).
+    fixed: Option<Arc<std::collections::BTreeSet<u32>>>,
     bucket: Option<StateBucket>,
     partition_of: Arc<dyn Fn(&str) -> u32 + Send + Sync>,
 }
@@ -160,6 +163,7 @@ impl Ownership {
     pub fn of(host: &Host, entities: Arc<dyn Entities>) -> Ownership {
         Ownership {
             ready: host.ready_partitions(),
+            fixed: None,
             bucket: host.state_bucket(),
             partition_of: Arc::new(move |e: &str| entities.partition(e)),
         }
@@ -169,8 +173,23 @@ impl Ownership {
     pub fn everything() -> Ownership {
         Ownership {
             ready: None,
+            fixed: None,
             bucket: None,
             partition_of: Arc::new(|_| 0),
+        }
+    }
+
+    /// An instance that holds exactly `held`, with no lease and no fence: for the unit
+    /// tests of workers that must pass over the entities of partitions held elsewhere.
+    pub fn fixed(
+        held: impl IntoIterator<Item = u32>,
+        partition_of: impl Fn(&str) -> u32 + Send + Sync + 'static,
+    ) -> Ownership {
+        Ownership {
+            ready: None,
+            fixed: Some(Arc::new(held.into_iter().collect())),
+            bucket: None,
+            partition_of: Arc::new(partition_of),
         }
     }
 
@@ -180,6 +199,13 @@ impl Ownership {
 
     /// Whether (and under which fence) this instance may work on `entity` now.
     pub fn holding(&self, entity: &str) -> Holding {
+        if let Some(fixed) = &self.fixed {
+            return if fixed.contains(&self.partition(entity)) {
+                Holding::Everything
+            } else {
+                Holding::Elsewhere
+            };
+        }
         let Some(ready) = &self.ready else {
             return Holding::Everything;
         };
@@ -196,6 +222,9 @@ impl Ownership {
 
     /// The partitions held now (every one, for an instance that owns everything).
     pub fn held(&self) -> Option<Vec<u32>> {
+        if let Some(fixed) = &self.fixed {
+            return Some(fixed.iter().copied().collect());
+        }
         self.ready
             .as_ref()
             .map(|r| r.borrow().keys().copied().collect())
