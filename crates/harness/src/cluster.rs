@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
+use futures::TryStreamExt;
 use shop_auth::Role;
 use shop_runtime::connect::NatsConfig;
 use tempfile::TempDir;
@@ -387,6 +388,32 @@ impl NatsCluster {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The name of every stream on the cluster: the shop's, and the `KV_…` streams behind
+    /// its KV buckets (partition leases, state changelogs), which need a quorum as much.
+    pub async fn stream_names(&self) -> Result<Vec<String>, HarnessError> {
+        let js = self.jetstream().await?;
+        let mut names: Vec<String> = js
+            .stream_names()
+            .try_collect()
+            .await
+            .map_err(|e| HarnessError::JetStream(format!("listing streams: {e}")))?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// [`NatsCluster::wait_stream_ready`] for every stream on the cluster, one after the
+    /// other: what a test waits for after a node comes back, before it touches the next.
+    pub async fn wait_every_stream_ready(&self) -> Result<Vec<String>, HarnessError> {
+        let names = eventually(STREAM_READY_TIMEOUT, "the list of streams", || async {
+            self.stream_names().await.ok()
+        })
+        .await?;
+        for name in &names {
+            self.wait_stream_ready(name).await?;
+        }
+        Ok(names)
     }
 
     fn node(&self, node: NodeId) -> &Node {
