@@ -2,7 +2,8 @@
 //! restarts, every crash point fires and hostile input arrives; then the books must balance.
 //!
 //! `SHOP_CHAOS_ORDERS` makes it longer (the long run in docs/RELIABILITY.md uses 5000) and
-//! `SHOP_CHAOS_SEED` shakes it differently;
+//! `SHOP_CHAOS_SEED` shakes it differently; `SHOP_CHAOS_INSTANCES` sets the instances of
+//! checkout and payment beside their first (1 by default: two, scaled to three and back);
 //! `shop chaos` runs the same scenario from the command line with a full report.
 
 use std::path::Path;
@@ -28,6 +29,12 @@ async fn the_books_balance_after_kills_broker_restarts_crash_points_and_hostile_
         .and_then(|v| v.parse().ok())
     {
         opts.seed = seed;
+    }
+    if let Some(n) = std::env::var("SHOP_CHAOS_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.instances = n;
     }
     let mut out = Vec::new();
     let result = run(opts.clone(), &mut out).await;
@@ -73,5 +80,19 @@ async fn the_books_balance_after_kills_broker_restarts_crash_points_and_hostile_
         "services were killed"
     );
     assert_eq!(report.broker_restarts, opts.broker_restarts);
+    if opts.instances > 0 {
+        // The extra instances were killed too, and the group grew and shrank.
+        assert!(
+            report.kills.keys().any(|name| name.ends_with("-2")),
+            "named instances were killed: {:?}",
+            report.kills
+        );
+        assert!(
+            report.scale_ups > 0 && report.scale_downs > 0,
+            "scaled up {} and down {}",
+            report.scale_ups,
+            report.scale_downs
+        );
+    }
     Ok(())
 }
