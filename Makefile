@@ -98,6 +98,19 @@ run: nats-server auth
 	@echo "  nats --nkey $(AUTH_DIR)/operator.nk --inbox-prefix _INBOX_operator …  and  $(SHOP_FAST) --auth-dir $(AUTH_DIR) …"
 	NATS_URL="$(NATS_URL)" $(SHOP_FAST) --auth-dir $(AUTH_DIR) run
 
+# The shop on a local 3-node JetStream cluster (README.md, "Run on a 3-node cluster"):
+# the nodes of deploy/nats-cluster/ secured like `make run`, a wait for the meta leader,
+# then `shop run --replicas 3` against all three; Ctrl-C stops the shop, then the nodes.
+# `make run-cluster-check`, from another terminal, pings the services, steps the ORDERS
+# leader down and sees an order through (tests/cluster.rs, #[ignore]d in make test).
+.PHONY: run-cluster run-cluster-check
+run-cluster: nats-server auth
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" SHOP_BIN=$(SHOP_FAST) scripts/run-cluster.sh
+
+run-cluster-check:
+	cargo test -p shop --no-default-features --test cluster -- --ignored --exact \
+		the_shop_make_run_cluster_started_answers_and_takes_an_order_across_a_step_down
+
 # The bench (shop-lab) starts its own nats-server and runs the service binaries as
 # processes, so all of them are built in release (the LTO profile) first.
 bench: nats-server
