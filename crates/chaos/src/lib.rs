@@ -5,6 +5,13 @@
 //!
 //! Every number the reliability report needs comes back in [`ChaosReport`].
 
+mod broker;
+
+pub use broker::{BrokerFaults, Topology};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use broker::Broker;
 use shop_events::api::checkout::OrderStatus;
 use shop_events::subjects::{event_subject, EVENT_STREAMS};
 use std::collections::BTreeMap;
@@ -21,8 +28,8 @@ use shop_events::{Envelope, Event, EventKind};
 use shop_harness::scenario::{order, order_status, STOREFRONT};
 use shop_harness::shop::SimulatorConfig;
 use shop_harness::{
-    connect, declare_streams, eventually, publish_event, publish_raw, HarnessError, Mode,
-    NatsServer, Service, Shop, ShopConfig,
+    connect, declare_streams, eventually, publish_event, publish_raw, HarnessError, Mode, Service,
+    Shop, ShopConfig,
 };
 use shop_ops::{audit, AuditOptions, AuditReport};
 use shop_runtime::crashpoint;
@@ -75,6 +82,9 @@ pub struct ChaosOptions {
     /// 0 runs one instance of each. With extras, kills pick any instance, and the run
     /// also scales each of the two services up by one more instance and back down.
     pub instances: usize,
+    /// One server, or a three-node cluster with R3 streams whose nodes are killed and
+    /// frozen (then each broker fault is a node fault).
+    pub topology: Topology,
 }
 
 impl ChaosOptions {
@@ -96,6 +106,7 @@ impl ChaosOptions {
             // Two instances of checkout and payment, scaled to three and back: the
             // partitioned runtime under the same faults (docs/RELIABILITY.md).
             instances: 1,
+            topology: Topology::Single,
         }
     }
 }
@@ -109,7 +120,17 @@ pub struct ChaosReport {
     /// Instances started (scale up) and stopped with SIGTERM (scale down, a handover).
     pub scale_ups: u32,
     pub scale_downs: u32,
+    /// Broker faults of any kind (restarts of the one server, or node kills and freezes).
     pub broker_restarts: u32,
+    /// The broker faults by kind, with the stream leader changes they caused.
+    pub broker_faults: BrokerFaults,
+    /// Upstream publishes that had to be sent again (no PubAck in time, no leader) with
+    /// the same `Nats-Msg-Id`.
+    pub publish_retries: u64,
+    /// The longest time from an order's `OrderPlaced` to its outcome, as the ORDERS
+    /// stream stored them, and which order that was.
+    pub longest_wait_ms: u128,
+    pub longest_wait_order: String,
     /// Orders placed during the payment outage, all past their deadline before payment returned.
     pub expiring_orders: usize,
     pub crashpoint_hits: BTreeMap<String, u32>,
@@ -139,18 +160,23 @@ pub async fn run(
 ) -> Result<ChaosReport, ChaosError> {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut server = NatsServer::start().await?;
-    let client = connect(&server.url()).await?;
+    let mut broker = Broker::start(opts.topology).await?;
+    let mut broker_faults = BrokerFaults::default();
+    let retries = AtomicU64::new(0);
+    let client = connect(&broker.url()).await?;
     let js = jetstream::new(client.clone());
-    declare_streams(&js).await?;
+    if opts.topology == Topology::Single {
+        declare_streams(&js).await?;
+    }
     let points: Vec<String> = crash_points()
         .iter()
         .map(|p| format!("{p}:{}", opts.crash_probability))
         .collect();
     let base_points = points.join(",");
     let mut shop = Shop::start(
-        &server.url(),
+        &broker.url(),
         ShopConfig {
+            stream_replicas: opts.topology.replicas(),
             mode: Mode::Processes {
                 bin_dir: opts.bin_dir.clone(),
             },
@@ -166,10 +192,12 @@ pub async fn run(
         },
     )
     .await?;
+    broker.wait_ready().await?;
     let _ = writeln!(
         out,
-        "chaos: {} orders, data in {}",
+        "chaos: {} orders on {:?}, data in {}",
         opts.orders,
+        opts.topology,
         shop.data_dir().display()
     );
     // Named instances of the services that scale out; the last name of each is the one
@@ -232,8 +260,12 @@ pub async fn run(
                 let id = format!("chaos-{}-expiring-{k}", opts.seed);
                 let sku = format!("chaos-sku-{}", rng.gen_range(0..SKUS));
                 let placed = order(&id, &[(&sku, 1, 700)], "tok_visa");
-                publish_with_retry(&js, &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)))
-                    .await?;
+                publish_with_retry(
+                    &js,
+                    &retries,
+                    &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)),
+                )
+                .await?;
                 expiring_ids.push(id);
             }
             // Poll with a deadline rather than `eventually`: crashed services must be revived meanwhile.
@@ -294,17 +326,21 @@ pub async fn run(
             )
         };
         let envelope = Envelope::new(STOREFRONT, Event::OrderPlaced(placed.clone()));
-        publish_with_retry(&js, &envelope).await?;
+        publish_with_retry(&js, &retries, &envelope).await?;
         placed_ids.push(id.clone());
         if rng.gen::<f64>() < opts.duplicate_share {
             duplicates += 1;
             if rng.gen_bool(0.5) {
                 // The same event again (same id): JetStream's window drops it.
-                publish_with_retry(&js, &envelope).await?;
+                publish_with_retry(&js, &retries, &envelope).await?;
             } else {
                 // The same order with a new event id: the services' state makes it a no-op.
-                publish_with_retry(&js, &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)))
-                    .await?;
+                publish_with_retry(
+                    &js,
+                    &retries,
+                    &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)),
+                )
+                .await?;
             }
         }
         if rng.gen::<f64>() < 0.06 {
@@ -321,7 +357,7 @@ pub async fn run(
                     reason: "chaos".into(),
                 }),
             );
-            publish_with_retry(&js, &cancel).await?;
+            publish_with_retry(&js, &retries, &cancel).await?;
         }
         if last_kill.elapsed() >= opts.kill_every {
             let pick = rng.gen_range(0..3 + named.len());
@@ -368,10 +404,16 @@ pub async fn run(
                 shop.start_instance(*service, name).await?;
             }
         }
+        if broker.tick(&mut broker_faults).await? {
+            let _ = writeln!(out, "chaos: node back after {n} orders: {broker_faults:?}");
+        }
         if restart_at.contains(&n) {
-            server.restart().await?;
+            broker.fault(broker_restarts, &mut broker_faults).await?;
             broker_restarts += 1;
-            let _ = writeln!(out, "chaos: broker restarted after {n} orders");
+            let _ = writeln!(
+                out,
+                "chaos: broker fault after {n} orders: {broker_faults:?}"
+            );
         }
         // Keep a few hundred orders in flight, not thousands: the point is faults, not overload.
         if n % 50 == 49 {
@@ -379,10 +421,12 @@ pub async fn run(
         }
     }
 
+    // A node still out comes back before the last phase: the books are read from a whole cluster.
+    broker.heal(&mut broker_faults).await?;
     let malformed_subjects = inject_hostile(&js, &opts, &mut rng).await?;
 
     // Force every crash point to fire at least once, so a short run still covers each window.
-    force_every_crashpoint(&mut shop, &js, &base_points, opts.seed, out).await?;
+    force_every_crashpoint(&mut shop, &js, &retries, &base_points, opts.seed, out).await?;
     // The storm is over: restart every service without crash points and let it settle.
     shop.set_crashpoints(None);
     for service in Service::ALL {
@@ -444,6 +488,7 @@ pub async fn run(
         }
     };
     let time_to_quiescence = quiesce_started.elapsed();
+    let (longest_wait, longest_wait_order) = longest_wait(&js).await?;
 
     let malformed_dead_lettered = count_dead_lettered(&js, &malformed_subjects).await?;
     let report = audit(
@@ -467,6 +512,10 @@ pub async fn run(
         scale_ups,
         scale_downs,
         broker_restarts,
+        broker_faults,
+        publish_retries: retries.load(Ordering::Relaxed),
+        longest_wait_ms: longest_wait.as_millis(),
+        longest_wait_order,
         expiring_orders: expiring_ids.len(),
         crashpoint_hits,
         duplicates_injected: duplicates,
@@ -481,15 +530,20 @@ pub async fn run(
 }
 
 /// Publishes, retrying through a broker restart (the Nats-Msg-Id keeps retries exact).
+/// Publishes as an upstream system must: the same event (same `Nats-Msg-Id`) again until
+/// JetStream acknowledges it, through restarts and elections; counts the retries.
 async fn publish_with_retry(
     js: &jetstream::Context,
+    retries: &AtomicU64,
     envelope: &Envelope,
 ) -> Result<(), ChaosError> {
     let mut last = None;
-    for _ in 0..50 {
+    // 30 s: longer than a cluster election after a lost leader.
+    for _ in 0..300 {
         match publish_event(js, envelope).await {
             Ok(_) => return Ok(()),
             Err(e) => {
+                retries.fetch_add(1, Ordering::Relaxed);
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -541,6 +595,7 @@ async fn inject_hostile(
 async fn force_every_crashpoint(
     shop: &mut Shop,
     js: &jetstream::Context,
+    retries: &AtomicU64,
     base: &str,
     seed: u64,
     out: &mut impl std::io::Write,
@@ -560,7 +615,12 @@ async fn force_every_crashpoint(
             shop_harness::scenario::replenish(js, "chaos-forced", 1).await?;
             let id = format!("chaos-{seed}-forced-{i}");
             let placed = order(&id, &[("chaos-forced", 1, 100)], "tok_visa");
-            publish_with_retry(js, &Envelope::new(STOREFRONT, Event::OrderPlaced(placed))).await?;
+            publish_with_retry(
+                js,
+                retries,
+                &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)),
+            )
+            .await?;
             let deadline = Instant::now() + Duration::from_secs(30);
             while !shop.has_exited(Service::Payment) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -697,6 +757,41 @@ async fn count_dead_lettered(
     Ok(injected.iter().filter(|i| seen.contains(i)).count())
 }
 
+/// The order that waited longest for its outcome, and how long: from its first
+/// `OrderPlaced` to its first `OrderConfirmed`, `OrderCancelled` or `OrderRejected`, by the
+/// times the ORDERS stream stored them (the broker's clock, so client pauses do not count).
+async fn longest_wait(js: &jetstream::Context) -> Result<(Duration, String), ChaosError> {
+    let events =
+        shop_ops::reader::read_event_stream(js, shop_events::subjects::ORDERS_STREAM).await?;
+    let mut placed = BTreeMap::new();
+    let mut settled = BTreeMap::new();
+    for e in &events {
+        let Some(envelope) = e.envelope() else {
+            continue;
+        };
+        let key = envelope.event.key().to_owned();
+        match envelope.kind() {
+            EventKind::OrderPlaced => {
+                placed.entry(key).or_insert(e.stored_at);
+            }
+            EventKind::OrderConfirmed | EventKind::OrderCancelled | EventKind::OrderRejected => {
+                settled.entry(key).or_insert(e.stored_at);
+            }
+            _ => {}
+        }
+    }
+    let mut longest = (Duration::ZERO, String::new());
+    for (order, at) in &settled {
+        if let Some(from) = placed.get(order) {
+            let waited = Duration::try_from(*at - *from).unwrap_or(Duration::ZERO);
+            if waited > longest.0 {
+                longest = (waited, order.clone());
+            }
+        }
+    }
+    Ok(longest)
+}
+
 /// The figures of a run as a short table, the way docs/RELIABILITY.md records them.
 pub fn print_summary(report: &ChaosReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
     writeln!(out, "orders driven            {}", report.orders)?;
@@ -707,7 +802,17 @@ pub fn print_summary(report: &ChaosReport, out: &mut impl std::io::Write) -> std
         "scaling                  {} up, {} down (SIGTERM, handover)",
         report.scale_ups, report.scale_downs
     )?;
-    writeln!(out, "broker restarts          {}", report.broker_restarts)?;
+    writeln!(
+        out,
+        "broker faults            {} {:?}",
+        report.broker_restarts, report.broker_faults
+    )?;
+    writeln!(out, "publish retries          {}", report.publish_retries)?;
+    writeln!(
+        out,
+        "longest order wait       {} ms ({})",
+        report.longest_wait_ms, report.longest_wait_order
+    )?;
     writeln!(out, "deadline expiries forced {}", report.expiring_orders)?;
     writeln!(out, "crash-point hits         {:?}", report.crashpoint_hits)?;
     writeln!(

@@ -66,8 +66,12 @@ enum Command {
         seed: u64,
         /// Extra instances of checkout and payment (0: one of each); with extras the run
         /// also scales each up by one more instance and back down.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 1)]
         instances: usize,
+        /// Run on a three-node cluster with R3 streams; each broker fault then kills or
+        /// freezes (past an election timeout) the node that leads ORDERS.
+        #[arg(long)]
+        cluster: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -117,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
             crash_probability,
             seed,
             instances,
+            cluster,
             json,
         } => {
             init_subscriber_with_default(cli.log_format, "warn");
@@ -126,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
             opts.crash_probability = crash_probability;
             opts.seed = seed;
             opts.instances = instances;
+            if cluster {
+                opts.topology = shop_chaos::Topology::Cluster;
+            }
             let report = if json {
                 shop_chaos::run(opts, &mut std::io::sink()).await?
             } else {
