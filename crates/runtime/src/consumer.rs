@@ -6,6 +6,12 @@
 //! [`Fence`]: the fence is checked before a batch is applied and again before it is
 //! acked, and a batch is acked only once the relay has published its events and stored
 //! its entities' changelog records — so a new owner restores everything an ack covers.
+//!
+//! When the service's own disk fails (a full disk), the store is faulted: the loop naks
+//! what it holds and stops pulling until the store has been reopened, so the messages
+//! wait in the stream instead of spending their deliveries. A consumer in trouble (its
+//! store faulted, pulls failing, heartbeats missed) for [`crate::stats::STALL_AFTER`]
+//! without progress is reported stalled in STATS and in a warn log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +20,7 @@ use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 
-use crate::ack::{ack_decision, AckAction, Outcome};
+use crate::ack::{ack_decision, AckAction, Outcome, NOT_DURABLE_DELAY};
 use crate::crashpoint;
 use crate::deadletter::{self, DeadLetter, DeadLetterTarget};
 use crate::group::Fence;
@@ -156,6 +162,7 @@ pub async fn run_consumer<H: EventHandler>(
             Ok(c) => c,
             Err(e) => {
                 ctx.stats.record_error(e.to_string());
+                trouble(&ctx, &spec, format!("cannot declare the consumer: {e}"));
                 tracing::warn!(error = %e, "consumer not ready; retrying in {retry:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
@@ -186,6 +193,7 @@ pub async fn run_consumer<H: EventHandler>(
             Ok(m) => m,
             Err(e) => {
                 ctx.stats.record_error(e.to_string());
+                trouble(&ctx, &spec, format!("cannot pull: {e}"));
                 tracing::warn!(error = %e, "cannot pull; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
@@ -194,7 +202,14 @@ pub async fn run_consumer<H: EventHandler>(
                 continue;
             }
         };
+        // The server answered: whatever troubled the consumer has passed.
+        if let Some(stuck) = ctx.stats.consumer_progress(&spec.durable) {
+            if stuck >= crate::stats::STALL_AFTER {
+                tracing::info!(consumer = %spec.durable, stream = %spec.stream, "consumer recovered after {stuck:?} in trouble");
+            }
+        }
         let mut chunks = messages.ready_chunks(spec.batch);
+        let mut store_faulted = false;
         loop {
             tokio::select! {
                 biased;
@@ -209,6 +224,7 @@ pub async fn run_consumer<H: EventHandler>(
                                 Ok(m) => batch.push(m),
                                 Err(e) => {
                                     ctx.stats.record_error(format!("pull: {e}"));
+                                    trouble(&ctx, &spec, format!("pull: {e}"));
                                     tracing::debug!(error = %e, stream = %spec.stream, "pull stream error");
                                     broken = true;
                                 }
@@ -216,7 +232,9 @@ pub async fn run_consumer<H: EventHandler>(
                         }
                         // Apply this batch while the previous one flushes; wait for that
                         // commit before starting this one's, so acks stay in order.
+                        store_faulted = ctx.store.fault().is_some();
                         let applied = match fence.as_ref().map(Fence::check) {
+                            _ if store_faulted => hand_back(batch, NOT_DURABLE_DELAY),
                             Some(Err(fenced)) => {
                                 // Not ours (any more): hand the messages back at once,
                                 // for the partition's owner.
@@ -236,19 +254,55 @@ pub async fn run_consumer<H: EventHandler>(
                             applied,
                             fence.clone(),
                         )));
-                        if broken {
-                            // Re-declare: the consumer may be gone after a broker restart without its store.
+                        if broken || store_faulted {
+                            // Re-declare: the consumer may be gone after a broker restart
+                            // without its store. Or stop pulling while the store is faulted.
                             break;
                         }
                     }
                 }
             }
         }
+        if store_faulted && !wait_for_store(&ctx, &spec, &mut shutdown).await {
+            break 'consume;
+        }
     }
     // The batch whose commit is under way is finished before the consumer stops.
     if let Some(last) = in_flight {
         let _ = last.await;
     }
+    ctx.stats.consumer_gone(&spec.durable);
+}
+
+/// Records that the consumer is in trouble; logs once when that has lasted long enough
+/// to count as a stall.
+fn trouble(ctx: &ConsumerCtx, spec: &ConsumerSpec, why: String) {
+    if let Some(stuck) = ctx.stats.consumer_trouble(&spec.durable, why.clone()) {
+        tracing::warn!(
+            consumer = %spec.durable,
+            stream = %spec.stream,
+            trouble = %why,
+            "consumer stalled: no progress for {stuck:?}"
+        );
+    }
+}
+
+/// How often a consumer paused by a storage fault looks whether the store recovered.
+const STORE_LOOK: Duration = Duration::from_millis(250);
+
+/// Waits, without pulling, until the store has left its storage fault (the host's
+/// store watch reopens it); `false` if shutdown came first.
+async fn wait_for_store(ctx: &ConsumerCtx, spec: &ConsumerSpec, shutdown: &mut Shutdown) -> bool {
+    tracing::warn!(consumer = %spec.durable, stream = %spec.stream, "store faulted; not pulling until it recovers");
+    while let Some(fault) = ctx.store.fault() {
+        trouble(ctx, spec, format!("store faulted: {}", fault.error));
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_LOOK) => {}
+            _ = shutdown.requested() => return false,
+        }
+    }
+    tracing::info!(consumer = %spec.durable, stream = %spec.stream, "store recovered; pulling again");
+    true
 }
 
 /// A message with the delivery count JetStream reported for it.
@@ -271,6 +325,11 @@ struct Applied {
 /// A batch pulled for a partition this instance does not hold: every message is nak'ed
 /// without delay, so the partition's owner gets it next.
 fn release_batch(batch: Vec<jetstream::Message>) -> Applied {
+    hand_back(batch, Duration::ZERO)
+}
+
+/// Every message of the batch nak'ed with `delay`, none applied.
+fn hand_back(batch: Vec<jetstream::Message>, delay: Duration) -> Applied {
     Applied {
         done: Vec::new(),
         decided: batch
@@ -281,7 +340,7 @@ fn release_batch(batch: Vec<jetstream::Message>) -> Applied {
                         message,
                         delivered: 1,
                     },
-                    AckAction::Nak(Duration::ZERO),
+                    AckAction::Nak(delay),
                 )
             })
             .collect(),
@@ -403,7 +462,14 @@ async fn commit_batch(
     for (delivery, action) in naks {
         carry_out(&ctx, &spec, delivery, action).await;
     }
-    let mut durable = committed == 0 || group_commit(&ctx, after_commit, committed).await;
+    let mut durable = if committed > 0 {
+        group_commit(&ctx, after_commit, committed).await
+    } else {
+        // Duplicates only: the inbox that said so may hold transactions not yet on disk
+        // (a flush that failed, with the store about to be reopened), so they are acked
+        // only once everything committed is durable.
+        done.is_empty() || ctx.store.flush().await.is_ok()
+    };
     if let (true, Some(fence), Some(entry)) = (durable, fence.as_ref(), entry) {
         // Ack only what a new owner would restore: the relay removes the entry once its
         // events are published and its entities' records stored.
@@ -413,6 +479,7 @@ async fn commit_batch(
             .await;
         durable = stored && fence.check().is_ok();
     }
+    let acked = done.len();
     for delivery in done {
         let outcome = if durable {
             Outcome::Applied
@@ -424,6 +491,9 @@ async fn commit_batch(
     }
     for (delivery, action) in parks {
         carry_out(&ctx, &spec, delivery, action).await;
+    }
+    if durable && acked > 0 {
+        ctx.stats.consumer_progress(&spec.durable);
     }
 }
 

@@ -38,6 +38,10 @@ pub enum RuntimeError {
     /// sled failed; see [`RuntimeError::is_transient`] for which of its faults pass.
     #[error("storage failed: {0}")]
     Storage(#[from] sled::Error),
+    /// The store is in a storage fault (see `store::StorageFault`) and refuses work
+    /// until it is reopened; the text is sled's I/O error.
+    #[error("storage is faulted until the disk takes writes again: {0}")]
+    StorageFaulted(String),
     /// The blocking task that flushes sled died before it finished.
     #[error("flush task failed: {0}")]
     FlushTask(#[from] tokio::task::JoinError),
@@ -133,6 +137,7 @@ impl RuntimeError {
             | RuntimeError::JetStream { .. }
             | RuntimeError::Publish { .. }
             | RuntimeError::FlushTask(_)
+            | RuntimeError::StorageFaulted(_)
             | RuntimeError::Service { .. }
             | RuntimeError::NoAnswer { .. }
             | RuntimeError::NoReplyWithin { .. }
@@ -149,6 +154,16 @@ impl RuntimeError {
             | RuntimeError::Restore(_) => false,
             RuntimeError::Group(e) => e.is_transient(),
         }
+    }
+
+    /// Whether this is the service's own disk failing (I/O, or the store waiting to be
+    /// reopened after such a failure): a fault of the service, not of the message, so
+    /// the consumer stops taking messages until the store has recovered.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Storage(sled::Error::Io(_)) | RuntimeError::StorageFaulted(_)
+        )
     }
 }
 
@@ -190,6 +205,9 @@ mod tests {
         assert!(!bug.is_transient());
         let unsupported = RuntimeError::from(sled::Error::Unsupported("no".to_owned()));
         assert!(!unsupported.is_transient());
+        let faulted = RuntimeError::StorageFaulted("No space left on device".to_owned());
+        assert!(faulted.is_transient() && faulted.is_storage_fault() && io.is_storage_fault());
+        assert!(!bug.is_storage_fault());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::partitions::{Manager, SpawnConsumer};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
 use crate::store::{Store, TreeId};
-use crate::streams::{declare_streams, StreamDecl};
+use crate::streams::{declare_streams_waiting, StreamDecl};
 use crate::RuntimeError;
 
 /// What a host needs to know about its service.
@@ -151,7 +151,7 @@ impl Host {
         )
         .await?;
         let js = jetstream::new(client.clone());
-        declare_streams(&js, &config.streams).await?;
+        declare_streams_waiting(&js, &config.streams, &shutdown).await?;
         let mut names = config.trees.clone();
         names.extend(config.extensions.iter().map(|e| e.tree));
         let (store, mut trees) = Store::open(&config.data_dir, &names)?;
@@ -176,7 +176,8 @@ impl Host {
             changelog,
             inner.clone(),
         ));
-        tokio::spawn(prune_inbox_periodically(store.clone(), inner));
+        tokio::spawn(prune_inbox_periodically(store.clone(), inner.clone()));
+        tokio::spawn(watch_store(store.clone(), stats.clone(), inner));
         if store.outbox_len() > 0 {
             tracing::info!(backlog = store.outbox_len(), service = %config.service, "draining outbox left by the previous run");
             waker.wake();
@@ -370,6 +371,65 @@ async fn prune_inbox_periodically(store: Arc<Store>, mut shutdown: Shutdown) {
             Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "pruned old inbox entries"),
             Ok(Err(e)) => tracing::warn!(error = %e, "inbox pruning failed"),
             _ => {}
+        }
+    }
+}
+
+/// How often the store watch looks for a storage fault, and the longest pause between
+/// its attempts to reopen the store.
+const STORE_WATCH: Duration = Duration::from_millis(250);
+const REOPEN_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// How often a lasting storage fault is logged again.
+const FAULT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Watches the store for a storage fault (a full disk): reports it in STATS and the log,
+/// and reopens the store once the disk takes writes again. Meanwhile the consumers nak
+/// and stop pulling, and the relay publishes nothing that is not on disk.
+async fn watch_store(store: Arc<Store>, stats: Arc<Stats>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_WATCH) => {}
+            _ = shutdown.requested() => return,
+        }
+        let Some(fault) = store.fault() else { continue };
+        stats.set_storage_fault(fault.error.clone(), fault.since_ms);
+        stats.record_error(format!("storage fault: {}", fault.error));
+        tracing::error!(
+            error = %fault.error,
+            "storage fault: nothing is applied or acked until the disk takes writes again; \
+             messages are nak'ed and wait in their streams"
+        );
+        let started = std::time::Instant::now();
+        let mut last_log = started;
+        let mut pause = Duration::from_millis(500);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.requested() => return,
+            }
+            let reopening = store.clone();
+            match tokio::task::spawn_blocking(move || reopening.reopen()).await {
+                Ok(Ok(_)) => {
+                    stats.clear_storage_fault();
+                    tracing::info!(
+                        faulted_for = ?started.elapsed(),
+                        outbox = store.outbox_len(),
+                        "storage recovered: the store was reopened; consuming again"
+                    );
+                    break;
+                }
+                Ok(Err(e)) if last_log.elapsed() >= FAULT_LOG_EVERY => {
+                    last_log = std::time::Instant::now();
+                    tracing::warn!(
+                        error = %e,
+                        faulted_for = ?started.elapsed(),
+                        "storage still faulted; trying again"
+                    );
+                }
+                Ok(Err(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "reopening the store died; trying again"),
+            }
+            pause = (pause * 2).min(REOPEN_PAUSE_MAX);
         }
     }
 }

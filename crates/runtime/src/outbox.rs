@@ -61,13 +61,27 @@ pub async fn run_relay(
     let mut backoff = Duration::from_millis(100);
     loop {
         match drain_once(&js, &store, &stats, changelog.as_ref()).await {
-            Ok(published) if published > 0 => {
-                backoff = Duration::from_millis(100);
-                continue;
+            Ok(published) => {
+                if let Some(fault) = stats.clear_publish_fault() {
+                    tracing::info!(
+                        since_ms = fault.since_ms,
+                        backlog = store.outbox_len(),
+                        "the relay publishes again"
+                    );
+                }
+                if published > 0 {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 stats.record_error(format!("outbox relay: {e}"));
+                // The store's own faults are the store watch's to report; anything else
+                // is the broker not taking what the relay publishes (a full JetStream
+                // store, say): the entries stay in the outbox until it does.
+                if !e.is_storage_fault() && stats.set_publish_fault(e.to_string()) {
+                    tracing::error!(error = %e, backlog = store.outbox_len(), "the relay cannot publish; the outbox keeps every entry until it can");
+                }
                 tracing::warn!(error = %e, backlog = store.outbox_len(), "outbox relay failed; retrying in {backoff:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}

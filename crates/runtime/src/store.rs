@@ -5,7 +5,7 @@
 //! the outgoing events reach NATS at least once because they sit in the outbox
 //! until the relay got their PubAck. Together: effects happen exactly once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -347,11 +347,36 @@ fn first_time(inbox: &TransactionalTree, key: Option<&str>, stamp: &[u8]) -> TxR
     Ok(true)
 }
 
-/// A service's sled database: inbox, outbox and the service's own trees.
-pub struct Store {
+/// The open sled database and its trees; replaced whole when the store is reopened
+/// after a storage fault ([`Store::reopen`]).
+struct Opened {
     db: Db,
     trees: Vec<Tree>,
+}
+
+/// A storage fault the store is in: sled reported an I/O error (a full disk, say).
+///
+/// sled 0.34 keeps the first I/O error of its log as a global error and refuses every
+/// later write with it, even once the disk has room again; only a fresh open clears it.
+/// So a faulted store refuses work itself (nothing applied to a database that cannot
+/// persist it can be acked) until [`Store::reopen`] succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageFault {
+    /// The error as sled reported it.
+    pub error: String,
+    /// When the fault was first seen, in ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+/// A service's sled database: inbox, outbox and the service's own trees.
+pub struct Store {
+    dir: PathBuf,
+    opened: std::sync::RwLock<Arc<Opened>>,
     names: Vec<String>,
+    // Set on the first sled I/O error, cleared by a successful reopen.
+    fault: std::sync::Mutex<Option<StorageFault>>,
+    // How many times the store was reopened after a fault.
+    reopens: std::sync::atomic::AtomicU64,
     // sled 0.34's flush_async deadlocks with many concurrent callers (sled #1308);
     // flushing through one lock in a blocking thread avoids it.
     flush_lock: Arc<tokio::sync::Mutex<()>>,
@@ -373,6 +398,42 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("trees", &self.names).finish()
     }
+}
+
+/// Opens the database `config` describes with the trees `names`.
+fn open_db(config: sled::Config, names: &[String]) -> Result<Opened, sled::Error> {
+    // Small on purpose: sled's RSS runs at 2–3× this figure, and what the services
+    // touch is recent (time-ordered ids put every new key at the right edge of its
+    // tree), so a bigger cache buys little and costs memory at 1M stored orders.
+    let db = config.cache_capacity(CACHE_BYTES).open()?;
+    let trees = names
+        .iter()
+        .map(|n| db.open_tree(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Opened { db, trees })
+}
+
+/// How much the space probe writes before a reopen: about what a group commit of a
+/// full batch needs, so a disk with only a few bytes free does not count as recovered.
+const SPACE_PROBE_BYTES: usize = 1024 * 1024;
+const SPACE_PROBE_FILE: &str = "space-probe.tmp";
+/// How often, and how far apart, a reopen tries to open the database again while the
+/// old one may still be closing.
+const REOPEN_ATTEMPTS: u32 = 40;
+const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Writes and syncs [`SPACE_PROBE_BYTES`] in `dir`, then removes them: whether the disk
+/// has room again.
+fn probe_space(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(SPACE_PROBE_FILE);
+    let written = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&vec![0u8; SPACE_PROBE_BYTES])?;
+        file.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    written
 }
 
 fn now_ms() -> u64 {
@@ -397,25 +458,17 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        let db = sled::Config::new()
-            .path(dir)
-            // Small on purpose: sled's RSS runs at 2–3× this figure, and what the services
-            // touch is recent (time-ordered ids put every new key at the right edge of its
-            // tree), so a bigger cache buys little and costs memory at 1M stored orders.
-            .cache_capacity(CACHE_BYTES)
-            .open()?;
         let mut names = vec![INBOX.to_owned(), OUTBOX.to_owned(), ENTITIES.to_owned()];
         names.extend(tree_names.iter().map(|n| (*n).to_owned()));
-        let trees = names
-            .iter()
-            .map(|n| db.open_tree(n))
-            .collect::<Result<Vec<_>, _>>()?;
+        let opened = open_db(sled::Config::new().path(dir), &names)?;
         let ids = (RUNTIME_TREES..names.len()).map(TreeId).collect();
         Ok((
             Store {
-                db,
-                trees,
+                dir: dir.to_owned(),
+                opened: std::sync::RwLock::new(Arc::new(opened)),
                 names,
+                fault: std::sync::Mutex::new(None),
+                reopens: std::sync::atomic::AtomicU64::new(0),
                 flush_lock: Arc::new(tokio::sync::Mutex::new(())),
                 committed: std::sync::atomic::AtomicU64::new(0),
                 durable: std::sync::atomic::AtomicU64::new(0),
@@ -441,15 +494,18 @@ impl Store {
     /// This database's random identity, created on first use: two owners of a partition
     /// tell from it whether the last one was this very store.
     pub fn store_id(&self) -> Result<String, RuntimeError> {
-        if let Some(id) = self.db.get(STORE_ID_KEY)? {
+        if let Some(id) = self.opened().db.get(STORE_ID_KEY)? {
             return Ok(String::from_utf8_lossy(&id).into_owned());
         }
         let id = format!("{:016x}", rand::random::<u64>());
-        let _ =
-            self.db
-                .compare_and_swap(STORE_ID_KEY, None as Option<&[u8]>, Some(id.as_bytes()))?;
-        self.db.flush()?;
+        let _ = self.opened().db.compare_and_swap(
+            STORE_ID_KEY,
+            None as Option<&[u8]>,
+            Some(id.as_bytes()),
+        )?;
+        self.opened().db.flush()?;
         Ok(self
+            .opened()
             .db
             .get(STORE_ID_KEY)?
             .map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -460,6 +516,7 @@ impl Store {
     /// over (restored it, or found it current); durable.
     pub fn partition_marker(&self, partition: u32) -> Result<Option<u64>, RuntimeError> {
         Ok(self
+            .opened()
             .db
             .get(format!("shop.partition.{partition}"))?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -468,22 +525,24 @@ impl Store {
 
     /// Records that taking `partition` over completed at epoch-record sequence `seq`.
     pub fn set_partition_marker(&self, partition: u32, seq: u64) -> Result<(), RuntimeError> {
-        self.db
+        self.opened()
+            .db
             .insert(format!("shop.partition.{partition}"), &seq.to_be_bytes())?;
-        self.db.flush()?;
+        self.opened().db.flush()?;
         Ok(())
     }
 
     /// Reads inside a transaction that writes nothing (a consistent view of several trees).
     pub fn read<T>(&self, work: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, ApplyError> {
         let result = self
+            .opened()
             .trees
             .as_slice()
             .transaction(|view| work(&Tx::new(view)));
         match result {
             Ok(value) => Ok(value),
             Err(TransactionError::Abort(abort)) => Err(abort.into()),
-            Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(e.into())),
+            Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(self.storage_error(e))),
         }
     }
 
@@ -493,9 +552,10 @@ impl Store {
         dedupe_key: Option<&str>,
         work: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<(Applied<T>, Option<u64>), ApplyError> {
+        self.check_fault()?;
         let stamp = now_ms().to_be_bytes();
         let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
-        let result = self.trees.as_slice().transaction(|view| {
+        let result = self.opened().trees.as_slice().transaction(|view| {
             if !first_time(&view[0], dedupe_key, &stamp)? {
                 return Ok((Applied::Duplicate, None));
             }
@@ -513,7 +573,7 @@ impl Store {
                 Ok(applied)
             }
             Err(TransactionError::Abort(abort)) => Err(abort.into()),
-            Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(e.into())),
+            Err(TransactionError::Storage(e)) => Err(ApplyError::Failed(self.storage_error(e))),
         }
     }
 
@@ -565,10 +625,16 @@ impl Store {
         dedupe_key: impl Fn(&I) -> Option<&str>,
         work: impl Fn(&Tx<'_>, &I) -> TxResult<T>,
     ) -> Vec<Result<(Applied<T>, Option<u64>), ApplyError>> {
+        if self.fault().is_some() {
+            return items
+                .iter()
+                .map(|_| Err(ApplyError::Failed(self.faulted_error())))
+                .collect();
+        }
         if items.len() > 1 {
             let stamp = now_ms().to_be_bytes();
             let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
-            let result = self.trees.as_slice().transaction(|view| {
+            let result = self.opened().trees.as_slice().transaction(|view| {
                 let inbox = &view[0];
                 let tx = Tx::new(view);
                 let mut outcomes = Vec::with_capacity(items.len());
@@ -601,14 +667,20 @@ impl Store {
     pub async fn flush(&self) -> Result<(), RuntimeError> {
         let wanted = self.committed_now();
         let _guard = self.flush_lock.lock().await;
+        // A faulted store has nothing durable to offer, even for work it counted as
+        // flushed: its last commits may be lost with the reopen.
+        self.check_fault()?;
         // Another flush (the consumer's group commit, say) may already cover everything
         // this caller committed or saw: then there is nothing to wait for.
         if self.durable.load(std::sync::atomic::Ordering::SeqCst) >= wanted {
             return Ok(());
         }
+        self.check_fault()?;
         let covered = self.committed_now();
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush()).await??;
+        let db = self.opened().db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await?
+            .map_err(|e| self.storage_error(e))?;
         self.durable
             .fetch_max(covered, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -622,8 +694,12 @@ impl Store {
 
     /// Flushes without an async runtime, for shutdown paths and tests.
     pub fn flush_blocking(&self) -> Result<(), RuntimeError> {
+        self.check_fault()?;
         let covered = self.committed_now();
-        self.db.flush()?;
+        self.opened()
+            .db
+            .flush()
+            .map_err(|e| self.storage_error(e))?;
         self.durable
             .fetch_max(covered, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -636,8 +712,11 @@ impl Store {
     }
 
     /// A service tree, for reads and scans outside transactions.
-    pub fn tree(&self, id: TreeId) -> &Tree {
-        &self.trees[id.0]
+    ///
+    /// A handle, not a borrow: the store may be reopened after a storage fault, and a
+    /// handle taken before that reads the old database.
+    pub fn tree(&self, id: TreeId) -> Tree {
+        self.opened().trees[id.0].clone()
     }
 
     /// Reads one JSON record outside a transaction.
@@ -661,7 +740,7 @@ impl Store {
 
     /// Whether an event id was already processed.
     pub fn inbox_contains(&self, key: &str) -> Result<bool, RuntimeError> {
-        Ok(self.trees[0].contains_key(key.as_bytes())?)
+        Ok(self.opened().trees[0].contains_key(key.as_bytes())?)
     }
 
     /// Forgets processed event ids older than `max_age_ms`; returns how many were removed.
@@ -671,7 +750,7 @@ impl Store {
     pub fn prune_inbox(&self, max_age_ms: u64) -> Result<usize, RuntimeError> {
         let cutoff = now_ms().saturating_sub(max_age_ms);
         let mut removed = 0;
-        for item in self.trees[0].iter() {
+        for item in self.opened().trees[0].iter() {
             let (key, stamp) = item?;
             let at = stamp
                 .as_ref()
@@ -679,7 +758,7 @@ impl Store {
                 .map(u64::from_be_bytes)
                 .unwrap_or(u64::MAX);
             if at <= cutoff {
-                self.trees[0].remove(key)?;
+                self.opened().trees[0].remove(key)?;
                 removed += 1;
             }
         }
@@ -688,7 +767,7 @@ impl Store {
 
     /// Number of processed event ids remembered.
     pub fn inbox_len(&self) -> usize {
-        self.trees[0].len()
+        self.opened().trees[0].len()
     }
 
     /// The oldest outbox entries, in the order they were written, each with its messages;
@@ -710,7 +789,7 @@ impl Store {
     pub fn outbox_entries(&self, max: usize) -> Result<Vec<(IVec, Entry)>, RuntimeError> {
         let mut out = Vec::new();
         let mut messages = 0;
-        for item in self.trees[1].iter() {
+        for item in self.opened().trees[1].iter() {
             if messages >= max {
                 break;
             }
@@ -729,10 +808,10 @@ impl Store {
     /// what this store had queued for it is superseded).
     pub fn outbox_purge_partition(&self, partition: u32) -> Result<usize, RuntimeError> {
         let mut removed = 0;
-        for item in self.trees[1].iter() {
+        for item in self.opened().trees[1].iter() {
             let (key, value) = item?;
             if Entry::decode(&value).and_then(|e| e.partition) == Some(partition) {
-                self.trees[1].remove(key)?;
+                self.opened().trees[1].remove(key)?;
                 removed += 1;
             }
         }
@@ -759,10 +838,12 @@ impl Store {
     /// Queues `messages` of `partition` as one outbox entry outside any transaction (a
     /// restored cut's messages, published again by the relay).
     pub fn enqueue(&self, partition: u32, messages: &[OutboxMessage]) -> Result<(), RuntimeError> {
+        self.check_fault()?;
         let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
-        let id = self.db.generate_id()?;
+        let id = self.opened().db.generate_id()?;
         let encoded: Vec<Vec<u8>> = messages.iter().map(OutboxMessage::encode).collect();
-        self.trees[1].insert(id.to_be_bytes(), encode_entry_v2(partition, &[], &encoded))?;
+        self.opened().trees[1]
+            .insert(id.to_be_bytes(), encode_entry_v2(partition, &[], &encoded))?;
         self.committed
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -770,7 +851,7 @@ impl Store {
 
     /// Outbox entries of the `held` partitions, and those without a partition.
     pub fn outbox_len_in(&self, held: &[u32]) -> usize {
-        self.trees[1]
+        self.opened().trees[1]
             .iter()
             .values()
             .filter_map(Result::ok)
@@ -789,10 +870,11 @@ impl Store {
     /// partition's next owner would restore that change and finish the job. Always true
     /// for a store that is not partitioned.
     pub fn is_stored(&self, entity: &str) -> Result<bool, RuntimeError> {
+        self.check_fault()?;
         if self.partition_of.get().is_none() {
             return Ok(true);
         }
-        let meta: Option<EntityMeta> = match self.trees[2].get(entity.as_bytes())? {
+        let meta: Option<EntityMeta> = match self.opened().trees[2].get(entity.as_bytes())? {
             Some(bytes) => serde_json::from_slice(&bytes).ok(),
             None => None,
         };
@@ -806,7 +888,7 @@ impl Store {
     /// How many outbox entries of `partition` wait.
     pub fn outbox_entries_of(&self, partition: u32) -> Result<usize, RuntimeError> {
         let mut count = 0;
-        for item in self.trees[1].iter() {
+        for item in self.opened().trees[1].iter() {
             let (_, value) = item?;
             if Entry::decode(&value).and_then(|e| e.partition) == Some(partition) {
                 count += 1;
@@ -817,7 +899,7 @@ impl Store {
 
     /// Whether the outbox still holds entry `id`.
     pub fn outbox_contains(&self, id: u64) -> Result<bool, RuntimeError> {
-        Ok(self.trees[1].contains_key(id.to_be_bytes())?)
+        Ok(self.opened().trees[1].contains_key(id.to_be_bytes())?)
     }
 
     /// Waits until entry `id` has left the outbox (published with its records, or purged),
@@ -827,9 +909,11 @@ impl Store {
             let removed = self.outbox_removed.notified();
             tokio::pin!(removed);
             removed.as_mut().enable();
+            // While faulted the store may be a stand-in whose outbox is empty: an entry
+            // is gone only once the real database says so.
             match self.outbox_contains(id) {
-                Ok(false) => return true,
-                Ok(true) => {}
+                Ok(false) if self.fault().is_none() => return true,
+                Ok(_) => {}
                 Err(_) => return false,
             }
             if give_up() {
@@ -841,7 +925,10 @@ impl Store {
     }
 
     pub fn outbox_remove(&self, key: &[u8]) -> Result<(), RuntimeError> {
-        self.trees[1].remove(key)?;
+        self.check_fault()?;
+        self.opened().trees[1]
+            .remove(key)
+            .map_err(|e| self.storage_error(e))?;
         self.outbox_removed.notify_waiters();
         Ok(())
     }
@@ -852,8 +939,12 @@ impl Store {
     /// writes, see [`Store::apply_batch`]), and removal needs no atomicity — an entry
     /// left behind by a crash is published again and dropped by JetStream's dedupe.
     pub fn outbox_remove_all(&self, keys: &[IVec]) -> Result<(), RuntimeError> {
+        self.check_fault()?;
+        let opened = self.opened();
         for key in keys {
-            self.trees[1].remove(key)?;
+            opened.trees[1]
+                .remove(key)
+                .map_err(|e| self.storage_error(e))?;
         }
         self.outbox_removed.notify_waiters();
         Ok(())
@@ -861,11 +952,102 @@ impl Store {
 
     /// Outbox entries waiting: committed transactions whose messages are not all published.
     pub fn outbox_len(&self) -> usize {
-        self.trees[1].len()
+        self.opened().trees[1].len()
+    }
+
+    /// The database as it is open now.
+    fn opened(&self) -> Arc<Opened> {
+        self.opened
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The storage fault the store is in, if any.
+    pub fn fault(&self) -> Option<StorageFault> {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many times the store was reopened after a storage fault.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn faulted_error(&self) -> RuntimeError {
+        RuntimeError::StorageFaulted(self.fault().map(|f| f.error).unwrap_or_default())
+    }
+
+    /// `Err` while the store is faulted: nothing it would do now could be made durable.
+    fn check_fault(&self) -> Result<(), RuntimeError> {
+        match self.fault() {
+            None => Ok(()),
+            Some(_) => Err(self.faulted_error()),
+        }
+    }
+
+    /// Wraps a sled error, and records an I/O error as the store's fault: sled refuses
+    /// every later write with it until the database is reopened.
+    fn storage_error(&self, error: sled::Error) -> RuntimeError {
+        if let sled::Error::Io(io) = &error {
+            let mut fault = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+            if fault.is_none() {
+                *fault = Some(StorageFault {
+                    error: io.to_string(),
+                    since_ms: now_ms(),
+                });
+            }
+        }
+        RuntimeError::Storage(error)
+    }
+
+    /// Tries to leave a storage fault: checks that the data directory takes a write
+    /// again, then closes the database and opens it anew (sled keeps its first I/O error
+    /// until then). `Ok(false)`: there was no fault. What had not been flushed before the
+    /// fault is gone, as after a crash; none of it was acked or published, because
+    /// acks and the relay wait for a flush. Blocking: call it off the async runtime.
+    pub fn reopen(&self) -> Result<bool, RuntimeError> {
+        if self.fault().is_none() {
+            return Ok(false);
+        }
+        probe_space(&self.dir).map_err(|e| RuntimeError::Storage(sled::Error::Io(e)))?;
+        // A stand-in lets the old database close (it holds a lock on its files) while
+        // readers still get a database; the fault stays set, so nothing is applied to
+        // the stand-in or acked from it.
+        let stand_in = open_db(sled::Config::new().temporary(true), &self.names)?;
+        let old = std::mem::replace(
+            &mut *self.opened.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(stand_in),
+        );
+        drop(old);
+        let mut attempt = 0;
+        let fresh = loop {
+            match open_db(sled::Config::new().path(&self.dir), &self.names) {
+                Ok(opened) => break opened,
+                // A handle taken before (an iteration in flight) may still hold the old
+                // database's lock for a moment.
+                Err(_) if attempt < REOPEN_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(REOPEN_PAUSE);
+                }
+                Err(e) => return Err(RuntimeError::Storage(e)),
+            }
+        };
+        {
+            let _gate = self.commit_gate.write().unwrap_or_else(|p| p.into_inner());
+            *self.opened.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+            let committed = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+            self.durable
+                .store(committed, std::sync::atomic::Ordering::SeqCst);
+            *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        self.reopens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.outbox_removed.notify_waiters();
+        Ok(true)
     }
 
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.opened().db.size_on_disk().unwrap_or(0)
     }
 }

@@ -2,12 +2,17 @@
 //!
 //! The replica count is part of a declaration: on a cluster an existing stream with a
 //! different count is rescaled, and the log says so, because that moves data between nodes.
+//!
+//! At start-up a service waits for JetStream ([`declare_streams_waiting`]): a cluster
+//! that has no meta leader yet, or servers that do not answer, are waited for with a log
+//! line every few seconds that says what is missing, instead of failing the start.
 
 use std::time::Duration;
 
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::{self, stream, ErrorCode};
 
+use crate::shutdown::Shutdown;
 use crate::RuntimeError;
 
 /// How one stream should look; kept free of contract types so the runtime stays domain-free.
@@ -105,6 +110,69 @@ pub async fn declare_streams(
     Ok(outcomes)
 }
 
+/// [`declare_streams`], waiting as long as it takes (until `shutdown`) while JetStream
+/// does not answer or has no leader, and saying so every few seconds. A refusal (a
+/// stream that cannot be declared as asked) still fails at once.
+pub async fn declare_streams_waiting(
+    js: &jetstream::Context,
+    decls: &[StreamDecl],
+    shutdown: &Shutdown,
+) -> Result<Vec<Declared>, RuntimeError> {
+    let started = std::time::Instant::now();
+    let mut pause = DECLARE_PAUSE;
+    let mut outcomes = Vec::with_capacity(decls.len());
+    for decl in decls {
+        loop {
+            match try_declare_stream(js, decl).await {
+                Ok(outcome) => {
+                    outcomes.push(outcome);
+                    break;
+                }
+                Err(Failed {
+                    unanswered: true,
+                    error,
+                }) => {
+                    tracing::warn!(
+                        stream = %decl.name,
+                        error = %error,
+                        waited = ?started.elapsed(),
+                        "waiting for JetStream ({}): {error}; trying again in {pause:?}",
+                        waiting_for(&error)
+                    );
+                    let mut shutdown = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.requested() => return Err(error),
+                    }
+                    pause = (pause * 2).min(WAIT_PAUSE_MAX);
+                }
+                Err(Failed { error, .. }) => return Err(error),
+            }
+        }
+    }
+    if started.elapsed() > DECLARE_PAUSE {
+        tracing::info!(waited = ?started.elapsed(), "JetStream answers; streams declared");
+    }
+    Ok(outcomes)
+}
+
+/// The longest pause between two attempts while waiting for JetStream.
+const WAIT_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// What a declaration that got no useful answer is waiting for, in an operator's words.
+fn waiting_for(error: &RuntimeError) -> &'static str {
+    let text = error.to_string();
+    if text.contains("no responders") {
+        "no server answers JetStream requests: JetStream not enabled, or not reachable yet"
+    } else if text.contains("temporarily unavailable") || text.contains("10008") {
+        "no meta leader yet: the cluster is still electing one"
+    } else if text.contains("timed out") || text.contains("TimedOut") {
+        "no answer in time: the cluster may be forming or electing a leader"
+    } else {
+        "JetStream is not available yet"
+    }
+}
+
 /// How often one declaration is tried when the servers do not answer in time: a cluster
 /// that has just formed, or is electing a stream leader, can take longer than one request.
 const DECLARE_ATTEMPTS: u32 = 4;
@@ -173,10 +241,13 @@ async fn try_declare_stream(
     // Create-or-update rather than acting on `existing` alone: another service may
     // create the stream between the lookup and here.
     js.create_or_update_stream(config).await.map_err(|e| {
-        let unanswered = matches!(
-            e.kind(),
-            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
-        );
+        let unanswered = match e.kind() {
+            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+            CreateStreamErrorKind::JetStream(js_error) => {
+                js_error.error_code() == ErrorCode::CLUSTER_NOT_AVAILABLE
+            }
+            _ => false,
+        };
         Failed {
             unanswered,
             error: RuntimeError::js(format!("declaring stream {}", decl.name))(e),
@@ -194,6 +265,14 @@ async fn existing_replicas(js: &jetstream::Context, name: &str) -> Result<Option
                 if js_error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
             {
                 Ok(None)
+            }
+            GetStreamErrorKind::JetStream(js_error)
+                if js_error.error_code() == ErrorCode::CLUSTER_NOT_AVAILABLE =>
+            {
+                Err(Failed {
+                    unanswered: true,
+                    error: RuntimeError::js(format!("looking up stream {name}"))(e),
+                })
             }
             kind => Err(Failed {
                 unanswered: matches!(kind, GetStreamErrorKind::Request),

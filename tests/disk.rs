@@ -1,0 +1,236 @@
+//! Full disks (issue #12): a service whose sled database sits on a small tmpfs that fills
+//! up, and a nats-server whose JetStream store is full. In both, nothing is acked that
+//! is not on disk, nothing is lost or dead-lettered, the fault shows in STATS, and the
+//! shop recovers by itself once there is room: every order settles and the audit is clean.
+//!
+//! The service's disk is a real one: a tmpfs mounted for the test (this needs root; a
+//! test that cannot mount fails, it does not skip). The broker's is JetStream's own limit
+//! (`max_file_store`), see `a_full_jetstream_store_keeps_events_in_the_outbox_until_there_is_room`.
+
+// Not every shared helper is used here.
+#[allow(unused_imports)]
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use serde_json::Value;
+use shop_events::api::checkout::OrderStatus;
+use shop_harness::scenario::{order, order_status, place, replenish, wait_for_stock, wait_settled};
+use shop_harness::{connect, declare_streams, eventually, NatsServer, Service, Shop, ShopConfig};
+use shop_ops::audit::{audit, AuditOptions};
+
+use common::{counters, dead_letters, SETTLE};
+
+/// A tmpfs of `size_mib` mounted at a directory for the test, unmounted on drop.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size_mib: u32) -> anyhow::Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .context("running mount (this test mounts a tmpfs and needs root)")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "cannot mount a {size_mib} MiB tmpfs at {} (this test needs root and mount): {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(Tmpfs {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Writes a filler file until the tmpfs is full; returns its path and size.
+    fn fill(&self) -> anyhow::Result<(PathBuf, u64)> {
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0xA5u8; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // What fits of a smaller write too, so not even a page is left.
+        let mut small = vec![0xA5u8; 512];
+        while let Ok(n) = file.write(&small) {
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            small.truncate(n);
+        }
+        Ok((path, written))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a service task still closing its files must not keep the mount alive.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// A service's STATS `data`.
+async fn stats(client: &async_nats::Client, service: Service) -> anyhow::Result<Value> {
+    counters(client, service).await
+}
+
+/// Waits until the audit of the whole shop is clean; prints its evidence if it never is.
+async fn assert_audit_clean(client: &async_nats::Client) -> anyhow::Result<()> {
+    let clean = eventually(SETTLE, "a clean audit", || async {
+        let report = audit(client, AuditOptions::default(), &mut Vec::new())
+            .await
+            .ok()?;
+        report.is_clean().then_some(())
+    })
+    .await;
+    if clean.is_err() {
+        let mut out = Vec::new();
+        audit(client, AuditOptions::default(), &mut out).await?;
+        anyhow::bail!("audit not clean:\n{}", String::from_utf8_lossy(&out));
+    }
+    Ok(())
+}
+
+/// Every order settles as confirmed.
+async fn assert_all_confirmed(
+    client: &async_nats::Client,
+    orders: &[String],
+) -> anyhow::Result<()> {
+    for id in orders {
+        let view = wait_settled(client, id, SETTLE).await?;
+        assert_eq!(view.status, OrderStatus::Confirmed, "{id}: {view:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_disk_fills_up_stops_acking_reports_it_and_resumes_once_there_is_room(
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let data = tempfile::tempdir()?;
+    // Inventory keeps its database in `<data dir>/inventory`: that directory is the disk.
+    let disk = Tmpfs::mount(&data.path().join(Service::Inventory.name()), 16)?;
+    let server = NatsServer::start().await?;
+    let client = connect(&server.url()).await?;
+    let js = jetstream::new(client.clone());
+    declare_streams(&js).await?;
+    let mut config = ShopConfig::in_process().order_deadline(Duration::from_secs(300));
+    config.data_dir = Some(data.path().to_owned());
+    let shop = Shop::start(&server.url(), config).await?;
+
+    replenish(&js, "sku-disk", 1000).await?;
+    wait_for_stock(&client, "sku-disk", 1000, 0, SETTLE).await?;
+    let mut orders = vec!["o-disk-0".to_owned()];
+    place(&js, order("o-disk-0", &[("sku-disk", 1, 100)], "tok_visa")).await?;
+    assert_all_confirmed(&client, &orders).await?;
+
+    let (filler, filled) = disk.fill()?;
+    // Orders keep coming until inventory's writes fail.
+    let placed = AtomicUsize::new(1);
+    let fault = eventually(
+        Duration::from_secs(30),
+        "inventory to report a storage fault",
+        || async {
+            let n = placed.fetch_add(1, Ordering::SeqCst);
+            let id = format!("o-disk-{n}");
+            place(&js, order(&id, &[("sku-disk", 1, 100)], "tok_visa"))
+                .await
+                .ok()?;
+            let data = stats(&client, Service::Inventory).await.ok()?;
+            (!data["storage_fault"].is_null()).then(|| data["storage_fault"].clone())
+        },
+    )
+    .await?;
+    let faulted_at = Instant::now();
+    let placed_orders = placed.load(Ordering::SeqCst);
+    orders.extend((1..placed_orders).map(|n| format!("o-disk-{n}")));
+    assert!(
+        fault["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "the fault says what failed: {fault}"
+    );
+    println!(
+        "filled {filled} bytes; inventory faulted after {} more orders: {fault}",
+        placed_orders - 1
+    );
+
+    // While the disk is full: nothing dead-lettered, orders wait, and the consumer
+    // that cannot make progress is reported stalled.
+    let stalled = eventually(
+        Duration::from_secs(30),
+        "a stalled inventory consumer",
+        || async {
+            let data = stats(&client, Service::Inventory).await.ok()?;
+            (data["consumers_stalled"].as_u64()? > 0).then_some(data)
+        },
+    )
+    .await?;
+    let stalled_after = faulted_at.elapsed();
+    assert!(!stalled["storage_fault"].is_null(), "{stalled}");
+    assert_eq!(stalled["events_dead_lettered"], 0, "{stalled}");
+    assert!(
+        dead_letters(&js).await?.is_empty(),
+        "nothing is dead-lettered for a full disk"
+    );
+    let last = orders.last().context("orders")?;
+    let pending = order_status(&client, last).await?;
+    assert!(
+        pending
+            .as_ref()
+            .is_some_and(|v| v.status == OrderStatus::Pending),
+        "an order placed on the full disk waits: {pending:?}"
+    );
+
+    // Room again: the store is reopened by itself and everything settles.
+    std::fs::remove_file(&filler)?;
+    let freed_at = Instant::now();
+    let recovered = eventually(
+        Duration::from_secs(30),
+        "inventory to leave its storage fault",
+        || async {
+            let data = stats(&client, Service::Inventory).await.ok()?;
+            (data["storage_fault"].is_null() && data["store_reopens"].as_u64()? >= 1)
+                .then_some(data)
+        },
+    )
+    .await?;
+    let recovered_after = freed_at.elapsed();
+    assert_eq!(recovered["storage_faults"], 1, "{recovered}");
+    assert_all_confirmed(&client, &orders).await?;
+    let settled_after = freed_at.elapsed();
+    wait_for_stock(&client, "sku-disk", 1000 - orders.len() as i64, 0, SETTLE).await?;
+    assert!(
+        dead_letters(&js).await?.is_empty(),
+        "nothing is dead-lettered"
+    );
+    let data = stats(&client, Service::Inventory).await?;
+    assert_eq!(data["consumers_stalled"], 0, "{data}");
+    assert_audit_clean(&client).await?;
+    println!(
+        "orders {}; stalled shown {stalled_after:?} after the fault; store reopened \
+         {recovered_after:?} after the filler was removed; all settled {settled_after:?} after; \
+         test took {:?}",
+        orders.len(),
+        started.elapsed()
+    );
+    drop(shop);
+    drop(disk);
+    Ok(())
+}
