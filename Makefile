@@ -127,6 +127,11 @@ chaos-long: nats-server
 	cargo build -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
 	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/debug/shop-lab chaos --orders 5000 --broker-restarts 3 $(CHAOS_ARGS)
 
+# The long run on a local three-node cluster (R3): each fault kills or freezes the ORDERS leader.
+chaos-cluster: nats-server
+	cargo build -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/debug/shop-lab chaos --cluster --orders 5000 --broker-restarts 6 $(CHAOS_ARGS)
+
 clean-data:
 	rm -rf data
 
