@@ -21,7 +21,9 @@ use async_nats::jetstream;
 use serde_json::Value;
 use shop_events::api::checkout::OrderStatus;
 use shop_harness::scenario::{order, order_status, place, replenish, wait_for_stock, wait_settled};
-use shop_harness::{connect, declare_streams, eventually, NatsServer, Service, Shop, ShopConfig};
+use shop_harness::{
+    connect, declare_streams, eventually, NatsServer, ServerOptions, Service, Shop, ShopConfig,
+};
 use shop_ops::audit::{audit, AuditOptions};
 
 use common::{counters, dead_letters, SETTLE};
@@ -232,5 +234,129 @@ async fn a_service_whose_disk_fills_up_stops_acking_reports_it_and_resumes_once_
     );
     drop(shop);
     drop(disk);
+    Ok(())
+}
+
+/// The JetStream store's limit in test (b): room for the shop's buckets and a few
+/// orders beside the filler.
+const JETSTREAM_FILE_STORE: &str = "24MB";
+
+/// Publishes `size`-byte filler messages until JetStream refuses one; returns how many
+/// it took and the last refusal.
+async fn fill_jetstream(js: &jetstream::Context, size: usize) -> anyhow::Result<(u64, String)> {
+    let mut stored = 0;
+    loop {
+        let ack = match js.publish("filler.data", vec![0x5Au8; size].into()).await {
+            Ok(ack) => ack.await,
+            Err(e) => return Ok((stored, e.to_string())),
+        };
+        match ack {
+            Ok(_) => stored += 1,
+            Err(e) => return Ok((stored, e.to_string())),
+        }
+        anyhow::ensure!(stored < 100_000, "JetStream never refused the filler");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_jetstream_store_keeps_events_in_the_outbox_until_there_is_room(
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // The server's own limit rather than a full tmpfs: on a real ENOSPC nats-server
+    // disables JetStream altogether until it is restarted, which no client can recover
+    // from; its `max_file_store` limit makes it refuse publishes the same way to every
+    // publisher ("insufficient resources") and take them again once there is room.
+    let store = tempfile::tempdir()?;
+    let server = NatsServer::start_with(ServerOptions::default().extra_config(format!(
+        "jetstream {{\n  store_dir: {:?}\n  max_memory_store: 64MB\n  max_file_store: {JETSTREAM_FILE_STORE}\n}}\n",
+        store.path().display().to_string()
+    )))
+    .await?;
+    let client = connect(&server.url()).await?;
+    let js = jetstream::new(client.clone());
+    declare_streams(&js).await?;
+    let shop = Shop::start(
+        &server.url(),
+        ShopConfig::in_process().order_deadline(Duration::from_secs(300)),
+    )
+    .await?;
+    replenish(&js, "sku-js", 1000).await?;
+    wait_for_stock(&client, "sku-js", 1000, 0, SETTLE).await?;
+
+    let filler = js
+        .create_stream(jetstream::stream::Config {
+            name: "FILLER".to_owned(),
+            subjects: vec!["filler.>".to_owned()],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let (big, refusal) = fill_jetstream(&js, 256 * 1024).await?;
+    let (small, _) = fill_jetstream(&js, 1024).await?;
+    println!("JetStream full after {big} x 256 KiB + {small} x 1 KiB: {refusal}");
+    // Room for a few orders only: the services run out of it while they work.
+    let first = filler.cached_info().state.first_sequence.max(1);
+    filler.delete_message(first).await?;
+
+    let placed = std::sync::Mutex::new(Vec::<String>::new());
+    let attempts = AtomicUsize::new(0);
+    let (service, faulted) = eventually(
+        Duration::from_secs(40),
+        "a service to report that it cannot publish",
+        || async {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            let id = format!("o-js-{n}");
+            if place(&js, order(&id, &[("sku-js", 1, 100)], "tok_visa"))
+                .await
+                .is_ok()
+            {
+                placed.lock().ok()?.push(id);
+            }
+            for service in [Service::Checkout, Service::Inventory, Service::Payment] {
+                let data = stats(&client, service).await.ok()?;
+                if !data["publish_fault"].is_null() {
+                    return Some((service, data));
+                }
+            }
+            None
+        },
+    )
+    .await?;
+    let orders = placed.lock().map(|p| p.clone()).unwrap_or_default();
+    println!(
+        "{service} cannot publish after {} orders: {}",
+        orders.len(),
+        faulted["publish_fault"]
+    );
+    assert!(
+        faulted["outbox_backlog"].as_u64() > Some(0),
+        "the outbox keeps the events: {faulted}"
+    );
+    assert_eq!(faulted["publish_faults"], 1, "{faulted}");
+
+    // Room again: the relays publish what they kept and every order settles.
+    js.get_stream("FILLER").await?.purge().await?;
+    let freed_at = Instant::now();
+    eventually(SETTLE, "every relay to publish again", || async {
+        for service in [Service::Checkout, Service::Inventory, Service::Payment] {
+            let data = stats(&client, service).await.ok()?;
+            data["publish_fault"].is_null().then_some(())?;
+        }
+        Some(())
+    })
+    .await?;
+    assert_all_confirmed(&client, &orders).await?;
+    let settled_after = freed_at.elapsed();
+    assert!(
+        dead_letters(&js).await?.is_empty(),
+        "nothing is dead-lettered"
+    );
+    assert_audit_clean(&client).await?;
+    println!(
+        "orders {}; all settled {settled_after:?} after the filler was purged; test took {:?}",
+        orders.len(),
+        started.elapsed()
+    );
+    drop(shop);
     Ok(())
 }
