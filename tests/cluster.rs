@@ -589,3 +589,58 @@ async fn the_shop_make_run_cluster_started_answers_and_takes_an_order_across_a_s
     println!("{id} {:?} after the step-down", view.status);
     Ok(())
 }
+
+/// The shop's clients ping their server every couple of seconds (`NatsConfig::options`),
+/// so one whose node froze gives up on it and reconnects to a live node within seconds,
+/// not after async-nats' default two minutes of unanswered pings.
+#[tokio::test]
+async fn a_client_whose_node_froze_moves_to_a_live_node_within_seconds() -> anyhow::Result<()> {
+    let mut cluster = NatsCluster::start().await?;
+    let frozen = NodeId::ALL[0];
+    let config = cluster.nats_config(shop_harness::Role::Admin);
+    // The first server of the list, so the client is on the node the test freezes.
+    let servers = config
+        .url
+        .split(',')
+        .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = config
+        .options()?
+        .retain_servers_order()
+        .connect(servers)
+        .await?;
+    let port_of = |url: &str| url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    assert_eq!(
+        Some(client.server_info().port),
+        port_of(&cluster.node_url(frozen)),
+        "connected to the first node"
+    );
+    cluster.freeze(frozen).await?;
+    let started = Instant::now();
+    let answered = eventually(
+        Duration::from_secs(20),
+        "an answer from a live node",
+        || {
+            let client = client.clone();
+            async move {
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    client.request("$JS.API.INFO", "".into()),
+                )
+                .await;
+                matches!(reply, Ok(Ok(_))).then_some(())
+            }
+        },
+    )
+    .await;
+    let moved_after = started.elapsed();
+    cluster.thaw(frozen).await?;
+    answered?;
+    assert_ne!(
+        Some(client.server_info().port),
+        port_of(&cluster.node_url(frozen)),
+        "the client left the frozen node"
+    );
+    println!("a client left its frozen node after {moved_after:?}");
+    Ok(())
+}

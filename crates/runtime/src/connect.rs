@@ -118,7 +118,12 @@ impl NatsConfig {
     /// Client options with the credentials applied; reads the seed now, so a missing or
     /// unreadable key is reported before any connection attempt.
     pub fn options(&self) -> Result<ConnectOptions, async_nats::ConnectError> {
-        let mut options = ConnectOptions::new();
+        // A frozen server (a hung VM, a long pause) keeps its TCP connection open and
+        // answers nothing; the client notices only from unanswered pings, and reconnects
+        // to another node after more than two are outstanding. async-nats pings once a
+        // minute by default, so a service on a frozen cluster node would stall for two to
+        // three minutes; every two seconds it moves within about six.
+        let mut options = ConnectOptions::new().ping_interval(PING_INTERVAL);
         if let Some(file) = &self.nkey {
             options = options.nkey(read_seed(file)?);
         }
@@ -151,6 +156,9 @@ impl NatsConfig {
         Ok(options.require_tls(self.tls_required()))
     }
 }
+
+/// How often a client pings its server to find out that it stopped answering.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The seed in `file`, trimmed; the error names the file, never its content.
 fn read_seed(file: &Path) -> Result<String, async_nats::ConnectError> {
