@@ -53,8 +53,15 @@ pub fn nak_delay(delivered: u64) -> Duration {
 pub fn ack_decision(outcome: Outcome, delivered: u64, max_deliver: i64) -> AckAction {
     match outcome {
         Outcome::Applied => AckAction::Ack,
-        // Never parked: the effect may already be in the store and reach disk with the
-        // next flush; the redelivery finds it in the inbox.
+        // Parked only on the last allowed delivery, where a nak would let JetStream drop
+        // it: the effect may already be in the store and reach disk with the next flush,
+        // and the inbox makes a replay of the dead letter harmless either way.
+        Outcome::NotDurable if is_last_delivery(delivered, max_deliver) => {
+            AckAction::DeadLetterThenTerm(format!(
+                "gave up after {delivered} deliveries: the store could not make it durable"
+            ))
+        }
+        // Otherwise never parked: the redelivery finds it in the inbox once it is on disk.
         Outcome::NotDurable => AckAction::Nak(NOT_DURABLE_DELAY),
         Outcome::Undecodable(reason) => AckAction::DeadLetterThenTerm(reason),
         Outcome::Failed(ApplyError::Rejected(reason)) => AckAction::DeadLetterThenTerm(reason),
@@ -160,6 +167,20 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_not_made_durable_comes_back_unless_it_is_the_last_allowed_delivery() {
+        assert_eq!(
+            ack_decision(Outcome::NotDurable, 9, MAX_DELIVER),
+            AckAction::Nak(NOT_DURABLE_DELAY)
+        );
+        let last = ack_decision(Outcome::NotDurable, 10, MAX_DELIVER);
+        assert!(is_dead_letter(&last), "{last:?}");
+        assert_eq!(
+            ack_decision(Outcome::NotDurable, 1_000, -1),
+            AckAction::Nak(NOT_DURABLE_DELAY)
+        );
+    }
+
+    #[test]
     fn without_a_delivery_limit_a_transient_fault_is_always_nakd() {
         assert_eq!(
             ack_decision(Outcome::Failed(transient()), 1_000, -1),
@@ -173,16 +194,6 @@ mod tests {
             assert!(!fault.is_transient(), "{fault:?}");
             let action = ack_decision(Outcome::Failed(fault), 1, MAX_DELIVER);
             assert!(is_dead_letter(&action), "{action:?}");
-        }
-    }
-
-    #[test]
-    fn a_batch_whose_flush_failed_is_nakd_and_never_dead_lettered() {
-        for delivered in [1, 10] {
-            assert_eq!(
-                ack_decision(Outcome::NotDurable, delivered, MAX_DELIVER),
-                AckAction::Nak(NOT_DURABLE_DELAY)
-            );
         }
     }
 
