@@ -21,7 +21,7 @@ AUTH_DIR := data/auth
 NATS_AUTH_CONF := data/nats-auth.conf
 SHOP_FAST := ./target/fast/shop
 
-.PHONY: all test fmt-check clippy cargo-test nats-server nats auth run bench chaos chaos-long clean-data fuzz flood
+.PHONY: all test fmt-check clippy cargo-test nats-server nats auth run bench bench-scale chaos chaos-long clean-data fuzz flood
 
 all: test
 
@@ -116,6 +116,12 @@ run-cluster-check:
 bench: nats-server
 	cargo build --release -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
 	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/release/shop-lab bench $(BENCH_ARGS)
+
+# Only the scale curve: orders/s with 1, 2 and 4 payment instances against a 100 ms
+# gateway (docs/BENCHMARKS.md, "Scale-out: payment instances against the gateway").
+bench-scale: nats-server
+	cargo build --release -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/release/shop-lab bench --scale payment=1,2,4 $(BENCH_ARGS)
 
 # The chaos suite (shop-lab) on debug builds, as docs/RELIABILITY.md runs it.
 # `make chaos` is the short run; `make chaos-long` the 5,000-order run. CHAOS_ARGS adds flags.

@@ -8,7 +8,9 @@
 //!   commits, driven by the same closed-loop load generator ([`load`]).
 //!
 //! Each is measured at several in-flight levels; the system also along a curve of stored
-//! orders. `docs/BENCHMARKS.md` explains the method and holds the latest figures.
+//! orders. With `--scale`, [`scale`] runs only a curve of throughput against the number
+//! of instances of a partitioned service. `docs/BENCHMARKS.md` explains the method and
+//! holds the latest figures.
 
 pub mod baseline;
 pub mod error;
@@ -18,6 +20,7 @@ pub mod load;
 pub mod payloads;
 pub mod procstat;
 pub mod report;
+pub mod scale;
 pub mod system;
 
 use std::collections::BTreeMap;
@@ -34,6 +37,7 @@ pub use baseline::run_baseline;
 pub use error::BenchError;
 pub use load::{LoadRun, LoadSpec};
 pub use report::BenchReport;
+pub use scale::{run_scale, ScaleReport, ScaleSpec};
 
 use crate::load::{measure, preload, Confirmations, Preload, ORDER_TIMEOUT};
 use crate::procstat::{find_child, Probe};

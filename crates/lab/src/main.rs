@@ -45,6 +45,11 @@ enum Command {
         /// Short windows for a smoke run; figures are indicative only.
         #[arg(long)]
         quick: bool,
+        /// Only a scale curve, e.g. `payment=1,2,4`: orders/s against the number of
+        /// instances of payment or checkout, each count on a fresh server, against a
+        /// gateway of 100 ms per call (the baseline and in-flight levels are skipped).
+        #[arg(long, value_parser = parse_scale, conflicts_with_all = ["inflight", "history"])]
+        scale: Option<shop_bench::ScaleSpec>,
     },
     /// Run the chaos scenario on a private nats-server and services as processes, then audit.
     ///
@@ -78,6 +83,11 @@ enum Command {
     },
 }
 
+fn parse_scale(text: &str) -> Result<shop_bench::ScaleSpec, String> {
+    text.parse()
+        .map_err(|e: shop_bench::BenchError| e.to_string())
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -102,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             history,
             json,
             quick,
+            scale,
         } => {
             init_subscriber(cli.log_format);
             let opts = shop_bench::BenchOptions {
@@ -112,7 +123,14 @@ async fn main() -> anyhow::Result<()> {
                 quick,
                 ..shop_bench::BenchOptions::default()
             };
-            shop_bench::run(opts, &mut stdout.lock()).await?;
+            match scale {
+                Some(spec) => {
+                    shop_bench::run_scale(opts, spec, &mut stdout.lock()).await?;
+                }
+                None => {
+                    shop_bench::run(opts, &mut stdout.lock()).await?;
+                }
+            }
             Ok(())
         }
         Command::Chaos {
