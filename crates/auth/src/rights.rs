@@ -146,6 +146,9 @@ fn service_rights(service: &str, rights: &mut Rights) {
     // state bucket whole.
     kv_rights(GROUPS_BUCKET, &group_keys(service), rights);
     kv_rights(&state_bucket(service), ">", rights);
+    // Its changelog's last cut and records are read from the stream leader: a direct get
+    // may be answered by a replica that is behind (crates/runtime/src/changelog.rs, `last`).
+    rights.publish([p::stream_msg_get(&p::kv_stream(&state_bucket(service)))]);
     // Micro-service protocol and its own endpoints.
     rights.subscribe(p::micro_service(service));
     rights.subscribe(served_endpoints(service));

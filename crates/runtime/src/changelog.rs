@@ -387,6 +387,12 @@ impl StateBucket {
     }
 
     /// The last value of one key of `partition`, with its stream sequence.
+    ///
+    /// Read from the stream's leader (`STREAM.MSG.GET`), not with a direct get: on a
+    /// cluster any replica answers a direct get, and one that is behind (just restarted,
+    /// or thawed after a freeze) answers with an older cut, or none. A takeover that
+    /// restored from it would lose what only the newest cut holds: the chaos run on a
+    /// cluster found an order checkout had confirmed and then no longer knew.
     async fn last(&self, partition: u32, key: &str) -> Result<Option<(u64, Bytes)>, RuntimeError> {
         let stream = self
             .js
@@ -394,11 +400,13 @@ impl StateBucket {
             .await
             .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
         match stream
-            .direct_get_last_for_subject(self.subject(partition, key))
+            .get_last_raw_message_by_subject(&self.subject(partition, key))
             .await
         {
             Ok(message) => Ok(Some((message.sequence, message.payload))),
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
             Err(e) => Err(RuntimeError::js(format!(
                 "reading {key} of partition {partition}"
             ))(e)),
