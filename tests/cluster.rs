@@ -3,6 +3,8 @@
 //! stream's leader is killed, or frozen past an election, while orders come in; and each
 //! node is restarted in turn under load. Every order settles once and the audit is clean.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +20,9 @@ use shop_harness::scenario::{
 };
 use shop_harness::shop::ManualClock;
 use shop_harness::{
-    connect, declare_streams, events_about, eventually, publish_event, NatsCluster, NodeId,
-    Service, Shop, ShopConfig,
+    connect, declare_streams, eventually, publish_event, NatsCluster, NodeId, Service, Shop,
+    ShopConfig,
 };
-use shop_ops::audit::{audit, AuditOptions};
 use shop_runtime::streams::{declare_streams as declare, Declared, StreamDecl};
 
 const STREAMS: [&str; 4] = [
@@ -186,36 +187,6 @@ async fn streams_declared_with_one_replica_are_rescaled_to_the_shops_three() -> 
     Ok(())
 }
 
-/// Waits until the audit of the whole shop is clean; prints its evidence if it never is.
-async fn assert_audit_clean(client: &async_nats::Client) -> anyhow::Result<()> {
-    let clean = eventually(SETTLE, "a clean audit", || async {
-        let report = audit(client, AuditOptions::default(), &mut Vec::new())
-            .await
-            .ok()?;
-        report.is_clean().then_some(())
-    })
-    .await;
-    if clean.is_err() {
-        let mut out = Vec::new();
-        audit(client, AuditOptions::default(), &mut out).await?;
-        anyhow::bail!("audit not clean:\n{}", String::from_utf8_lossy(&out));
-    }
-    Ok(())
-}
-
-/// How many events of `kind` the streams hold about `order_id`.
-async fn count_events(
-    js: &jetstream::Context,
-    order_id: &str,
-    kind: &str,
-) -> anyhow::Result<usize> {
-    Ok(events_about(js, order_id)
-        .await?
-        .iter()
-        .filter(|e| e.kind_name() == Some(kind))
-        .count())
-}
-
 /// Every order confirmed by checkout, with exactly one `OrderConfirmed` and one
 /// `PaymentCaptured` in the streams: nothing was lost or done twice across the fault.
 async fn assert_each_confirmed_once(
@@ -228,11 +199,7 @@ async fn assert_each_confirmed_once(
         assert_eq!(view.status, OrderStatus::Confirmed, "{id}: {view:?}");
         for kind in ["OrderConfirmed", "PaymentCaptured"] {
             // The state answers before the events are out: wait for one, then count.
-            eventually(SETTLE, &format!("{kind} of {id}"), || async {
-                (count_events(js, id, kind).await.ok()? >= 1).then_some(())
-            })
-            .await?;
-            assert_eq!(count_events(js, id, kind).await?, 1, "{kind} of {id}");
+            common::exactly_once(js, id, kind, SETTLE).await?;
         }
     }
     Ok(())
@@ -336,7 +303,7 @@ async fn every_saga_flow_ends_on_a_cluster_as_it_does_on_one_server() -> anyhow:
     .await?;
     assert_eq!(never.captured, 0, "{never:?}");
 
-    assert_audit_clean(&client).await?;
+    common::assert_audit_clean(&client, SETTLE).await?;
     shop.shutdown().await?;
     Ok(())
 }
@@ -409,7 +376,7 @@ async fn every_order_settles_when_the_orders_leader_is_frozen_past_an_election_u
     );
     wait_for_stock(&client, "sku-r3", 1000 - ids.len() as i64, 0, SETTLE).await?;
     cluster.wait_every_stream_ready().await?;
-    assert_audit_clean(&client).await?;
+    common::assert_audit_clean(&client, SETTLE).await?;
     shop.shutdown().await?;
     Ok(())
 }
@@ -477,7 +444,7 @@ async fn every_order_settles_once_when_each_node_is_restarted_in_turn_under_load
         ids.len()
     );
     wait_for_stock(&client, "sku-r3", 1000 - ids.len() as i64, 0, SETTLE).await?;
-    assert_audit_clean(&client).await?;
+    common::assert_audit_clean(&client, SETTLE).await?;
     shop.shutdown().await?;
     Ok(())
 }

@@ -24,7 +24,6 @@ use shop_harness::scenario::{order, order_status, place, replenish, wait_for_sto
 use shop_harness::{
     connect, declare_streams, eventually, NatsServer, ServerOptions, Service, Shop, ShopConfig,
 };
-use shop_ops::audit::{audit, AuditOptions};
 
 use common::{counters, dead_letters, SETTLE};
 
@@ -92,23 +91,6 @@ impl Drop for Tmpfs {
 /// A service's STATS `data`.
 async fn stats(client: &async_nats::Client, service: Service) -> anyhow::Result<Value> {
     counters(client, service).await
-}
-
-/// Waits until the audit of the whole shop is clean; prints its evidence if it never is.
-async fn assert_audit_clean(client: &async_nats::Client) -> anyhow::Result<()> {
-    let clean = eventually(SETTLE, "a clean audit", || async {
-        let report = audit(client, AuditOptions::default(), &mut Vec::new())
-            .await
-            .ok()?;
-        report.is_clean().then_some(())
-    })
-    .await;
-    if clean.is_err() {
-        let mut out = Vec::new();
-        audit(client, AuditOptions::default(), &mut out).await?;
-        anyhow::bail!("audit not clean:\n{}", String::from_utf8_lossy(&out));
-    }
-    Ok(())
 }
 
 /// Every order settles as confirmed.
@@ -224,7 +206,7 @@ async fn a_service_whose_disk_fills_up_stops_acking_reports_it_and_resumes_once_
     );
     let data = stats(&client, Service::Inventory).await?;
     assert_eq!(data["consumers_stalled"], 0, "{data}");
-    assert_audit_clean(&client).await?;
+    common::assert_audit_clean(&client, SETTLE).await?;
     println!(
         "orders {}; stalled shown {stalled_after:?} after the fault; store reopened \
          {recovered_after:?} after the filler was removed; all settled {settled_after:?} after; \
@@ -351,7 +333,7 @@ async fn a_full_jetstream_store_keeps_events_in_the_outbox_until_there_is_room(
         dead_letters(&js).await?.is_empty(),
         "nothing is dead-lettered"
     );
-    assert_audit_clean(&client).await?;
+    common::assert_audit_clean(&client, SETTLE).await?;
     println!(
         "orders {}; all settled {settled_after:?} after the filler was purged; test took {:?}",
         orders.len(),

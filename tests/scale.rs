@@ -22,8 +22,7 @@ use shop_events::partition::GROUPS_BUCKET;
 use shop_events::CancelReason;
 use shop_harness::scenario::{order, payment, place, replenish, wait_for_stock, wait_settled};
 use shop_harness::shop::SimulatorConfig;
-use shop_harness::{events_about, eventually, Service, ShopConfig};
-use shop_ops::audit::{audit, AuditOptions};
+use shop_harness::{eventually, Service, ShopConfig};
 use shop_runtime::group::{view, GroupView};
 
 use common::{call_ok, world, SETTLE};
@@ -129,51 +128,6 @@ async fn settle_all(
     Ok(out)
 }
 
-/// Waits for the event of `kind` about `order_id` (an owner answers from its state before
-/// its events are out), then checks there is exactly one.
-async fn exactly_once(js: &jetstream::Context, order_id: &str, kind: &str) -> anyhow::Result<()> {
-    eventually(SETTLE, &format!("{kind} of {order_id}"), || async {
-        (count_events(js, order_id, kind).await.ok()? >= 1).then_some(())
-    })
-    .await?;
-    assert_eq!(
-        count_events(js, order_id, kind).await?,
-        1,
-        "{kind} of {order_id}"
-    );
-    Ok(())
-}
-
-/// How many events of `kind` the streams hold about `order_id`.
-async fn count_events(
-    js: &jetstream::Context,
-    order_id: &str,
-    kind: &str,
-) -> anyhow::Result<usize> {
-    Ok(events_about(js, order_id)
-        .await?
-        .iter()
-        .filter(|e| e.kind_name() == Some(kind))
-        .count())
-}
-
-async fn assert_audit_clean(client: &async_nats::Client) -> anyhow::Result<()> {
-    let clean = eventually(SETTLE, "a clean audit", || async {
-        let mut buf = Vec::new();
-        let report = audit(client, AuditOptions::default(), &mut buf)
-            .await
-            .ok()?;
-        report.is_clean().then_some(())
-    })
-    .await;
-    if clean.is_err() {
-        let mut out = Vec::new();
-        audit(client, AuditOptions::default(), &mut out).await?;
-        anyhow::bail!("audit not clean:\n{}", String::from_utf8_lossy(&out));
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn payment_scales_from_two_to_three_and_back_under_load() -> anyhow::Result<()> {
     let (_bin, config) = processes(Duration::from_millis(20))?;
@@ -212,9 +166,9 @@ async fn payment_scales_from_two_to_three_and_back_under_load() -> anyhow::Resul
             Some(PaymentStatus::Captured),
             "{id}"
         );
-        exactly_once(&w.js, id, "PaymentCaptured").await?;
+        common::exactly_once(&w.js, id, "PaymentCaptured", SETTLE).await?;
     }
-    assert_audit_clean(&w.client).await
+    common::assert_audit_clean(&w.client, SETTLE).await
 }
 
 #[tokio::test]
@@ -267,9 +221,9 @@ async fn killing_the_busiest_payment_instance_moves_its_partitions_and_loses_not
 
     for (id, status) in settle_all(&w.client, &ids).await? {
         assert_eq!(status, OrderStatus::Confirmed, "{id}");
-        exactly_once(&w.js, &id, "PaymentCaptured").await?;
+        common::exactly_once(&w.js, &id, "PaymentCaptured", SETTLE).await?;
     }
-    assert_audit_clean(&w.client).await
+    common::assert_audit_clean(&w.client, SETTLE).await
 }
 
 #[tokio::test]
@@ -321,10 +275,10 @@ async fn a_frozen_payment_instance_that_lost_its_leases_publishes_nothing_twice(
         assert_eq!(status, OrderStatus::Confirmed, "{id}");
     }
     for id in ids.iter().chain(&more) {
-        exactly_once(&w.js, id, "PaymentCaptured").await?;
-        exactly_once(&w.js, id, "OrderConfirmed").await?;
+        common::exactly_once(&w.js, id, "PaymentCaptured", SETTLE).await?;
+        common::exactly_once(&w.js, id, "OrderConfirmed", SETTLE).await?;
     }
-    assert_audit_clean(&w.client).await
+    common::assert_audit_clean(&w.client, SETTLE).await
 }
 
 #[tokio::test]
@@ -368,7 +322,7 @@ async fn inventory_fails_over_to_its_standby_in_a_race_for_the_last_units() -> a
         }
     }
     wait_for_stock(&w.client, "sku-race", 0, 0, SETTLE).await?;
-    assert_audit_clean(&w.client).await
+    common::assert_audit_clean(&w.client, SETTLE).await
 }
 
 #[tokio::test]
@@ -420,7 +374,7 @@ async fn checkout_as_three_instances_times_out_and_refunds_after_one_dies() -> a
         let view = wait_settled(&w.client, id, SETTLE * 2).await?;
         assert_eq!(view.status, OrderStatus::Cancelled, "{id}");
         assert_eq!(view.reason, Some(CancelReason::Timeout), "{id}");
-        exactly_once(&w.js, id, "OrderCancelled").await?;
+        common::exactly_once(&w.js, id, "OrderCancelled", SETTLE).await?;
     }
 
     // The old order can still be cancelled (by whichever instance answers) and refunded.
@@ -448,7 +402,7 @@ async fn checkout_as_three_instances_times_out_and_refunds_after_one_dies() -> a
     })
     .await?;
     assert_eq!(cancelled.reason, Some(CancelReason::CustomerRequest));
-    assert_audit_clean(&w.client).await
+    common::assert_audit_clean(&w.client, SETTLE).await
 }
 
 #[tokio::test]
@@ -491,7 +445,7 @@ async fn a_rolling_upgrade_of_payment_under_load_loses_no_order() -> anyhow::Res
 
     for (id, status) in settle_all(&w.client, &ids).await? {
         assert_eq!(status, OrderStatus::Confirmed, "{id}");
-        exactly_once(&w.js, &id, "PaymentCaptured").await?;
+        common::exactly_once(&w.js, &id, "PaymentCaptured", SETTLE).await?;
     }
     let after = w.shop.instances_of(Service::Payment).await?;
     assert_eq!(after.len(), 2, "{after:?}");
@@ -499,5 +453,5 @@ async fn a_rolling_upgrade_of_payment_under_load_loses_no_order() -> anyhow::Res
         after.iter().all(|i| i.version.ends_with("+r2")),
         "every instance runs the new build: {after:?}"
     );
-    assert_audit_clean(&w.client).await
+    common::assert_audit_clean(&w.client, SETTLE).await
 }

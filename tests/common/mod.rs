@@ -19,6 +19,8 @@ use shop_harness::{eventually, Service};
 pub const SETTLE: Duration = Duration::from_secs(20);
 
 /// One test's world: its own nats-server, a client, and the three services.
+// Not every test file builds its world this way.
+#[allow(unused_imports)]
 pub use shop_harness::world;
 
 /// A request to an endpoint: `Ok(reply)` or `Err((code, description))`.
@@ -224,4 +226,58 @@ pub async fn wait_idle(client: &async_nats::Client, js: &jetstream::Context) -> 
         (last_sequences(js).await? == before).then_some(())
     })
     .await?)
+}
+
+/// How many events of `kind` the streams hold about `order_id`.
+pub async fn count_events(
+    js: &jetstream::Context,
+    order_id: &str,
+    kind: &str,
+) -> anyhow::Result<usize> {
+    Ok(shop_harness::events_about(js, order_id)
+        .await?
+        .iter()
+        .filter(|e| e.kind_name() == Some(kind))
+        .count())
+}
+
+/// Waits (within `within`) for the event of `kind` about `order_id` (an owner answers from
+/// its state before its events are out), then checks there is exactly one.
+pub async fn exactly_once(
+    js: &jetstream::Context,
+    order_id: &str,
+    kind: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    eventually(within, &format!("{kind} of {order_id}"), || async {
+        (count_events(js, order_id, kind).await.ok()? >= 1).then_some(())
+    })
+    .await?;
+    anyhow::ensure!(
+        count_events(js, order_id, kind).await? == 1,
+        "more than one {kind} of {order_id}"
+    );
+    Ok(())
+}
+
+/// Waits (within `within`) until the audit of the whole shop is clean; fails with its
+/// evidence if it never is.
+pub async fn assert_audit_clean(
+    client: &async_nats::Client,
+    within: Duration,
+) -> anyhow::Result<()> {
+    use shop_ops::audit::{audit, AuditOptions};
+    let clean = eventually(within, "a clean audit", || async {
+        let report = audit(client, AuditOptions::default(), &mut Vec::new())
+            .await
+            .ok()?;
+        report.is_clean().then_some(())
+    })
+    .await;
+    if clean.is_err() {
+        let mut out = Vec::new();
+        audit(client, AuditOptions::default(), &mut out).await?;
+        anyhow::bail!("audit not clean:\n{}", String::from_utf8_lossy(&out));
+    }
+    Ok(())
 }

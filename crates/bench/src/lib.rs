@@ -378,13 +378,22 @@ pub async fn run(opts: BenchOptions, out: &mut impl Write) -> Result<BenchReport
         history: results.history,
         targets,
     };
-    if opts.json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out).map_err(|e| BenchError::io("writing the report", e))?;
-    } else {
-        write!(out, "{}", report.render_table())
-            .map_err(|e| BenchError::io("writing the report", e))?;
-    }
+    write_report(out, opts.json, &report, || report.render_table())?;
     drop(server);
     Ok(report)
+}
+
+/// Writes a report as pretty JSON (`--json`) or as its table.
+pub(crate) fn write_report<R: serde::Serialize>(
+    out: &mut impl Write,
+    json: bool,
+    report: &R,
+    table: impl FnOnce() -> String,
+) -> Result<(), BenchError> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, report)?;
+        writeln!(out).map_err(|e| BenchError::io("writing the report", e))
+    } else {
+        write!(out, "{}", table()).map_err(|e| BenchError::io("writing the report", e))
+    }
 }

@@ -16,16 +16,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, Context};
 use serde::Serialize;
 use shop_events::partition::GROUPS_BUCKET;
-use shop_harness::scenario::{replenish, wait_for_stock};
 use shop_harness::shop::SimulatorConfig;
 use shop_harness::{Mode, NatsServer, ServerOptions, Service, Shop, ShopConfig};
 use tokio::time::Instant;
 
 use crate::load::{measure, Confirmations, LoadRun, LoadSpec};
-use crate::payloads::SKUS;
 use crate::procstat::{find_child, Probe};
 use crate::report::{Machine, TargetCheck};
-use crate::system::STOCK_PER_SKU;
 use crate::{BenchError, BenchOptions};
 
 /// What the simulated gateway adds to every call: the scale curve's unit of work.
@@ -184,13 +181,7 @@ pub async fn run_scale(
         targets: check_targets(&points),
         points,
     };
-    if opts.json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out).map_err(|e| BenchError::io("writing the report", e))?;
-    } else {
-        write!(out, "{}", report.render_table())
-            .map_err(|e| BenchError::io("writing the report", e))?;
-    }
+    crate::write_report(out, opts.json, &report, || report.render_table())?;
     Ok(report)
 }
 
@@ -248,19 +239,7 @@ async fn measure_count(
         "every partition owned, evenly"
     );
     let client = shop_harness::connect(&url).await?;
-    for sku in SKUS {
-        replenish(&js, sku, STOCK_PER_SKU).await?;
-    }
-    for sku in SKUS {
-        wait_for_stock(
-            &client,
-            sku,
-            i64::from(STOCK_PER_SKU),
-            0,
-            Duration::from_secs(30),
-        )
-        .await?;
-    }
+    crate::system::stock_every_sku(&js, &client).await?;
 
     let confirmations = Arc::new(Confirmations::watch(&client).await?);
     // The processes there is one of; the scaled instances share a program name.

@@ -112,19 +112,7 @@ impl System {
             .map(|s| Ok(Probe::new(s.name(), find_child(s.name())?)))
             .collect::<Result<Vec<_>, BenchError>>()?;
         let client = shop_harness::connect(nats_url).await?;
-        for sku in SKUS {
-            replenish(js, sku, STOCK_PER_SKU).await?;
-        }
-        for sku in SKUS {
-            wait_for_stock(
-                &client,
-                sku,
-                i64::from(STOCK_PER_SKU),
-                0,
-                Duration::from_secs(30),
-            )
-            .await?;
-        }
+        stock_every_sku(js, &client).await?;
         Ok(System {
             shop,
             client,
@@ -191,4 +179,25 @@ impl System {
         self.shop.shutdown().await?;
         Ok(())
     }
+}
+
+/// Replenishes every sku the orders use and waits until inventory shows the stock.
+pub(crate) async fn stock_every_sku(
+    js: &async_nats::jetstream::Context,
+    client: &async_nats::Client,
+) -> Result<(), BenchError> {
+    for sku in SKUS {
+        replenish(js, sku, STOCK_PER_SKU).await?;
+    }
+    for sku in SKUS {
+        wait_for_stock(
+            client,
+            sku,
+            i64::from(STOCK_PER_SKU),
+            0,
+            Duration::from_secs(30),
+        )
+        .await?;
+    }
+    Ok(())
 }
