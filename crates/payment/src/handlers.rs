@@ -89,6 +89,13 @@ impl<G: PaymentGateway> GatewayWorker<G> {
     pub async fn run(self, mut shutdown: Shutdown) {
         let this = Arc::new(self);
         loop {
+            // Enabled before the sweep: a call skipped because its change is not in the
+            // changelog yet is made as soon as the relay has stored it, not a pause later
+            // (that pause was the whole of a payment hop at one order in flight).
+            let store = this.store.clone();
+            let stored = store.outbox_removed().notified();
+            tokio::pin!(stored);
+            stored.as_mut().enable();
             let keys: Vec<OrderId> = this
                 .store
                 .tree(this.trees.work)
@@ -139,8 +146,10 @@ impl<G: PaymentGateway> GatewayWorker<G> {
             } else {
                 Duration::from_secs(1)
             };
+            let waiting_on_changelog = recorded < keys.len();
             tokio::select! {
                 _ = this.work_ready.notified() => {}
+                _ = &mut stored, if waiting_on_changelog => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.requested() => return,
             }

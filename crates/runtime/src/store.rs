@@ -950,6 +950,13 @@ impl Store {
         Ok(())
     }
 
+    /// Woken (`notify_waiters`) whenever the relay removed outbox entries: a worker that
+    /// waits until a change is stored (`is_stored`) enables a `notified()` before it looks,
+    /// and so misses no removal between its look and its wait.
+    pub fn outbox_removed(&self) -> &tokio::sync::Notify {
+        &self.outbox_removed
+    }
+
     /// Outbox entries waiting: committed transactions whose messages are not all published.
     pub fn outbox_len(&self) -> usize {
         self.opened().trees[1].len()
