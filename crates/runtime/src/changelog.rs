@@ -304,29 +304,6 @@ impl StateBucket {
         Ok(())
     }
 
-    /// Publishes writes without a fence, pipelined, and waits for every PubAck.
-    async fn publish_plain(
-        &self,
-        partition: u32,
-        writes: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), RuntimeError> {
-        let mut acks = Vec::with_capacity(writes.len());
-        for (key, payload) in writes {
-            let subject = self.subject(partition, &key);
-            let ack = self
-                .js
-                .publish(subject.clone(), Bytes::from(payload))
-                .await
-                .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
-            acks.push((subject, ack));
-        }
-        for (subject, ack) in acks {
-            ack.await
-                .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
-        }
-        Ok(())
-    }
-
     /// Stores a cut of `partition` whole: its chunks, then the cut record naming them.
     /// `messages` are in the outbox message codec ([`OutboxMessage::encode`]).
     ///
@@ -360,16 +337,19 @@ impl StateBucket {
             .await
     }
 
-    /// Publishes each entity's own record, for compaction and for reads of one entity.
+    /// Publishes each entity's own record, for compaction and for reads of one entity,
+    /// fenced by the owner's epoch record like the cut.
     ///
-    /// Not fenced on the server (that would serialise them, see
-    /// [`StateBucket::publish_fenced`]): the cut stored just before, fenced, holds the
-    /// same versions, so a record that a former owner still had in flight repeats what
-    /// the partition's next owner restored from that cut. The caller checks the fence
-    /// locally right before.
+    /// They were once published unfenced and pipelined, on the argument that a late one
+    /// repeats the cut the next owner restored. It does not hold on a cluster: writes a
+    /// client sent to a node that then froze reach the stream when the node thaws, after
+    /// the next owner (or this one, under a new epoch) wrote newer records, and a record
+    /// with `history: 1` replaces the newer one. `shop-lab chaos --cluster` lost orders
+    /// that way. Fenced writes go one at a time ([`StateBucket::publish_fenced`]).
     pub async fn publish_records(
         &self,
         partition: u32,
+        epoch_seq: u64,
         records: &[(String, Record)],
     ) -> Result<(), RuntimeError> {
         let writes = records
@@ -383,7 +363,7 @@ impl StateBucket {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.publish_plain(partition, writes).await
+        self.publish_fenced(partition, epoch_seq, writes).await
     }
 
     /// The last value of one key of `partition`, with its stream sequence.

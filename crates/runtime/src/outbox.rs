@@ -297,7 +297,7 @@ async fn drain_partitioned(
         }
         match changelog
             .bucket
-            .publish_records(cut.partition, &cut.records)
+            .publish_records(cut.partition, held.epoch_seq(), &cut.records)
             .await
         {
             Ok(()) => removable.extend(acked),
