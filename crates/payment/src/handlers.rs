@@ -92,8 +92,7 @@ impl<G: PaymentGateway> GatewayWorker<G> {
             // Enabled before the sweep: a call skipped because its change is not in the
             // changelog yet is made as soon as the relay has stored it, not a pause later
             // (that pause was the whole of a payment hop at one order in flight).
-            let store = this.store.clone();
-            let stored = store.outbox_removed().notified();
+            let stored = this.store.outbox_removed().notified();
             tokio::pin!(stored);
             stored.as_mut().enable();
             let keys: Vec<OrderId> = this
