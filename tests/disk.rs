@@ -286,13 +286,17 @@ async fn a_full_jetstream_store_keeps_events_in_the_outbox_until_there_is_room(
         Duration::from_secs(40),
         "a service to report that it cannot publish",
         || async {
-            let n = attempts.fetch_add(1, Ordering::SeqCst);
-            let id = format!("o-js-{n}");
-            if place(&js, order(&id, &[("sku-js", 1, 100)], "tok_visa"))
-                .await
-                .is_ok()
-            {
-                placed.lock().ok()?.push(id);
+            // A few orders a probe: how many fill the room depends on the bytes an order
+            // writes, and the probes back off.
+            for _ in 0..4 {
+                let n = attempts.fetch_add(1, Ordering::SeqCst);
+                let id = format!("o-js-{n}");
+                if place(&js, order(&id, &[("sku-js", 1, 100)], "tok_visa"))
+                    .await
+                    .is_ok()
+                {
+                    placed.lock().ok()?.push(id);
+                }
             }
             for service in [Service::Checkout, Service::Inventory, Service::Payment] {
                 let data = stats(&client, service).await.ok()?;

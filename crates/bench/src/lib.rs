@@ -13,6 +13,7 @@
 //! holds the latest figures.
 
 pub mod baseline;
+pub mod census;
 pub mod error;
 pub mod hops;
 pub mod latency;
@@ -220,6 +221,7 @@ struct SystemResults {
     phase: Phase,
     memory: BTreeMap<String, procstat::Memory>,
     history: Vec<HistoryPoint>,
+    census: census::Census,
 }
 
 async fn system_phase(
@@ -229,7 +231,13 @@ async fn system_phase(
     nats: &Probe,
 ) -> Result<SystemResults, BenchError> {
     tracing::info!(bin_dir = %opts.bin_dir.display(), "starting the services as processes");
-    let system = System::start(nats_url, &opts.bin_dir, js).await?;
+    // The services' databases in a directory of our own, so the census can read them
+    // after the services stopped.
+    let data = tempfile::Builder::new()
+        .prefix("shop-bench-data-")
+        .tempdir()
+        .map_err(|e| BenchError::io("creating the services' data directory", e))?;
+    let system = System::start(nats_url, &opts.bin_dir, js, data.path()).await?;
     let confirmations = Arc::new(Confirmations::watch(&js.client()).await?);
     let mut probes = system.services().to_vec();
     probes.push(nats.clone());
@@ -318,10 +326,12 @@ async fn system_phase(
     }
     drop(confirmations);
     system.stop().await?;
+    let census = census::Census::take(stored, data.path(), js).await?;
     Ok(SystemResults {
         phase,
         memory,
         history,
+        census,
     })
 }
 
@@ -377,6 +387,7 @@ pub async fn run(opts: BenchOptions, out: &mut impl Write) -> Result<BenchReport
         comparison,
         history: results.history,
         targets,
+        census: results.census,
     };
     write_report(out, opts.json, &report, || report.render_table())?;
     drop(server);

@@ -112,6 +112,8 @@ pub struct BenchReport {
     pub comparison: Comparison,
     pub history: Vec<HistoryPoint>,
     pub targets: Vec<TargetCheck>,
+    /// What the system kept after its run, per order.
+    pub census: crate::census::Census,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -355,6 +357,7 @@ impl BenchReport {
             };
             let _ = writeln!(t, "  [{verdict:^7}] {:<46} {}", c.target, c.measured);
         }
+        t.push_str(&self.census.render());
         t
     }
 }

@@ -98,12 +98,19 @@ fn dir_size(path: &Path) -> u64 {
 
 impl System {
     /// Starts the three services as processes against `nats_url` and stocks the shelves.
-    pub async fn start(nats_url: &str, bin_dir: &Path, js: &Context) -> Result<System, BenchError> {
+    /// The services keep their databases under `data_dir`.
+    pub async fn start(
+        nats_url: &str,
+        bin_dir: &Path,
+        js: &Context,
+        data_dir: &Path,
+    ) -> Result<System, BenchError> {
         check_binaries(bin_dir)?;
         let config = ShopConfig {
             mode: Mode::Processes {
                 bin_dir: PathBuf::from(bin_dir),
             },
+            data_dir: Some(data_dir.to_owned()),
             ..ShopConfig::default()
         };
         let shop = Shop::start(nats_url, config).await?;

@@ -5,7 +5,9 @@
 //! read while no transaction commits. It stores the cut first (its records and its
 //! messages, in one or a few chunk records and a cut record naming them), then publishes
 //! the messages, then each entity's own record; the consumer acks its input only after
-//! that. Every write is fenced by the owner's epoch record. A new owner of a partition
+//! that. Every write is fenced by the owner's epoch record (renewed after a write whose
+//! outcome is unknown), and a cut's chunks go into the slot its predecessor does not
+//! occupy, so the named cut is always whole. A new owner of a partition
 //! writes its epoch record, then (unless the last owner was this very store) replaces
 //! what it holds with the entities' records, the last cut on top, and publishes the
 //! cut's messages again (their ids make repeats harmless). docs/architecture.md, "State that moves with its
@@ -14,6 +16,7 @@
 //! Domain-free: what a record holds is the service's business ([`Entities`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,13 +74,40 @@ impl Record {
     }
 }
 
-/// A cut as stored: its id and how many chunks carry it. Written after the chunks, so a
-/// cut whose record names it is whole.
+/// A cut as stored: its id, how many chunks carry it and in which slot. Written after the
+/// chunks, so a cut whose record names it is whole.
+///
+/// Two slots of chunk keys take turns (`_cut.<slot>.<n>`): a cut is written into the
+/// slot the record does not name, so the named cut stays whole while its successor is
+/// being written. With one set of keys, a relay that stored a cut, failed to publish it
+/// (a timed-out PubAck) and died while storing the next cut's chunks left a cut record
+/// naming chunks that were no longer there: the restore fell back to the entities' older
+/// records, under events already published from the lost cut (`shop-lab chaos --cluster`
+/// saw a capture announced twice that way).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CutRecord {
     v: u32,
     id: String,
     chunks: u32,
+    /// `None`: a cut written before slots, its chunks under `_cut.<n>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slot: Option<u8>,
+}
+
+/// The key of chunk `n` of a cut in `slot`.
+fn chunk_key(slot: Option<u8>, n: u32) -> String {
+    match slot {
+        Some(slot) => format!("{CUT}.{slot}.{n}"),
+        None => format!("{CUT}.{n}"),
+    }
+}
+
+/// The slot a new cut is written into, given the one the cut record names.
+fn other_slot(named: Option<u8>) -> u8 {
+    match named {
+        Some(0) => 1,
+        _ => 0,
+    }
 }
 
 /// One chunk's records (JSON); its messages follow in the outbox entry codec.
@@ -159,6 +189,79 @@ pub struct EpochRecord {
     pub instance: String,
     /// The lease's epoch (its KV revision in the group bucket).
     pub epoch: u64,
+    /// Random per write: no two epoch records are ever the same message (see
+    /// [`StateBucket::write_epoch`]). Absent (0) in records written before it.
+    #[serde(default)]
+    pub nonce: u64,
+}
+
+impl EpochRecord {
+    /// A record of this owner, with a fresh nonce.
+    pub fn new(store_id: &str, instance: &str, epoch: u64) -> EpochRecord {
+        EpochRecord {
+            store_id: store_id.to_owned(),
+            instance: instance.to_owned(),
+            epoch,
+            nonce: rand::random(),
+        }
+    }
+
+    /// Whether `other` was written by the same store under the same lease.
+    pub fn same_owner(&self, other: &EpochRecord) -> bool {
+        self.store_id == other.store_id && self.epoch == other.epoch
+    }
+}
+
+/// Turns on atomic batches for the bucket's stream (a bucket created before they were
+/// used has them off). `false` if the server cannot: the relay then writes a cut in
+/// several fenced steps ([`StateBucket::store_cut`]).
+async fn allow_atomic(js: &jetstream::Context, stream: &str) -> bool {
+    let mut stream = match js.get_stream(stream).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "cannot read the changelog's stream; writing cuts in steps");
+            return false;
+        }
+    };
+    let config = match stream.info().await {
+        Ok(info) => info.config.clone(),
+        Err(e) => {
+            tracing::warn!(stream = stream.cached_info().config.name.as_str(), error = %e, "cannot read the changelog's stream; writing cuts in steps");
+            return false;
+        }
+    };
+    if config.allow_atomic_publish {
+        return true;
+    }
+    let name = config.name.clone();
+    match js
+        .update_stream(jetstream::stream::Config {
+            allow_atomic_publish: true,
+            ..config
+        })
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                stream = name.as_str(),
+                "atomic batches turned on for the changelog"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(stream = name.as_str(), error = %e, "the server refuses atomic batches (nats-server 2.12+ takes them); writing cuts in steps");
+            false
+        }
+    }
+}
+
+/// Whether a failed publish may still land: anything but the server's own refusal.
+fn outcome_unknown(error: &jetstream::context::PublishError) -> bool {
+    !matches!(
+        error.kind(),
+        jetstream::context::PublishErrorKind::WrongLastSequence
+            | jetstream::context::PublishErrorKind::StreamNotFound
+    )
 }
 
 /// The KV bucket of one service's changelog.
@@ -166,7 +269,12 @@ pub struct EpochRecord {
 pub struct StateBucket {
     js: jetstream::Context,
     bucket: String,
+    /// The bucket's stream takes atomic batches (nats-server 2.12+, `allow_atomic`).
+    atomic: bool,
 }
+
+/// The most writes one atomic batch carries (the server's default limit is 1,000).
+pub const MAX_BATCH: usize = 900;
 
 impl StateBucket {
     /// Opens `bucket`, creating it (one value per key, `replicas` copies) if absent.
@@ -194,10 +302,20 @@ impl StateBucket {
                     .map_err(|_| RuntimeError::js(format!("creating bucket {bucket}"))(e))?;
             }
         }
+        let atomic = allow_atomic(js, &format!("KV_{bucket}")).await;
         Ok(StateBucket {
             js: js.clone(),
             bucket: bucket.to_owned(),
+            atomic,
         })
+    }
+
+    /// Whether a cut of `records` and messages of `message_bytes` in all goes in one
+    /// atomic batch ([`StateBucket::store_cut_atomic`]).
+    pub fn takes_batch(&self, records: usize, message_bytes: usize) -> bool {
+        // Chunks are cut at about MAX_CHUNK_BYTES; then the cut record.
+        let chunks = message_bytes / MAX_CHUNK_BYTES + 2;
+        self.atomic && records + chunks < MAX_BATCH
     }
 
     pub fn name(&self) -> &str {
@@ -212,24 +330,73 @@ impl StateBucket {
         format!("KV_{}", self.bucket)
     }
 
-    /// Writes this owner's epoch record; its stream sequence fences every later record.
+    /// Writes this owner's epoch record (a takeover); its stream sequence fences every
+    /// later record.
+    ///
+    /// Every write is a message of its own (the record's nonce is in its id). They once
+    /// shared one id per store and lease, so that a retry was dropped as a duplicate; but
+    /// a restarted instance adopts its own lease, so its new run got the old run's
+    /// sequence back, and writes the killed run had sent through a node that then froze
+    /// passed the fence when they landed after the thaw, over newer records. A retry that
+    /// lands twice is harmless: the relay finds the later record to be its own
+    /// ([`EpochRecord::same_owner`]) and follows it.
     pub async fn write_epoch(
         &self,
         partition: u32,
         record: &EpochRecord,
+    ) -> Result<u64, RuntimeError> {
+        let message = jetstream::message::PublishMessage::build();
+        self.publish_epoch(partition, record, message).await
+    }
+
+    /// Writes a new epoch record of the same owner, only if the partition's last epoch
+    /// record is still this owner's at `held`'s sequence, and follows it.
+    ///
+    /// After a fenced write whose outcome is unknown (a timed-out PubAck: the write may
+    /// sit in a frozen node and land whenever it thaws), the owner renews its epoch
+    /// before writing again: the lost write, fenced by the old sequence, is refused if
+    /// it lands after the renewal, and lands before everything written since otherwise.
+    pub async fn renew_epoch(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+    ) -> Result<(), RuntimeError> {
+        let record = EpochRecord {
+            nonce: rand::random(),
+            ..held.owner.clone()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            held.epoch_seq().to_string().as_str(),
+        );
+        let message = jetstream::message::PublishMessage::build().headers(headers);
+        let sequence = self.publish_epoch(partition, &record, message).await?;
+        held.set_epoch_seq(sequence);
+        held.renew.store(false, Ordering::Release);
+        tracing::info!(
+            partition,
+            sequence,
+            "epoch renewed after a write of unknown outcome"
+        );
+        Ok(())
+    }
+
+    async fn publish_epoch(
+        &self,
+        partition: u32,
+        record: &EpochRecord,
+        message: jetstream::message::PublishMessage,
     ) -> Result<u64, RuntimeError> {
         let subject = self.subject(partition, EPOCH);
         let payload = serde_json::to_vec(record).map_err(|source| RuntimeError::Encode {
             what: "an epoch record".to_owned(),
             source,
         })?;
-        // One id per owner and lease: a write retried after a lost PubAck (an election
-        // on a cluster) is dropped as a duplicate and answered with the first one's
-        // sequence, instead of landing twice and fencing out its own writer.
-        let message = jetstream::message::PublishMessage::build()
+        let message = message
             .message_id(format!(
-                "epoch-{partition}-{}-{}",
-                record.store_id, record.epoch
+                "epoch-{partition}-{}-{}-{:016x}",
+                record.store_id, record.epoch, record.nonce
             ))
             .payload(Bytes::from(payload));
         let ack = self
@@ -238,7 +405,13 @@ impl StateBucket {
             .await
             .map_err(|e| RuntimeError::publish(subject.as_str(), e))?
             .await
-            .map_err(|e| RuntimeError::publish(subject.as_str(), e))?;
+            .map_err(|e| {
+                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                    RuntimeError::EpochMismatch { partition }
+                } else {
+                    RuntimeError::publish(subject.as_str(), e)
+                }
+            })?;
         Ok(ack.sequence)
     }
 
@@ -255,14 +428,9 @@ impl StateBucket {
             }))
     }
 
-    /// A publish of `payload` refused by the server unless the partition's last epoch
-    /// record is still the one at `epoch_seq` (ours).
-    fn fenced(
-        &self,
-        partition: u32,
-        epoch_seq: u64,
-        payload: Vec<u8>,
-    ) -> jetstream::message::PublishMessage {
+    /// The headers that make the server refuse a write unless the partition's last
+    /// epoch record is still the one at `epoch_seq` (ours).
+    fn fence_headers(&self, partition: u32, epoch_seq: u64) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
             "Nats-Expected-Last-Subject-Sequence",
@@ -272,69 +440,227 @@ impl StateBucket {
             "Nats-Expected-Last-Subject-Sequence-Subject",
             self.subject(partition, EPOCH).as_str(),
         );
-        jetstream::message::PublishMessage::build()
-            .headers(headers)
-            .payload(Bytes::from(payload))
+        headers
     }
 
     /// Publishes fenced writes one at a time, each after the previous one's PubAck: on a
     /// cluster the stream leader refuses a check against a subject (`_epoch`) while
-    /// another check against it is still in flight.
+    /// another check against it is still in flight. A write whose outcome is unknown
+    /// marks the epoch for renewal before the next ([`StateBucket::renew_epoch`]).
     async fn publish_fenced(
         &self,
         partition: u32,
-        epoch_seq: u64,
+        held: &ReadyPartition,
         writes: Vec<(String, Vec<u8>)>,
     ) -> Result<(), RuntimeError> {
+        if held.renew.load(Ordering::Acquire) {
+            self.renew_epoch(partition, held).await?;
+        }
+        let epoch_seq = held.epoch_seq();
         for (key, payload) in writes {
             let subject = self.subject(partition, &key);
-            self.js
-                .send_publish(subject.clone(), self.fenced(partition, epoch_seq, payload))
-                .await
-                .map_err(|e| RuntimeError::publish(subject.as_str(), e))?
-                .await
-                .map_err(|e| {
-                    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
-                        RuntimeError::EpochMismatch { partition }
-                    } else {
-                        RuntimeError::publish(subject.as_str(), e)
-                    }
-                })?;
+            let message = jetstream::message::PublishMessage::build()
+                .headers(self.fence_headers(partition, epoch_seq))
+                .payload(Bytes::from(payload));
+            self.send_fenced(partition, held, subject, message).await?;
         }
         Ok(())
     }
 
-    /// Stores a cut of `partition` whole: its chunks, then the cut record naming them.
-    /// `messages` are in the outbox message codec ([`OutboxMessage::encode`]).
+    /// Sends one fenced write and awaits its PubAck: a refused fence is
+    /// [`RuntimeError::EpochMismatch`]; an outcome we cannot know marks the epoch for
+    /// renewal.
+    async fn send_fenced(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+        subject: String,
+        message: jetstream::message::PublishMessage,
+    ) -> Result<(), RuntimeError> {
+        let acked = match self.js.send_publish(subject.clone(), message).await {
+            Ok(ack) => ack.await,
+            Err(e) => {
+                // Not sent as far as the client knows, but it may sit in a buffer.
+                held.renew.store(true, Ordering::Release);
+                return Err(RuntimeError::publish(subject.as_str(), e));
+            }
+        };
+        match acked {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(RuntimeError::EpochMismatch { partition })
+            }
+            Err(e) => {
+                if outcome_unknown(&e) {
+                    held.renew.store(true, Ordering::Release);
+                }
+                Err(RuntimeError::publish(subject.as_str(), e))
+            }
+        }
+    }
+
+    /// Stores a cut of `partition` whole: its chunks, in the slot the last cut record
+    /// does not name, then the cut record naming them. `messages` are in the outbox
+    /// message codec ([`OutboxMessage::encode`]).
     ///
     /// [`OutboxMessage::encode`]: crate::outbox_entry::OutboxMessage::encode
     pub async fn store_cut(
         &self,
         partition: u32,
-        epoch_seq: u64,
+        held: &ReadyPartition,
         records: &[(String, Record)],
         messages: &[Vec<u8>],
     ) -> Result<(), RuntimeError> {
+        let pending = self
+            .write_cut_chunks(partition, held, records, messages)
+            .await?;
+        self.name_cut(partition, held, pending).await
+    }
+
+    /// The first half of [`StateBucket::store_cut`]: the chunks, in the slot the cut
+    /// record does not name, so the last cut stays whole until [`StateBucket::name_cut`].
+    pub async fn write_cut_chunks(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+        records: &[(String, Record)],
+        messages: &[Vec<u8>],
+    ) -> Result<PendingCut, RuntimeError> {
+        let named = self.named_slot(partition, held).await?;
+        let slot = other_slot(named);
         let id = format!("{:016x}", rand::random::<u64>());
-        let encode_error = |source| RuntimeError::Encode {
-            what: "a changelog cut".to_owned(),
-            source,
-        };
-        let chunks = chunks_of(&id, records, messages).map_err(encode_error)?;
-        let cut = serde_json::to_vec(&CutRecord {
+        let chunks = chunks_of(&id, records, messages).map_err(cut_encode_error)?;
+        let record = CutRecord {
             v: 1,
             id,
             chunks: chunks.len() as u32,
-        })
-        .map_err(encode_error)?;
+            slot: Some(slot),
+        };
         let writes = chunks
             .into_iter()
             .enumerate()
-            .map(|(n, chunk)| (format!("{CUT}.{n}"), chunk))
+            .map(|(n, chunk)| (chunk_key(Some(slot), n as u32), chunk))
             .collect();
-        self.publish_fenced(partition, epoch_seq, writes).await?;
-        self.publish_fenced(partition, epoch_seq, vec![(CUT.to_owned(), cut)])
-            .await
+        self.publish_fenced(partition, held, writes).await?;
+        Ok(PendingCut { record })
+    }
+
+    /// The second half of [`StateBucket::store_cut`]: the cut record naming the chunks.
+    pub async fn name_cut(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+        pending: PendingCut,
+    ) -> Result<(), RuntimeError> {
+        let bytes = serde_json::to_vec(&pending.record).map_err(cut_encode_error)?;
+        self.publish_fenced(partition, held, vec![(CUT.to_owned(), bytes)])
+            .await?;
+        held.set_named_slot(pending.record.slot);
+        Ok(())
+    }
+
+    /// Stores a cut in one atomic batch: each entity's own record, then the cut's
+    /// messages (chunks in the slot the cut record does not name), then the cut record,
+    /// every write fenced by the owner's epoch record. All of it lands, or none.
+    ///
+    /// One round trip instead of one per write, and the records go once: the chunks
+    /// need not carry them, since they land together. Only when
+    /// [`StateBucket::takes_batch`] says so; [`StateBucket::store_cut`] and
+    /// [`StateBucket::publish_records`] otherwise.
+    pub async fn store_cut_atomic(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+        records: &[(String, Record)],
+        messages: &[Vec<u8>],
+    ) -> Result<(), RuntimeError> {
+        let named = self.named_slot(partition, held).await?;
+        let slot = other_slot(named);
+        let id = format!("{:016x}", rand::random::<u64>());
+        let chunks = chunks_of(&id, &[], messages).map_err(cut_encode_error)?;
+        let cut = CutRecord {
+            v: 1,
+            id,
+            chunks: chunks.len() as u32,
+            slot: Some(slot),
+        };
+        let mut writes = encode_records(records)?;
+        writes.extend(
+            chunks
+                .into_iter()
+                .enumerate()
+                .map(|(n, chunk)| (chunk_key(Some(slot), n as u32), chunk)),
+        );
+        writes.push((
+            CUT.to_owned(),
+            serde_json::to_vec(&cut).map_err(cut_encode_error)?,
+        ));
+        self.publish_batch(partition, held, writes).await?;
+        held.set_named_slot(cut.slot);
+        Ok(())
+    }
+
+    /// Publishes `writes` as one atomic batch (ADR-50: `Nats-Batch-Id`, a sequence from
+    /// 1, `Nats-Batch-Commit` on the last), each fenced; only the commit is acked.
+    async fn publish_batch(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+        writes: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), RuntimeError> {
+        if held.renew.load(Ordering::Acquire) {
+            self.renew_epoch(partition, held).await?;
+        }
+        let epoch_seq = held.epoch_seq();
+        let batch = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        let last = writes.len();
+        for (n, (key, payload)) in writes.into_iter().enumerate() {
+            let subject = self.subject(partition, &key);
+            let mut headers = self.fence_headers(partition, epoch_seq);
+            headers.insert("Nats-Batch-Id", batch.as_str());
+            headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
+            if n + 1 < last {
+                // Not acked one by one: the commit's PubAck answers for the batch.
+                if let Err(e) = self
+                    .js
+                    .client()
+                    .publish_with_headers(subject.clone(), headers, Bytes::from(payload))
+                    .await
+                {
+                    held.renew.store(true, Ordering::Release);
+                    return Err(RuntimeError::publish(subject.as_str(), e));
+                }
+                continue;
+            }
+            headers.insert("Nats-Batch-Commit", "1");
+            let message = jetstream::message::PublishMessage::build()
+                .headers(headers)
+                .payload(Bytes::from(payload));
+            self.send_fenced(partition, held, subject, message).await?;
+        }
+        Ok(())
+    }
+
+    /// The slot the partition's cut record names, read once per owner.
+    async fn named_slot(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+    ) -> Result<Option<u8>, RuntimeError> {
+        if let Some(named) = held.named_slot() {
+            return Ok(named);
+        }
+        let named = self
+            .last(partition, CUT)
+            .await?
+            .and_then(|(_, bytes)| serde_json::from_slice::<CutRecord>(&bytes).ok())
+            .and_then(|cut| cut.slot);
+        held.set_named_slot(named);
+        Ok(named)
     }
 
     /// Publishes each entity's own record, for compaction and for reads of one entity,
@@ -349,21 +675,11 @@ impl StateBucket {
     pub async fn publish_records(
         &self,
         partition: u32,
-        epoch_seq: u64,
+        held: &ReadyPartition,
         records: &[(String, Record)],
     ) -> Result<(), RuntimeError> {
-        let writes = records
-            .iter()
-            .map(|(entity, record)| {
-                serde_json::to_vec(record)
-                    .map(|payload| (entity.clone(), payload))
-                    .map_err(|source| RuntimeError::Encode {
-                        what: "a changelog record".to_owned(),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.publish_fenced(partition, epoch_seq, writes).await
+        let writes = encode_records(records)?;
+        self.publish_fenced(partition, held, writes).await
     }
 
     /// The last value of one key of `partition`, with its stream sequence.
@@ -416,19 +732,17 @@ impl StateBucket {
         let mut messages = Vec::new();
         for n in 0..cut.chunks {
             let chunk = self
-                .last(partition, &format!("{CUT}.{n}"))
+                .last(partition, &chunk_key(cut.slot, n))
                 .await?
                 .and_then(|(_, bytes)| decode_chunk(&bytes))
                 .filter(|(head, _)| head.id == cut.id);
             let Some((head, chunk_messages)) = chunk else {
-                // The next cut's chunks were being written when its owner stopped: that
-                // cut never completed (its inputs were not acked), and the one the cut
-                // record names had been published whole, entity records included, before
-                // the next began. The entities' own records are the state.
-                tracing::info!(
+                // Only a cut written before slots can get here (its successor's chunks
+                // went under the same keys); the entities' own records are the state.
+                tracing::warn!(
                     partition,
                     chunk = n,
-                    "the last cut was being replaced; restoring from the entities' records"
+                    "the last cut's chunks were replaced; restoring from the entities' records"
                 );
                 return Ok(None);
             };
@@ -664,24 +978,85 @@ impl std::fmt::Debug for Changelog {
     }
 }
 
+/// Each record as the bucket stores it, under its entity's key.
+fn encode_records(records: &[(String, Record)]) -> Result<Vec<(String, Vec<u8>)>, RuntimeError> {
+    records
+        .iter()
+        .map(|(entity, record)| {
+            serde_json::to_vec(record)
+                .map(|payload| (entity.clone(), payload))
+                .map_err(|source| RuntimeError::Encode {
+                    what: "a changelog record".to_owned(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// A cut whose chunks are stored and whose record is not yet written.
+#[derive(Debug)]
+pub struct PendingCut {
+    record: CutRecord,
+}
+
+fn cut_encode_error(source: serde_json::Error) -> RuntimeError {
+    RuntimeError::Encode {
+        what: "a changelog cut".to_owned(),
+        source,
+    }
+}
+
+/// The slot the cut record names is not known yet (read once per takeover).
+const SLOT_UNKNOWN: u8 = u8::MAX;
+/// The cut record names a cut written before slots.
+const SLOT_LEGACY: u8 = u8::MAX - 1;
+
 /// A partition this instance may work on.
 #[derive(Debug, Clone)]
 pub struct ReadyPartition {
     pub fence: crate::group::Fence,
+    /// This owner, as its epoch records name it.
+    pub owner: EpochRecord,
     /// The sequence of this owner's epoch record; the relay corrects it if its own
     /// write turns out to have landed again later.
-    pub epoch_seq: Arc<std::sync::atomic::AtomicU64>,
+    epoch_seq: Arc<AtomicU64>,
+    /// A fenced write's outcome is unknown: renew the epoch before the next.
+    renew: Arc<AtomicBool>,
+    /// The slot the partition's cut record names, as this owner last wrote or read it.
+    named_slot: Arc<AtomicU8>,
 }
 
 impl ReadyPartition {
-    pub fn new(fence: crate::group::Fence, epoch_seq: u64) -> ReadyPartition {
+    pub fn new(fence: crate::group::Fence, owner: EpochRecord, epoch_seq: u64) -> ReadyPartition {
         ReadyPartition {
             fence,
-            epoch_seq: Arc::new(std::sync::atomic::AtomicU64::new(epoch_seq)),
+            owner,
+            epoch_seq: Arc::new(AtomicU64::new(epoch_seq)),
+            renew: Arc::new(AtomicBool::new(false)),
+            named_slot: Arc::new(AtomicU8::new(SLOT_UNKNOWN)),
         }
     }
 
     pub fn epoch_seq(&self) -> u64 {
-        self.epoch_seq.load(std::sync::atomic::Ordering::Acquire)
+        self.epoch_seq.load(Ordering::Acquire)
+    }
+
+    /// Follows this owner's epoch record at `sequence`.
+    pub fn set_epoch_seq(&self, sequence: u64) {
+        self.epoch_seq.store(sequence, Ordering::Release);
+    }
+
+    /// `None` while unknown; `Some(None)` for a cut without a slot.
+    fn named_slot(&self) -> Option<Option<u8>> {
+        match self.named_slot.load(Ordering::Acquire) {
+            SLOT_UNKNOWN => None,
+            SLOT_LEGACY => Some(None),
+            slot => Some(Some(slot)),
+        }
+    }
+
+    fn set_named_slot(&self, slot: Option<u8>) {
+        self.named_slot
+            .store(slot.unwrap_or(SLOT_LEGACY), Ordering::Release);
     }
 }

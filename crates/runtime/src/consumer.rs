@@ -241,7 +241,13 @@ pub async fn run_consumer<H: EventHandler>(
                                 tracing::debug!(error = %fenced, "batch released, partition not held");
                                 release_batch(batch)
                             }
-                            _ => apply_batch(&ctx, &spec, handler.as_ref(), batch),
+                            _ => apply_batch(
+                                &ctx,
+                                &spec,
+                                handler.as_ref(),
+                                batch,
+                                fence.as_ref().map(Fence::partition),
+                            ),
                         };
                         if let Some(previous) = in_flight.take() {
                             let _ = previous.await;
@@ -357,6 +363,7 @@ fn apply_batch<H: EventHandler>(
     spec: &ConsumerSpec,
     handler: &H,
     batch: Vec<jetstream::Message>,
+    partition: Option<u32>,
 ) -> Applied {
     let mut applied = Applied {
         done: Vec::with_capacity(batch.len()),
@@ -420,6 +427,15 @@ fn apply_batch<H: EventHandler>(
             Ok(Applied_::Duplicate) => {
                 ctx.stats.add_duplicate();
                 span.in_scope(|| tracing::debug!("duplicate event skipped"));
+                // The first delivery's changes may still be on their way to the
+                // changelog (its ack was lost, or it was nak'ed while the store was
+                // faulted): ack the repeat only once the partition's entries waiting now
+                // are stored, or a takeover could restore a state without them.
+                if let Some(partition) = partition {
+                    if let Ok(Some(newest)) = ctx.store.newest_entry_of(partition) {
+                        applied.entry = applied.entry.max(Some(newest));
+                    }
+                }
                 applied.done.push(delivery);
                 continue;
             }

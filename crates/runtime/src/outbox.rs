@@ -265,46 +265,18 @@ async fn drain_partitioned(
         let Some(held) = ready.get(&cut.partition) else {
             continue;
         };
-        // 1. The cut whole (records and messages), so a new owner restores exactly it.
-        let encoded: Vec<Vec<u8>> = cut
-            .entries
-            .iter()
-            .flat_map(|(_, messages)| messages.iter().map(OutboxMessage::encode))
-            .collect();
-        if held.fence.check().is_err() {
-            continue;
-        }
-        if let Err(e) = changelog
-            .bucket
-            .store_cut(cut.partition, held.epoch_seq(), &cut.records, &encoded)
-            .await
-        {
-            if let RuntimeError::EpochMismatch { partition } = e {
-                resync_epoch(store, changelog, held, partition).await;
+        let epoch_before = held.epoch_seq();
+        let outcome = store_and_publish(js, changelog, held, cut, &mut published).await;
+        if held.epoch_seq() != epoch_before {
+            // Renewed or resynced: the store was still the last owner at the new record,
+            // so a restart may keep the local copy (the takeover's "current" check).
+            if let Err(e) = store.set_partition_marker(held.fence.partition(), held.epoch_seq()) {
+                tracing::warn!(error = %e, "cannot record the renewed epoch; the next takeover restores");
             }
-            failure.get_or_insert(e);
-            continue;
         }
-        // 2. Its messages.
-        let mut acked = Vec::with_capacity(cut.entries.len());
-        if let Err(e) = publish_entries(js, cut.entries, &mut acked, &mut published).await {
-            failure.get_or_insert(e);
-            continue;
-        }
-        // 3. Each entity's own record (the cut already holds the same versions).
-        if held.fence.check().is_err() {
-            continue;
-        }
-        match changelog
-            .bucket
-            .publish_records(cut.partition, held.epoch_seq(), &cut.records)
-            .await
-        {
-            Ok(()) => removable.extend(acked),
+        match outcome {
+            Ok(acked) => removable.extend(acked),
             Err(e) => {
-                if let RuntimeError::EpochMismatch { partition } = e {
-                    resync_epoch(store, changelog, held, partition).await;
-                }
                 failure.get_or_insert(e);
             }
         }
@@ -320,20 +292,76 @@ async fn drain_partitioned(
     }
 }
 
+/// One partition's cut: stores it, publishes its messages, then its entities' records.
+/// Returns the keys of the entries it may remove.
+async fn store_and_publish(
+    js: &jetstream::Context,
+    changelog: &Changelog,
+    held: &ReadyPartition,
+    cut: PartitionCut,
+    published: &mut usize,
+) -> Result<Vec<sled::IVec>, RuntimeError> {
+    // 1. The cut whole (records and messages), so a new owner restores exactly it.
+    let encoded: Vec<Vec<u8>> = cut
+        .entries
+        .iter()
+        .flat_map(|(_, messages)| messages.iter().map(OutboxMessage::encode))
+        .collect();
+    // A partition lost meanwhile is its next owner's: nothing failed, nothing to remove.
+    if held.fence.check().is_err() {
+        return Ok(Vec::new());
+    }
+    let bucket = &changelog.bucket;
+    let message_bytes = encoded.iter().map(Vec::len).sum();
+    if bucket.takes_batch(cut.records.len(), message_bytes) {
+        // Records, messages and cut record in one atomic batch; then the messages.
+        let stored = bucket
+            .store_cut_atomic(cut.partition, held, &cut.records, &encoded)
+            .await;
+        resync_on_mismatch(changelog, held, stored).await?;
+        let mut acked = Vec::with_capacity(cut.entries.len());
+        publish_entries(js, cut.entries, &mut acked, published).await?;
+        return Ok(acked);
+    }
+    let stored = bucket
+        .store_cut(cut.partition, held, &cut.records, &encoded)
+        .await;
+    resync_on_mismatch(changelog, held, stored).await?;
+    // 2. Its messages.
+    let mut acked = Vec::with_capacity(cut.entries.len());
+    publish_entries(js, cut.entries, &mut acked, published).await?;
+    // 3. Each entity's own record (the cut already holds the same versions).
+    if held.fence.check().is_err() {
+        return Ok(Vec::new());
+    }
+    let recorded = bucket
+        .publish_records(cut.partition, held, &cut.records)
+        .await;
+    resync_on_mismatch(changelog, held, recorded).await?;
+    Ok(acked)
+}
+
+/// Passes `result` on, first following our own epoch record if a fenced write was
+/// refused because it landed again ([`resync_epoch`]).
+async fn resync_on_mismatch(
+    changelog: &Changelog,
+    held: &ReadyPartition,
+    result: Result<(), RuntimeError>,
+) -> Result<(), RuntimeError> {
+    if let Err(RuntimeError::EpochMismatch { partition }) = &result {
+        resync_epoch(changelog, held, *partition).await;
+    }
+    result
+}
+
 /// After a fenced write was refused: if the partition's last epoch record is still this
 /// owner's (its write landed again after a retry), adopt that record's sequence; if
 /// another owner wrote it, leave the fence to the group, which revokes it.
-async fn resync_epoch(store: &Store, changelog: &Changelog, held: &ReadyPartition, partition: u32) {
-    let Ok(store_id) = store.store_id() else {
-        return;
-    };
+async fn resync_epoch(changelog: &Changelog, held: &ReadyPartition, partition: u32) {
     match changelog.bucket.last_epoch_at(partition).await {
-        Ok(Some((sequence, record)))
-            if record.store_id == store_id && record.epoch == held.fence.epoch() =>
-        {
+        Ok(Some((sequence, record))) if record.same_owner(&held.owner) => {
             tracing::info!(partition, sequence, "our epoch record landed again; following it");
-            held.epoch_seq
-                .store(sequence, std::sync::atomic::Ordering::Release);
+            held.set_epoch_seq(sequence);
         }
         Ok(other) => tracing::warn!(
             partition,

@@ -182,9 +182,12 @@ impl Manager {
                 continue;
             }
             match self.take_over(store_id, partition, fence).await {
-                Ok(epoch_seq) => {
+                Ok((owner, epoch_seq)) => {
                     self.ready.send_modify(|ready| {
-                        ready.insert(partition, ReadyPartition::new(fence.clone(), epoch_seq));
+                        ready.insert(
+                            partition,
+                            ReadyPartition::new(fence.clone(), owner, epoch_seq),
+                        );
                     });
                     running.insert(partition, self.start(partition, fence));
                     self.released.remove(&partition);
@@ -209,7 +212,7 @@ impl Manager {
         store_id: &str,
         partition: u32,
         fence: &Fence,
-    ) -> Result<u64, RuntimeError> {
+    ) -> Result<(EpochRecord, u64), RuntimeError> {
         let last = self.bucket.last_epoch_at(partition).await?;
         // Current only if the last epoch record is this store's *and* this store finished
         // a takeover at exactly that record: a takeover that wrote its epoch record and
@@ -222,21 +225,12 @@ impl Manager {
         fence.check()?;
         // The epoch record first: from here on the server refuses any cut a former owner
         // still had in flight, so what we read next is final.
-        let epoch_seq = self
-            .bucket
-            .write_epoch(
-                partition,
-                &EpochRecord {
-                    store_id: store_id.to_owned(),
-                    instance: self.instance.clone(),
-                    epoch: fence.epoch(),
-                },
-            )
-            .await?;
+        let owner = EpochRecord::new(store_id, &self.instance, fence.epoch());
+        let epoch_seq = self.bucket.write_epoch(partition, &owner).await?;
         if current {
             self.store.set_partition_marker(partition, epoch_seq)?;
             tracing::info!(partition, instance = %self.instance, "partition taken; this store owned it last, nothing to restore");
-            return Ok(epoch_seq);
+            return Ok((owner, epoch_seq));
         }
         let started = std::time::Instant::now();
         let changelog = self.bucket.read_partition(partition).await?;
@@ -254,7 +248,7 @@ impl Manager {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "partition taken; restored from the changelog"
         );
-        Ok(epoch_seq)
+        Ok((owner, epoch_seq))
     }
 
     fn start(&self, partition: u32, fence: &Fence) -> Running {

@@ -897,6 +897,19 @@ impl Store {
         Ok(count)
     }
 
+    /// The newest outbox entry of `partition`, if it has any. The relay removes a
+    /// partition's entries a cut at a time, every entry waiting at the cut, so once this
+    /// one is gone every older entry of the partition is gone too.
+    pub fn newest_entry_of(&self, partition: u32) -> Result<Option<u64>, RuntimeError> {
+        for item in self.opened().trees[1].iter().rev() {
+            let (key, value) = item?;
+            if Entry::decode(&value).and_then(|e| e.partition) == Some(partition) {
+                return Ok(key.as_ref().try_into().ok().map(u64::from_be_bytes));
+            }
+        }
+        Ok(None)
+    }
+
     /// Whether the outbox still holds entry `id`.
     pub fn outbox_contains(&self, id: u64) -> Result<bool, RuntimeError> {
         Ok(self.opened().trees[1].contains_key(id.to_be_bytes())?)
@@ -909,11 +922,17 @@ impl Store {
             let removed = self.outbox_removed.notified();
             tokio::pin!(removed);
             removed.as_mut().enable();
-            // While faulted the store may be a stand-in whose outbox is empty: an entry
-            // is gone only once the real database says so.
+            // While faulted the store may be a stand-in whose outbox is empty, and the
+            // relay cannot remove anything: give up, so the consumer naks the batch and
+            // waits for the store where it reports the stall (a wait here was silent).
+            // The batch is durable; its redelivery is a duplicate, acked once the entry
+            // is gone.
+            if self.fault().is_some() {
+                return false;
+            }
             match self.outbox_contains(id) {
-                Ok(false) if self.fault().is_none() => return true,
-                Ok(_) => {}
+                Ok(false) => return true,
+                Ok(true) => {}
                 Err(_) => return false,
             }
             if give_up() {

@@ -1,0 +1,305 @@
+//! The changelog on a real nats-server: what a new owner restores after the last owner
+//! stopped half-way through a write, and which late writes the fence refuses.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, Context};
+use shop_harness::{connect, eventually, NatsServer};
+use shop_runtime::changelog::{EpochRecord, ReadyPartition, Record, StateBucket};
+use shop_runtime::group::{Fence, Group, GroupConfig};
+use shop_runtime::outbox_entry::OutboxMessage;
+use shop_runtime::RuntimeError;
+
+const PARTITION: u32 = 0;
+
+async fn server() -> anyhow::Result<(NatsServer, Context, StateBucket)> {
+    let server = NatsServer::start().await?;
+    let js = jetstream::new(connect(&server.url()).await?);
+    let bucket = StateBucket::open(&js, "state_test", 1).await?;
+    Ok((server, js, bucket))
+}
+
+/// A real lease on the one partition of a one-member group.
+async fn lease(js: &Context) -> anyhow::Result<(Group, Fence)> {
+    let config = GroupConfig::new("groups", "svc", "a")
+        .partitions(1)
+        .lease_ttl(Duration::from_secs(30));
+    let (group, _handovers) = Group::join(js, config).await?;
+    let owned = group.owned();
+    let fence = eventually(Duration::from_secs(10), "the lease on partition 0", || {
+        let fence = owned.borrow().get(&PARTITION).cloned();
+        async move { fence }
+    })
+    .await?;
+    Ok((group, fence))
+}
+
+/// Takes the partition the way a new owner does: its own epoch record.
+async fn take(
+    bucket: &StateBucket,
+    fence: &Fence,
+    store_id: &str,
+) -> anyhow::Result<ReadyPartition> {
+    let owner = EpochRecord::new(store_id, "a", fence.epoch());
+    let sequence = bucket.write_epoch(PARTITION, &owner).await?;
+    Ok(ReadyPartition::new(fence.clone(), owner, sequence))
+}
+
+fn record(state: &str) -> Record {
+    Record {
+        v: 1,
+        data: Some(serde_json::json!({ "state": state })),
+        applied: vec![format!("event-{state}")],
+    }
+}
+
+/// One event as the outbox codes it.
+fn message(id: &str) -> Vec<u8> {
+    OutboxMessage {
+        subject: format!("events.test.{id}"),
+        msg_id: id.to_owned(),
+        headers: Vec::new(),
+        payload: id.as_bytes().to_vec(),
+    }
+    .encode()
+}
+
+fn state_of(record: Option<&Record>) -> Option<String> {
+    record
+        .and_then(|r| r.data.as_ref())
+        .and_then(|d| d["state"].as_str())
+        .map(str::to_owned)
+}
+
+/// A relay stored a cut, could not publish it (its PubAcks timed out), and died while
+/// storing the next cut. The first cut is still what a new owner restores, with its
+/// messages, not the entity's older record under it.
+#[tokio::test]
+async fn a_cut_cut_short_by_its_successor_still_restores_whole() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let held = take(&bucket, &fence, "store-a").await?;
+    let order = "order-1".to_owned();
+
+    // The entity's own record, then a newer cut of it.
+    bucket
+        .publish_records(PARTITION, &held, &[(order.clone(), record("due"))])
+        .await?;
+    bucket
+        .store_cut(
+            PARTITION,
+            &held,
+            &[(order.clone(), record("captured"))],
+            &[message("captured")],
+        )
+        .await?;
+    // The next cut's chunks are stored; its owner dies before the record naming them.
+    bucket
+        .write_cut_chunks(
+            PARTITION,
+            &held,
+            &[(order.clone(), record("refunding"))],
+            &[message("refund")],
+        )
+        .await?;
+
+    let restored = bucket.read_partition(PARTITION).await?;
+    assert_eq!(
+        state_of(restored.records.get(&order)).as_deref(),
+        Some("captured")
+    );
+    let ids: Vec<&str> = restored
+        .messages
+        .iter()
+        .map(|m| m.msg_id.as_str())
+        .collect();
+    assert_eq!(ids, ["captured"]);
+
+    // Two more cuts: the slots keep taking turns, and each restores whole.
+    for state in ["refunding", "refunded"] {
+        bucket
+            .store_cut(PARTITION, &held, &[(order.clone(), record(state))], &[])
+            .await?;
+        let restored = bucket.read_partition(PARTITION).await?;
+        assert_eq!(
+            state_of(restored.records.get(&order)).as_deref(),
+            Some(state)
+        );
+    }
+    Ok(())
+}
+
+/// A new owner that learns the named slot from the bucket (not from its own writes)
+/// writes its first cut beside the named one, not over it.
+#[tokio::test]
+async fn a_new_owner_writes_its_first_cut_beside_the_last_owners() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let order = "order-2".to_owned();
+    let first = take(&bucket, &fence, "store-a").await?;
+    bucket
+        .store_cut(
+            PARTITION,
+            &first,
+            &[(order.clone(), record("captured"))],
+            &[],
+        )
+        .await?;
+
+    let second = take(&bucket, &fence, "store-b").await?;
+    bucket
+        .write_cut_chunks(PARTITION, &second, &[(order.clone(), record("other"))], &[])
+        .await?;
+    let restored = bucket.read_partition(PARTITION).await?;
+    assert_eq!(
+        state_of(restored.records.get(&order)).as_deref(),
+        Some("captured")
+    );
+    Ok(())
+}
+
+/// A restarted instance adopts its own lease, so its epoch is the old run's. Its epoch
+/// record must still fence out what the killed run had in flight: a record written
+/// under the old run's sequence is refused once the new run has taken the partition.
+#[tokio::test]
+async fn a_new_run_of_the_same_store_fences_out_the_old_runs_writes() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let old_run = take(&bucket, &fence, "store-a").await?;
+    let new_run = take(&bucket, &fence, "store-a").await?;
+    assert_ne!(old_run.epoch_seq(), new_run.epoch_seq());
+
+    let late = bucket
+        .publish_records(
+            PARTITION,
+            &old_run,
+            &[("order-3".to_owned(), record("due"))],
+        )
+        .await;
+    assert!(
+        matches!(
+            late,
+            Err(RuntimeError::EpochMismatch {
+                partition: PARTITION
+            })
+        ),
+        "the old run's write was not refused: {late:?}"
+    );
+    bucket
+        .publish_records(
+            PARTITION,
+            &new_run,
+            &[("order-3".to_owned(), record("captured"))],
+        )
+        .await?;
+    let restored = bucket.read_partition(PARTITION).await?;
+    assert_eq!(
+        state_of(restored.records.get("order-3")).as_deref(),
+        Some("captured")
+    );
+    Ok(())
+}
+
+/// Renewing the epoch (after a write of unknown outcome) fences out writes made under
+/// the sequence before it, keeps the owner writing, and is itself refused once another
+/// owner took the partition.
+#[tokio::test]
+async fn a_renewed_epoch_refuses_older_writes_and_never_fences_out_a_new_owner(
+) -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let held = take(&bucket, &fence, "store-a").await?;
+    let before = ReadyPartition::new(fence.clone(), held.owner.clone(), held.epoch_seq());
+
+    bucket.renew_epoch(PARTITION, &held).await?;
+    assert!(held.epoch_seq() > before.epoch_seq());
+    let stale = bucket
+        .publish_records(PARTITION, &before, &[("order-4".to_owned(), record("due"))])
+        .await;
+    assert!(matches!(stale, Err(RuntimeError::EpochMismatch { .. })));
+    bucket
+        .publish_records(
+            PARTITION,
+            &held,
+            &[("order-4".to_owned(), record("captured"))],
+        )
+        .await?;
+
+    // Another store takes the partition; the old owner's renewal must not undo that.
+    let next = take(&bucket, &fence, "store-b").await?;
+    let renewal = bucket.renew_epoch(PARTITION, &held).await;
+    assert!(matches!(renewal, Err(RuntimeError::EpochMismatch { .. })));
+    let (_, last) = bucket
+        .last_epoch_at(PARTITION)
+        .await?
+        .expect("an epoch record");
+    assert!(last.same_owner(&next.owner));
+    assert_eq!(last.store_id, "store-b");
+    Ok(())
+}
+
+/// The relay's usual cut: records, messages and cut record in one atomic batch. A new
+/// owner restores the records and the messages; a batch from an owner fenced out
+/// lands not one of its writes.
+#[tokio::test]
+async fn an_atomic_cut_lands_whole_or_not_at_all() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    assert!(
+        bucket.takes_batch(2, 1024),
+        "the bucket's stream should take atomic batches on nats-server 2.15"
+    );
+    let (_group, fence) = lease(&js).await?;
+    let held = take(&bucket, &fence, "store-a").await?;
+    let (a, b) = ("order-5".to_owned(), "order-6".to_owned());
+    bucket
+        .store_cut_atomic(
+            PARTITION,
+            &held,
+            &[(a.clone(), record("captured")), (b.clone(), record("due"))],
+            &[message("captured-5"), message("requested-6")],
+        )
+        .await?;
+    let restored = bucket.read_partition(PARTITION).await?;
+    assert_eq!(
+        state_of(restored.records.get(&a)).as_deref(),
+        Some("captured")
+    );
+    assert_eq!(state_of(restored.records.get(&b)).as_deref(), Some("due"));
+    let ids: Vec<&str> = restored
+        .messages
+        .iter()
+        .map(|m| m.msg_id.as_str())
+        .collect();
+    assert_eq!(ids, ["captured-5", "requested-6"]);
+
+    // Another store takes the partition; the old owner's next batch is refused whole.
+    let _next = take(&bucket, &fence, "store-b").await?;
+    let late = bucket
+        .store_cut_atomic(
+            PARTITION,
+            &held,
+            &[
+                (a.clone(), record("stale")),
+                ("order-7".to_owned(), record("stale")),
+            ],
+            &[message("stale-7")],
+        )
+        .await;
+    assert!(
+        matches!(late, Err(RuntimeError::EpochMismatch { .. })),
+        "a fenced-out batch was not refused: {late:?}"
+    );
+    let restored = bucket.read_partition(PARTITION).await?;
+    assert_eq!(
+        state_of(restored.records.get(&a)).as_deref(),
+        Some("captured")
+    );
+    assert!(!restored.records.contains_key("order-7"));
+    let ids: Vec<&str> = restored
+        .messages
+        .iter()
+        .map(|m| m.msg_id.as_str())
+        .collect();
+    assert_eq!(ids, ["captured-5", "requested-6"]);
+    Ok(())
+}
