@@ -21,7 +21,7 @@ AUTH_DIR := data/auth
 NATS_AUTH_CONF := data/nats-auth.conf
 SHOP_FAST := ./target/fast/shop
 
-.PHONY: all test fmt-check clippy cargo-test nats-server nats auth run bench bench-scale chaos chaos-long clean-data fuzz flood
+.PHONY: all test fmt-check clippy cargo-test nats-server nats auth run bench bench-scale bench-cluster chaos chaos-long clean-data fuzz flood
 
 all: test
 
@@ -122,6 +122,12 @@ bench: nats-server
 bench-scale: nats-server
 	cargo build --release -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
 	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/release/shop-lab bench --scale payment=1,2,4 $(BENCH_ARGS)
+
+# The bench on a fresh local three-node cluster: baseline and system in one run, every
+# stream and KV bucket R3 (docs/BENCHMARKS.md, "On a 3-node cluster (R3)").
+bench-cluster: nats-server
+	cargo build --release -p shop-lab -p shop-checkout -p shop-inventory -p shop-payment -p shop-gateway-sim --bins
+	NATS_SERVER_BIN="$$(cat $(NATS_SERVER_PATH_FILE))" ./target/release/shop-lab bench --cluster $(BENCH_ARGS)
 
 # The chaos suite (shop-lab) on debug builds, as docs/RELIABILITY.md runs it.
 # `make chaos` is the short run; `make chaos-long` the 5,000-order run. CHAOS_ARGS adds flags.

@@ -30,6 +30,15 @@ pub enum BenchError {
         failed: u64,
     },
 
+    /// On the cluster, a stream or KV bucket of the run is not kept on every node, so
+    /// the run did not measure what the report would claim.
+    #[error("stream {stream} has {replicas} replica(s); the cluster bench keeps every stream on {wanted}")]
+    NotReplicated {
+        stream: String,
+        replicas: usize,
+        wanted: usize,
+    },
+
     /// A service process could not be found or measured under `/proc`.
     #[error("measuring processes: {0}")]
     Proc(String),
@@ -57,6 +66,7 @@ impl BenchError {
             | BenchError::Publish { .. }
             | BenchError::NoProgress { .. } => true,
             BenchError::Options(_)
+            | BenchError::NotReplicated { .. }
             | BenchError::Proc(_)
             | BenchError::Io { .. }
             | BenchError::Json(_) => false,

@@ -8,12 +8,14 @@
 //!   commits, driven by the same closed-loop load generator ([`load`]).
 //!
 //! Each is measured at several in-flight levels; the system also along a curve of stored
-//! orders. With `--scale`, [`scale`] runs only a curve of throughput against the number
-//! of instances of a partitioned service. `docs/BENCHMARKS.md` explains the method and
-//! holds the latest figures.
+//! orders. With `--cluster`, both phases run on one fresh three-node cluster instead,
+//! every stream and KV bucket R3 ([`cluster`]). With `--scale`, [`scale`] runs only a
+//! curve of throughput against the number of instances of a partitioned service.
+//! `docs/BENCHMARKS.md` explains the method and holds the latest figures.
 
 pub mod baseline;
 pub mod census;
+pub mod cluster;
 pub mod error;
 pub mod hops;
 pub mod latency;
@@ -32,7 +34,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use shop_events::EventKind;
-use shop_harness::{NatsServer, ServerOptions};
 
 pub use baseline::run_baseline;
 pub use error::BenchError;
@@ -40,8 +41,9 @@ pub use load::{LoadRun, LoadSpec};
 pub use report::BenchReport;
 pub use scale::{run_scale, ScaleReport, ScaleSpec};
 
+use crate::cluster::Broker;
 use crate::load::{measure, preload, Confirmations, Preload, ORDER_TIMEOUT};
-use crate::procstat::{find_child, Probe};
+use crate::procstat::Probe;
 use crate::report::{check_targets, Comparison, HistoryPoint, Machine, Phase, PhaseRun, Settings};
 use crate::system::System;
 
@@ -60,6 +62,8 @@ pub struct BenchOptions {
     pub history: Vec<u64>,
     /// Short windows, for smoke runs; figures are indicative only.
     pub quick: bool,
+    /// Both phases on a fresh three-node cluster, every stream and KV bucket R3.
+    pub cluster: bool,
 }
 
 impl Default for BenchOptions {
@@ -76,6 +80,7 @@ impl Default for BenchOptions {
             json: false,
             history: Vec::new(),
             quick: false,
+            cluster: false,
         }
     }
 }
@@ -191,11 +196,12 @@ fn log_run(phase: &str, run: &LoadRun) {
 async fn baseline_phase(
     js: &Context,
     opts: &BenchOptions,
-    nats: &Probe,
+    nats: &[Probe],
 ) -> Result<Phase, BenchError> {
     let chain = baseline::Chain::start(js).await?;
     let confirmations = Arc::new(Confirmations::watch(&js.client()).await?);
-    let probes = [Probe::this_process("bench"), nats.clone()];
+    let mut probes = vec![Probe::this_process("bench")];
+    probes.extend_from_slice(nats);
     let levels = opts.levels();
     let mut phase = Phase::default();
     for (i, inflight) in levels.iter().enumerate() {
@@ -225,10 +231,10 @@ struct SystemResults {
 }
 
 async fn system_phase(
-    nats_url: &str,
+    broker: &Broker,
     js: &Context,
     opts: &BenchOptions,
-    nats: &Probe,
+    nats: &[Probe],
 ) -> Result<SystemResults, BenchError> {
     tracing::info!(bin_dir = %opts.bin_dir.display(), "starting the services as processes");
     // The services' databases in a directory of our own, so the census can read them
@@ -237,10 +243,18 @@ async fn system_phase(
         .prefix("shop-bench-data-")
         .tempdir()
         .map_err(|e| BenchError::io("creating the services' data directory", e))?;
-    let system = System::start(nats_url, &opts.bin_dir, js, data.path()).await?;
+    let system = System::start(
+        &broker.url(),
+        &opts.bin_dir,
+        js,
+        data.path(),
+        broker.replicas(),
+    )
+    .await?;
+    broker.settle().await?;
     let confirmations = Arc::new(Confirmations::watch(&js.client()).await?);
     let mut probes = system.services().to_vec();
-    probes.push(nats.clone());
+    probes.extend_from_slice(nats);
     probes.push(Probe::this_process("loadgen"));
     let levels = opts.levels();
     let mut phase = Phase::default();
@@ -340,25 +354,19 @@ async fn system_phase(
 /// Progress goes to `tracing` at info level. The services' binaries must already be built.
 pub async fn run(opts: BenchOptions, out: &mut impl Write) -> Result<BenchReport, BenchError> {
     opts.validate()?;
-    // Declared before the server so that it is removed after the server is gone.
-    let store = tempfile::Builder::new()
-        .prefix("shop-bench-js-")
-        .tempdir()
-        .map_err(|e| BenchError::io("creating the JetStream store directory", e))?;
-    let server =
-        NatsServer::start_with(ServerOptions::default().extra_config(server_config(store.path())))
-            .await?;
-    let client = shop_harness::connect(&server.url()).await?;
+    let broker = Broker::start(opts.cluster, server_config).await?;
+    let client = shop_harness::connect(&broker.url()).await?;
     let js = jetstream::new(client);
-    shop_harness::declare_streams(&js).await?;
-    let nats = Probe::new("nats-server", find_child("nats-server")?);
+    broker.declare_streams(&js).await?;
+    let nats = broker.nats_probes()?;
 
     tracing::info!(levels = ?opts.levels(), "baseline phase: raw JetStream chain");
     let baseline = baseline_phase(&js, &opts, &nats).await?;
     baseline::purge_event_streams(&js).await?;
 
     tracing::info!("system phase: checkout, inventory and payment as processes");
-    let results = system_phase(&server.url(), &js, &opts, &nats).await?;
+    let results = system_phase(&broker, &js, &opts, &nats).await?;
+    let topology = broker.topology(&js).await?;
 
     let templates = payloads::Templates::new()?;
     let mut payload_bytes = templates.sizes();
@@ -373,6 +381,7 @@ pub async fn run(opts: BenchOptions, out: &mut impl Write) -> Result<BenchReport
     let (warmup, window) = opts.windows();
     let report = BenchReport {
         machine: machine(shop_harness::server::find_server_binary().ok()),
+        topology,
         settings: Settings {
             warmup_s: warmup.as_secs_f64(),
             measure_s: window.as_secs_f64(),
@@ -390,7 +399,7 @@ pub async fn run(opts: BenchOptions, out: &mut impl Write) -> Result<BenchReport
         census: results.census,
     };
     write_report(out, opts.json, &report, || report.render_table())?;
-    drop(server);
+    drop(broker);
     Ok(report)
 }
 

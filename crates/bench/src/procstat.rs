@@ -120,18 +120,27 @@ fn program_name(argv: &[String]) -> Option<&str> {
     Path::new(argv.first()?).file_name()?.to_str()
 }
 
-/// Finds the bench's own child running `program` (by argv[0]'s file name), or the
-/// `shop run --services <program>` fallback the harness uses when the service binary is missing.
-pub fn find_child(program: &str) -> Result<u32, BenchError> {
-    let found = children(std::process::id())
+/// Every child of the bench running `program` (by the file name of `argv[0]`), or the
+/// `shop run --services <program>` fallback the harness uses when the service binary is
+/// missing; a cluster's nodes are three such children.
+pub fn find_children(program: &str) -> Vec<u32> {
+    let mut found: Vec<u32> = children(std::process::id())
         .into_iter()
-        .find(|(_, argv)| {
+        .filter(|(_, argv)| {
             program_name(argv) == Some(program)
                 || argv
                     .windows(2)
                     .any(|w| w[0] == "--services" && w[1] == program)
         })
-        .map(|(pid, _)| pid);
+        .map(|(pid, _)| pid)
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// The bench's one child running `program` (see [`find_children`]).
+pub fn find_child(program: &str) -> Result<u32, BenchError> {
+    let found = find_children(program).into_iter().next();
     found.ok_or_else(|| {
         BenchError::Proc(format!(
             "no child process of the bench runs {program}; was it started?"
@@ -152,25 +161,52 @@ impl CpuSnapshot {
             .map(CpuSnapshot)
     }
 
-    /// CPU seconds each probe used between `earlier` and `self`.
+    /// CPU seconds each label used between `earlier` and `self`, in the order labels
+    /// first appear. Probes that share a label (a cluster's three `nats-server` nodes)
+    /// are summed under it.
     pub fn since(&self, earlier: &CpuSnapshot) -> Vec<(String, f64)> {
-        self.0
-            .iter()
-            .map(|(probe, now)| {
-                let before = earlier
-                    .0
-                    .iter()
-                    .find(|(p, _)| p == probe)
-                    .map_or(0.0, |(_, s)| *s);
-                (probe.label.clone(), (now - before).max(0.0))
-            })
-            .collect()
+        let mut used: Vec<(String, f64)> = Vec::new();
+        for (probe, now) in &self.0 {
+            let before = earlier
+                .0
+                .iter()
+                .find(|(p, _)| p == probe)
+                .map_or(0.0, |(_, s)| *s);
+            let delta = (now - before).max(0.0);
+            match used.iter_mut().find(|(label, _)| *label == probe.label) {
+                Some((_, total)) => *total += delta,
+                None => used.push((probe.label.clone(), delta)),
+            }
+        }
+        used
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_sharing_a_label_are_summed_and_others_kept_apart() {
+        let node = |pid| Probe::new("nats-server", pid);
+        let bench = Probe::new("bench", 1);
+        let before = CpuSnapshot(vec![
+            (bench.clone(), 1.0),
+            (node(10), 2.0),
+            (node(11), 3.0),
+            (node(12), 4.0),
+        ]);
+        let after = CpuSnapshot(vec![
+            (bench, 1.5),
+            (node(10), 2.25),
+            (node(11), 3.5),
+            (node(12), 5.0),
+        ]);
+        assert_eq!(
+            after.since(&before),
+            vec![("bench".to_owned(), 0.5), ("nats-server".to_owned(), 1.75)]
+        );
+    }
 
     #[test]
     fn the_bench_can_measure_itself() {

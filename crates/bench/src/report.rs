@@ -17,6 +17,28 @@ pub struct Machine {
     pub nats_server: String,
 }
 
+/// Where both phases ran: one server, or a cluster with every stream on each node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    /// nats-server processes; their CPU is reported summed under `nats-server`.
+    pub nodes: usize,
+    /// Copies of every stream and KV bucket.
+    pub replicas: usize,
+    /// On a cluster, every stream the run used (KV buckets as `KV_…`), each checked R3.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<String>,
+}
+
+impl Topology {
+    pub fn single() -> Topology {
+        Topology {
+            nodes: 1,
+            replicas: 1,
+            streams: Vec::new(),
+        }
+    }
+}
+
 /// How the run was set up.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -102,6 +124,7 @@ pub struct TargetCheck {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub machine: Machine,
+    pub topology: Topology,
     pub settings: Settings,
     /// Body size of each event of the happy path, identical in both phases.
     pub payload_bytes: BTreeMap<String, usize>,
@@ -248,6 +271,18 @@ impl BenchReport {
             self.settings.measure_s,
             if self.settings.quick { " (quick)" } else { "" }
         );
+        if self.topology.nodes > 1 {
+            let _ = writeln!(
+                t,
+                "on a {}-node cluster (R{}): both phases, every stream and KV bucket on {} nodes \
+                 ({}); nats CPU is the {} nodes summed",
+                self.topology.nodes,
+                self.topology.replicas,
+                self.topology.replicas,
+                self.topology.streams.join(", "),
+                self.topology.nodes,
+            );
+        }
         let _ = writeln!(t);
         let _ = writeln!(
             t,

@@ -98,12 +98,14 @@ fn dir_size(path: &Path) -> u64 {
 
 impl System {
     /// Starts the three services as processes against `nats_url` and stocks the shelves.
-    /// The services keep their databases under `data_dir`.
+    /// The services keep their databases under `data_dir` and their streams and KV
+    /// buckets on `replicas` servers (3 on a cluster).
     pub async fn start(
         nats_url: &str,
         bin_dir: &Path,
         js: &Context,
         data_dir: &Path,
+        replicas: usize,
     ) -> Result<System, BenchError> {
         check_binaries(bin_dir)?;
         let config = ShopConfig {
@@ -112,7 +114,8 @@ impl System {
             },
             data_dir: Some(data_dir.to_owned()),
             ..ShopConfig::default()
-        };
+        }
+        .stream_replicas(replicas);
         let shop = Shop::start(nats_url, config).await?;
         let services = Service::ALL
             .iter()

@@ -20,7 +20,7 @@ use tokio::process::Child;
 
 use crate::server::{
     auth_include, base_config, find_server_binary, free_ports, hard_kill, init_auth, log_tail,
-    monitoring_get, send_signal, spawn_with_config,
+    monitoring_get, send_signal, spawn_with_config, TEST_MAX_FILE_STORE,
 };
 use crate::wait::Backoff;
 use crate::{eventually, HarnessError};
@@ -118,6 +118,8 @@ pub struct NatsCluster {
     bin: PathBuf,
     cluster_name: String,
     auth: bool,
+    /// Each node's `max_file_store`; every node keeps a replica of every R3 stream.
+    max_file_store: String,
     dir: TempDir,
 }
 
@@ -150,16 +152,24 @@ impl NatsCluster {
     /// Starts three routed servers on free ports, each with a fresh store, and waits
     /// until every node is healthy and they agree on a meta leader.
     pub async fn start() -> Result<NatsCluster, HarnessError> {
-        NatsCluster::start_with_auth(true).await
+        NatsCluster::start_with(true, TEST_MAX_FILE_STORE).await
     }
 
     /// [`NatsCluster::start`] accepting any client without credentials, for a test about
     /// something else on purpose.
     pub async fn start_without_auth() -> Result<NatsCluster, HarnessError> {
-        NatsCluster::start_with_auth(false).await
+        NatsCluster::start_with(false, TEST_MAX_FILE_STORE).await
     }
 
-    async fn start_with_auth(auth: bool) -> Result<NatsCluster, HarnessError> {
+    /// [`NatsCluster::start`] with a file store of `max_file_store` per node (nats-server's
+    /// syntax, e.g. `16GB`) instead of a test's 1 GB: a benchmark's minutes of load outgrow it.
+    pub async fn start_with_max_file_store(
+        max_file_store: &str,
+    ) -> Result<NatsCluster, HarnessError> {
+        NatsCluster::start_with(true, max_file_store).await
+    }
+
+    async fn start_with(auth: bool, max_file_store: &str) -> Result<NatsCluster, HarnessError> {
         let bin = find_server_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("shop-nats-cluster-")
@@ -170,6 +180,7 @@ impl NatsCluster {
             bin,
             cluster_name: String::new(),
             auth,
+            max_file_store: max_file_store.to_owned(),
             dir,
         };
         if let Some(auth_dir) = cluster.auth_dir() {
@@ -583,6 +594,7 @@ impl NatsCluster {
             this.http_port,
             &this.server_name,
             &this.store_dir(),
+            &self.max_file_store,
         );
         if self.auth {
             // The nodes' directories sit next to the shared auth directory.

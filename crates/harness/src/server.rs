@@ -296,6 +296,7 @@ impl NatsServer {
             self.http_port,
             &format!("harness-{}", self.port),
             &self.store_dir(),
+            TEST_MAX_FILE_STORE,
         );
         let auth = if self.options.auth {
             auth_include(AUTH_DIR)
@@ -387,14 +388,19 @@ pub fn find_server_binary() -> Result<PathBuf, HarnessError> {
     Err(HarnessError::ServerBinaryNotFound { searched })
 }
 
+/// How much file storage a harness server may use: small, because many test servers
+/// share one machine. A bench's cluster asks for more ([`crate::NatsCluster::start_with_max_file_store`]).
+pub(crate) const TEST_MAX_FILE_STORE: &str = "1GB";
+
 /// The config every harness server starts from: client and monitoring ports on
-/// 127.0.0.1, a name, production's payload limit and a JetStream store in `store_dir`.
-/// A cluster node appends its `cluster { … }` block.
+/// 127.0.0.1, a name, production's payload limit and a JetStream store in `store_dir`
+/// of at most `max_file_store`. A cluster node appends its `cluster { … }` block.
 pub(crate) fn base_config(
     port: u16,
     http_port: u16,
     server_name: &str,
     store_dir: &Path,
+    max_file_store: &str,
 ) -> String {
     // Quoted with escapes so temp paths with spaces or backslashes stay one string.
     let store = format!("{:?}", store_dir.display().to_string());
@@ -409,7 +415,7 @@ pub(crate) fn base_config(
          \x20 store_dir: {store}\n\
          \x20 # Small limits: many test servers share one machine.\n\
          \x20 max_memory_store: 64MB\n\
-         \x20 max_file_store: 1GB\n\
+         \x20 max_file_store: {max_file_store}\n\
          }}\n",
     )
 }

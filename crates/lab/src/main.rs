@@ -50,6 +50,10 @@ enum Command {
         /// gateway of 100 ms per call (the baseline and in-flight levels are skipped).
         #[arg(long, value_parser = parse_scale, conflicts_with_all = ["inflight", "history"])]
         scale: Option<shop_bench::ScaleSpec>,
+        /// Run both phases on a fresh three-node cluster instead of one server: every
+        /// stream and KV bucket on three replicas, the services with `--replicas 3`.
+        #[arg(long, conflicts_with = "scale")]
+        cluster: bool,
     },
     /// Run the chaos scenario on a private nats-server and services as processes, then audit.
     ///
@@ -113,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             json,
             quick,
             scale,
+            cluster,
         } => {
             init_subscriber(cli.log_format);
             let opts = shop_bench::BenchOptions {
@@ -121,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
                 history,
                 json,
                 quick,
+                cluster,
                 ..shop_bench::BenchOptions::default()
             };
             match scale {
