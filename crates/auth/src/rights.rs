@@ -148,12 +148,7 @@ fn service_rights(service: &str, rights: &mut Rights) {
     kv_rights(&state_bucket(service), ">", rights);
     // Its changelog's last cut and records are read from the stream leader: a direct get
     // may be answered by a replica that is behind (crates/runtime/src/changelog.rs, `last`).
-    // It turns on atomic batches for the changelog's stream (`allow_atomic`) when it starts.
-    let state_stream = p::kv_stream(&state_bucket(service));
-    rights.publish([
-        p::stream_msg_get(&state_stream),
-        p::stream_update(&state_stream),
-    ]);
+    rights.publish([p::stream_msg_get(&p::kv_stream(&state_bucket(service)))]);
     // Micro-service protocol and its own endpoints.
     rights.subscribe(p::micro_service(service));
     rights.subscribe(served_endpoints(service));

@@ -212,49 +212,6 @@ impl EpochRecord {
     }
 }
 
-/// Turns on atomic batches for the bucket's stream (a bucket created before they were
-/// used has them off). `false` if the server cannot: the relay then writes a cut in
-/// several fenced steps ([`StateBucket::store_cut`]).
-async fn allow_atomic(js: &jetstream::Context, stream: &str) -> bool {
-    let mut stream = match js.get_stream(stream).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::warn!(stream, error = %e, "cannot read the changelog's stream; writing cuts in steps");
-            return false;
-        }
-    };
-    let config = match stream.info().await {
-        Ok(info) => info.config.clone(),
-        Err(e) => {
-            tracing::warn!(stream = stream.cached_info().config.name.as_str(), error = %e, "cannot read the changelog's stream; writing cuts in steps");
-            return false;
-        }
-    };
-    if config.allow_atomic_publish {
-        return true;
-    }
-    let name = config.name.clone();
-    match js
-        .update_stream(jetstream::stream::Config {
-            allow_atomic_publish: true,
-            ..config
-        })
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(
-                stream = name.as_str(),
-                "atomic batches turned on for the changelog"
-            );
-            true
-        }
-        Err(e) => {
-            tracing::warn!(stream = name.as_str(), error = %e, "the server refuses atomic batches (nats-server 2.12+ takes them); writing cuts in steps");
-            false
-        }
-    }
-}
-
 /// Whether a failed publish may still land: anything but the server's own refusal.
 fn outcome_unknown(error: &jetstream::context::PublishError) -> bool {
     !matches!(
@@ -269,12 +226,7 @@ fn outcome_unknown(error: &jetstream::context::PublishError) -> bool {
 pub struct StateBucket {
     js: jetstream::Context,
     bucket: String,
-    /// The bucket's stream takes atomic batches (nats-server 2.12+, `allow_atomic`).
-    atomic: bool,
 }
-
-/// The most writes one atomic batch carries (the server's default limit is 1,000).
-pub const MAX_BATCH: usize = 900;
 
 impl StateBucket {
     /// Opens `bucket`, creating it (one value per key, `replicas` copies) if absent.
@@ -302,20 +254,10 @@ impl StateBucket {
                     .map_err(|_| RuntimeError::js(format!("creating bucket {bucket}"))(e))?;
             }
         }
-        let atomic = allow_atomic(js, &format!("KV_{bucket}")).await;
         Ok(StateBucket {
             js: js.clone(),
             bucket: bucket.to_owned(),
-            atomic,
         })
-    }
-
-    /// Whether a cut of `records` and messages of `message_bytes` in all goes in one
-    /// atomic batch ([`StateBucket::store_cut_atomic`]).
-    pub fn takes_batch(&self, records: usize, message_bytes: usize) -> bool {
-        // Chunks are cut at about MAX_CHUNK_BYTES; then the cut record.
-        let chunks = message_bytes / MAX_CHUNK_BYTES + 2;
-        self.atomic && records + chunks < MAX_BATCH
     }
 
     pub fn name(&self) -> &str {
@@ -556,92 +498,6 @@ impl StateBucket {
         self.publish_fenced(partition, held, vec![(CUT.to_owned(), bytes)])
             .await?;
         held.set_named_slot(pending.record.slot);
-        Ok(())
-    }
-
-    /// Stores a cut in one atomic batch: each entity's own record, then the cut's
-    /// messages (chunks in the slot the cut record does not name), then the cut record,
-    /// every write fenced by the owner's epoch record. All of it lands, or none.
-    ///
-    /// One round trip instead of one per write, and the records go once: the chunks
-    /// need not carry them, since they land together. Only when
-    /// [`StateBucket::takes_batch`] says so; [`StateBucket::store_cut`] and
-    /// [`StateBucket::publish_records`] otherwise.
-    pub async fn store_cut_atomic(
-        &self,
-        partition: u32,
-        held: &ReadyPartition,
-        records: &[(String, Record)],
-        messages: &[Vec<u8>],
-    ) -> Result<(), RuntimeError> {
-        let named = self.named_slot(partition, held).await?;
-        let slot = other_slot(named);
-        let id = format!("{:016x}", rand::random::<u64>());
-        let chunks = chunks_of(&id, &[], messages).map_err(cut_encode_error)?;
-        let cut = CutRecord {
-            v: 1,
-            id,
-            chunks: chunks.len() as u32,
-            slot: Some(slot),
-        };
-        let mut writes = encode_records(records)?;
-        writes.extend(
-            chunks
-                .into_iter()
-                .enumerate()
-                .map(|(n, chunk)| (chunk_key(Some(slot), n as u32), chunk)),
-        );
-        writes.push((
-            CUT.to_owned(),
-            serde_json::to_vec(&cut).map_err(cut_encode_error)?,
-        ));
-        self.publish_batch(partition, held, writes).await?;
-        held.set_named_slot(cut.slot);
-        Ok(())
-    }
-
-    /// Publishes `writes` as one atomic batch (ADR-50: `Nats-Batch-Id`, a sequence from
-    /// 1, `Nats-Batch-Commit` on the last), each fenced; only the commit is acked.
-    async fn publish_batch(
-        &self,
-        partition: u32,
-        held: &ReadyPartition,
-        writes: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), RuntimeError> {
-        if held.renew.load(Ordering::Acquire) {
-            self.renew_epoch(partition, held).await?;
-        }
-        let epoch_seq = held.epoch_seq();
-        let batch = format!(
-            "{:016x}{:016x}",
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        );
-        let last = writes.len();
-        for (n, (key, payload)) in writes.into_iter().enumerate() {
-            let subject = self.subject(partition, &key);
-            let mut headers = self.fence_headers(partition, epoch_seq);
-            headers.insert("Nats-Batch-Id", batch.as_str());
-            headers.insert("Nats-Batch-Sequence", (n + 1).to_string().as_str());
-            if n + 1 < last {
-                // Not acked one by one: the commit's PubAck answers for the batch.
-                if let Err(e) = self
-                    .js
-                    .client()
-                    .publish_with_headers(subject.clone(), headers, Bytes::from(payload))
-                    .await
-                {
-                    held.renew.store(true, Ordering::Release);
-                    return Err(RuntimeError::publish(subject.as_str(), e));
-                }
-                continue;
-            }
-            headers.insert("Nats-Batch-Commit", "1");
-            let message = jetstream::message::PublishMessage::build()
-                .headers(headers)
-                .payload(Bytes::from(payload));
-            self.send_fenced(partition, held, subject, message).await?;
-        }
         Ok(())
     }
 

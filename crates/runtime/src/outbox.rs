@@ -312,17 +312,6 @@ async fn store_and_publish(
         return Ok(Vec::new());
     }
     let bucket = &changelog.bucket;
-    let message_bytes = encoded.iter().map(Vec::len).sum();
-    if bucket.takes_batch(cut.records.len(), message_bytes) {
-        // Records, messages and cut record in one atomic batch; then the messages.
-        let stored = bucket
-            .store_cut_atomic(cut.partition, held, &cut.records, &encoded)
-            .await;
-        resync_on_mismatch(changelog, held, stored).await?;
-        let mut acked = Vec::with_capacity(cut.entries.len());
-        publish_entries(js, cut.entries, &mut acked, published).await?;
-        return Ok(acked);
-    }
     let stored = bucket
         .store_cut(cut.partition, held, &cut.records, &encoded)
         .await;
