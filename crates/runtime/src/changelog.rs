@@ -123,6 +123,10 @@ struct ChunkHead {
 pub struct Restored {
     pub records: BTreeMap<String, Record>,
     pub messages: Vec<crate::outbox_entry::OutboxMessage>,
+    /// Entities whose latest version is only in the last cut (their own record is older
+    /// or missing): the new owner publishes their records, or its own next cut, which
+    /// replaces that one, would leave them nowhere.
+    pub only_in_cut: Vec<String>,
 }
 
 fn encode_chunk(head: &ChunkHead, messages: &[Vec<u8>]) -> Result<Vec<u8>, serde_json::Error> {
@@ -625,12 +629,14 @@ impl StateBucket {
     pub async fn read_partition(&self, partition: u32) -> Result<Restored, RuntimeError> {
         let mut records = self.read_records(partition, None).await?;
         let mut messages = Vec::new();
+        let mut only_in_cut = Vec::new();
         if let Some((cut_seq, cut_records, cut_messages)) = self.last_cut(partition).await? {
             for (entity, record) in cut_records {
                 let newer = records
                     .get(&entity)
                     .is_none_or(|(sequence, _)| *sequence < cut_seq);
                 if newer {
+                    only_in_cut.push(entity.clone());
                     records.insert(entity, (cut_seq, record));
                 }
             }
@@ -639,6 +645,7 @@ impl StateBucket {
         Ok(Restored {
             records: records.into_iter().map(|(k, (_, r))| (k, r)).collect(),
             messages,
+            only_in_cut,
         })
     }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::changelog::{replace_partition, Entities, EpochRecord, ReadyPartition, StateBucket};
+use crate::changelog::{
+    replace_partition, Entities, EpochRecord, ReadyPartition, Record, StateBucket,
+};
 use crate::group::{Fence, Group, Handovers};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
@@ -182,12 +184,9 @@ impl Manager {
                 continue;
             }
             match self.take_over(store_id, partition, fence).await {
-                Ok((owner, epoch_seq)) => {
+                Ok(held) => {
                     self.ready.send_modify(|ready| {
-                        ready.insert(
-                            partition,
-                            ReadyPartition::new(fence.clone(), owner, epoch_seq),
-                        );
+                        ready.insert(partition, held);
                     });
                     running.insert(partition, self.start(partition, fence));
                     self.released.remove(&partition);
@@ -212,7 +211,7 @@ impl Manager {
         store_id: &str,
         partition: u32,
         fence: &Fence,
-    ) -> Result<(EpochRecord, u64), RuntimeError> {
+    ) -> Result<ReadyPartition, RuntimeError> {
         let last = self.bucket.last_epoch_at(partition).await?;
         // Current only if the last epoch record is this store's *and* this store finished
         // a takeover at exactly that record: a takeover that wrote its epoch record and
@@ -227,28 +226,46 @@ impl Manager {
         // still had in flight, so what we read next is final.
         let owner = EpochRecord::new(store_id, &self.instance, fence.epoch());
         let epoch_seq = self.bucket.write_epoch(partition, &owner).await?;
+        let held = ReadyPartition::new(fence.clone(), owner, epoch_seq);
         if current {
             self.store.set_partition_marker(partition, epoch_seq)?;
             tracing::info!(partition, instance = %self.instance, "partition taken; this store owned it last, nothing to restore");
-            return Ok((owner, epoch_seq));
+            return Ok(held);
         }
         let started = std::time::Instant::now();
-        let changelog = self.bucket.read_partition(partition).await?;
-        let (store, entities) = (self.store.clone(), self.entities.clone());
+        let changelog = Arc::new(self.bucket.read_partition(partition).await?);
+        let (store, entities, read) =
+            (self.store.clone(), self.entities.clone(), changelog.clone());
         let restored = tokio::task::spawn_blocking(move || {
-            replace_partition(&store, entities.as_ref(), partition, &changelog)
+            replace_partition(&store, entities.as_ref(), partition, &read)
         })
         .await??;
+        // Records only the last cut holds: published now, under our epoch, because our
+        // first cut replaces that one. The last owner stored the cut but died (or lost
+        // the partition) before it published the records; the entries that would have
+        // redone them were dropped with the partition. The cluster chaos run lost an
+        // order that way.
+        let from_cut: Vec<(String, Record)> = changelog
+            .only_in_cut
+            .iter()
+            .filter_map(|e| changelog.records.get(e).map(|r| (e.clone(), r.clone())))
+            .collect();
+        if !from_cut.is_empty() {
+            self.bucket
+                .publish_records(partition, &held, &from_cut)
+                .await?;
+        }
         self.store.set_partition_marker(partition, epoch_seq)?;
         tracing::info!(
             partition,
             instance = %self.instance,
             restored,
             previous_owner = last.as_ref().map(|e| e.instance.as_str()).unwrap_or("none"),
+            from_cut = from_cut.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "partition taken; restored from the changelog"
         );
-        Ok((owner, epoch_seq))
+        Ok(held)
     }
 
     fn start(&self, partition: u32, fence: &Fence) -> Running {

@@ -114,6 +114,18 @@ async fn a_cut_cut_short_by_its_successor_still_restores_whole() -> anyhow::Resu
         .map(|m| m.msg_id.as_str())
         .collect();
     assert_eq!(ids, ["captured"]);
+    // Its latest version is in the cut only: the next owner must publish it, since its
+    // own first cut replaces this one.
+    assert_eq!(restored.only_in_cut, std::slice::from_ref(&order));
+
+    bucket
+        .publish_records(PARTITION, &held, &[(order.clone(), record("captured"))])
+        .await?;
+    assert!(bucket
+        .read_partition(PARTITION)
+        .await?
+        .only_in_cut
+        .is_empty());
 
     // Two more cuts: the slots keep taking turns, and each restores whole.
     for state in ["refunding", "refunded"] {
