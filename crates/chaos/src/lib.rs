@@ -269,7 +269,11 @@ pub async fn run(
                 expiring_ids.push(id);
             }
             // Poll with a deadline rather than `eventually`: crashed services must be revived meanwhile.
-            let until = Instant::now() + opts.order_deadline * 3 + Duration::from_secs(20);
+            // As long as the settling allows: on a cluster a node fault may overlap the
+            // outage (a 10 s freeze, elections, checkout's takeovers), and a cluster run
+            // once gave up after 32 s while checkout was still working through the
+            // expired deadlines of the partitions it had just taken.
+            let until = Instant::now() + opts.order_deadline * 3 + Duration::from_secs(60);
             let mut waiting: Vec<&String> = expiring_ids.iter().collect();
             while !waiting.is_empty() {
                 shop.revive_crashed().await?;

@@ -261,12 +261,20 @@ async fn drain_partitioned(
     let mut failure = publish_entries(js, plain, &mut removable, &mut published)
         .await
         .err();
-    for cut in cuts {
-        let Some(held) = ready.get(&cut.partition) else {
-            continue;
-        };
-        let epoch_before = held.epoch_seq();
-        let outcome = store_and_publish(js, changelog, held, cut, &mut published).await;
+    // Partitions side by side: each one's writes stay in order (its fence allows one at a
+    // time), but nothing orders one partition's round trips after another's. One by one,
+    // a drain under load cost the sum of every partition's round trips.
+    let partitions = cuts.into_iter().filter_map(|cut| {
+        let held = ready.get(&cut.partition)?.clone();
+        Some(async move {
+            let epoch_before = held.epoch_seq();
+            let mut sent = 0;
+            let outcome = store_and_publish(js, changelog, &held, cut, &mut sent).await;
+            (held, epoch_before, sent, outcome)
+        })
+    });
+    for (held, epoch_before, sent, outcome) in futures::future::join_all(partitions).await {
+        published += sent;
         if held.epoch_seq() != epoch_before {
             // Renewed or resynced: the store was still the last owner at the new record,
             // so a restart may keep the local copy (the takeover's "current" check).
