@@ -428,12 +428,23 @@ impl Shop {
         let mut pause = Duration::from_millis(20);
         loop {
             if self.has_exited(service) {
+                // In process, the task's own error says why; a process leaves its log.
+                let why = match self.running.remove(&service) {
+                    Some(Running::Task { handle, .. }) => match handle.await {
+                        Ok(Ok(())) => "returned before it was ready".to_owned(),
+                        Ok(Err(e)) => e,
+                        Err(e) => format!("panicked or was cancelled: {e}"),
+                    },
+                    other => {
+                        if let Some(running) = other {
+                            self.running.insert(service, running);
+                        }
+                        format!("last log lines:\n{}", self.log_tail(service))
+                    }
+                };
                 return Err(HarnessError::ServiceFailed {
                     service: service.name().into(),
-                    reason: format!(
-                        "exited while starting; last log lines:\n{}",
-                        self.log_tail(service)
-                    ),
+                    reason: format!("exited while starting; {why}"),
                 });
             }
             let reply = tokio::time::timeout(

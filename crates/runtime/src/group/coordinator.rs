@@ -78,6 +78,33 @@ impl Handovers {
     }
 }
 
+/// How long joining waits out transient broker faults (a bucket just created on a cluster
+/// answers "no responders" until its stream has a leader) before it gives up.
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs one step of joining until it succeeds, retrying transient faults with backoff
+/// for [`JOIN_PATIENCE`] and saying what it waits for. A fresh three-node cluster made
+/// a service exit at start-up: its first KV create got "503 no responders".
+async fn patiently<T, F, Fut>(what: &str, mut step: F) -> Result<T, GroupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, GroupError>>,
+{
+    let give_up = tokio::time::Instant::now() + JOIN_PATIENCE;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                tracing::warn!(error = %e, "joining the group: waiting for {what}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Group {
     /// Joins the group: opens (or creates) the bucket, records the partition count if
     /// none is recorded, writes this member's heartbeat and starts the member's task.
@@ -89,15 +116,20 @@ impl Group {
         config: GroupConfig,
     ) -> Result<(Group, Handovers), GroupError> {
         config.validate()?;
-        let bucket = GroupBucket::open(
-            js,
-            &config.bucket,
-            &config.group,
-            config.lease_ttl,
-            config.replicas,
-        )
+        let bucket = patiently("the group bucket", || {
+            GroupBucket::open(
+                js,
+                &config.bucket,
+                &config.group,
+                config.lease_ttl,
+                config.replicas,
+            )
+        })
         .await?;
-        let partitions = bucket.record_partitions(config.partitions).await?;
+        let partitions = patiently("the group's partition count", || {
+            bucket.record_partitions(config.partitions)
+        })
+        .await?;
         if partitions != config.partitions {
             tracing::warn!(
                 group = %config.group,
@@ -111,8 +143,8 @@ impl Group {
             incarnation: config.incarnation.unwrap_or_else(rand::random),
             ttl: config.lease_ttl,
         };
-        let heartbeat = holder.heartbeat(&bucket).await?;
-        let watch = bucket.watch().await?;
+        let heartbeat = patiently("the first heartbeat", || holder.heartbeat(&bucket)).await?;
+        let watch = patiently("a watch on the group", || bucket.watch()).await?;
         let (owned_tx, owned) = watch::channel(BTreeMap::new());
         let (handovers_tx, handovers) = mpsc::unbounded_channel();
         let (leave_tx, leave_rx) = oneshot::channel();
