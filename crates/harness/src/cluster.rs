@@ -29,6 +29,21 @@ use crate::{eventually, HarnessError};
 /// with one node down.
 pub const CLUSTER_SIZE: usize = 3;
 
+/// A partition lease TTL that outlasts the loss of any one node, for services run on a
+/// [`NatsCluster`] whose nodes a test kills (`ShopConfig::lease_ttl`).
+///
+/// The group bucket (`SHOP_GROUPS`) is a stream like any other: when the node leading
+/// it dies, every lease renewal and heartbeat answers "no responders" (there is no
+/// leader to take the write, on any node) until the other two elect a new leader,
+/// which nats-server's Raft does 4–9 s after they last heard from the old one, plus a
+/// campaign, and more on a loaded machine. Measured in the rolling-restart test: 4.4 s
+/// and 5.7 s. A lease must outlive that counted from its last renewal, which may be a
+/// third of the TTL old when the node dies: the fence passes for 0.8 TTL, so a 30 s TTL
+/// survives a 14 s outage where the harness's 3 s (a 2.4 s fence) lapsed on every
+/// election. Nothing is lost by the long TTL on a cluster test: its services are never
+/// killed, and one that stops leaves the group and releases its leases.
+pub const LEASE_TTL_ACROSS_A_NODE_LOSS: Duration = Duration::from_secs(30);
+
 /// How long a fresh cluster may take to elect its meta leader; three servers starting
 /// at once on two shared cores are slower than one.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -539,11 +554,35 @@ impl NatsCluster {
                 None => return false,
             }
         }
-        leaders.windows(2).all(|pair| pair[0] == pair[1])
+        if !leaders.windows(2).all(|pair| pair[0] == pair[1]) {
+            return false;
+        }
+        self.meta_peers_current(leaders[0]).await
+    }
+
+    /// Whether the meta leader, asked itself, counts every other node as a current,
+    /// online peer. Healthy nodes that agree on a leader are not yet enough: a service
+    /// that created its R3 state bucket right then was refused with "no suitable peers
+    /// for placement, peer offline" (10005), the leader not having heard from a peer yet.
+    async fn meta_peers_current(&self, leader: NodeId) -> bool {
+        let Some(body) = monitoring_get(self.node(leader).http_port, "/jsz").await else {
+            return false;
+        };
+        let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return false;
+        };
+        let Some(peers) = jsz["meta_cluster"]["replicas"].as_array() else {
+            return false;
+        };
+        peers.len() == CLUSTER_SIZE - 1
+            && peers.iter().all(|peer| {
+                peer["current"].as_bool() == Some(true) && peer["offline"].as_bool() != Some(true)
+            })
     }
 
     /// Waits until a restarted node answers `/healthz` (current with the meta leader and
-    /// its streams) and knows the meta leader.
+    /// its streams), knows the meta leader, and the meta leader counts it (and the
+    /// other node) as a current peer again.
     async fn wait_node_rejoined(&mut self, node: NodeId) -> Result<(), HarnessError> {
         let started = Instant::now();
         let mut backoff = Backoff::new();
@@ -552,8 +591,14 @@ impl NatsCluster {
             let healthy = monitoring_get(self.node(node).http_port, "/healthz")
                 .await
                 .is_some();
-            if healthy && self.meta_leader_seen_by(node).await.is_some() {
-                return Ok(());
+            let leader = match healthy {
+                true => self.meta_leader_seen_by(node).await,
+                false => None,
+            };
+            if let Some(leader) = leader {
+                if self.meta_peers_current(leader).await {
+                    return Ok(());
+                }
             }
             if started.elapsed() >= REJOIN_TIMEOUT {
                 let error = self.not_ready(Some(node), REJOIN_TIMEOUT);

@@ -4,8 +4,9 @@
 //!
 //! Everything runs in one task, one step at a time, so the view, the leases held and
 //! the published fences never disagree mid-step. Faults of the broker are logged and
-//! retried on the next tick; a lease whose renewal keeps failing lapses on its own
-//! through its fence's deadline, so no error here can make two owners.
+//! retried within a second (not a whole renewal interval later), so a renewal lands as
+//! soon as the bucket answers again; a lease whose renewal keeps failing lapses on its
+//! own through its fence's deadline, so no error here can make two owners.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -81,6 +82,18 @@ impl Handovers {
 /// How long joining waits out transient broker faults (a bucket just created on a cluster
 /// answers "no responders" until its stream has a leader) before it gives up.
 const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How soon a renewal, heartbeat or acquisition that failed on a broker fault is tried
+/// again; the pause doubles up to [`RETRY_MAX`] while the faults go on.
+///
+/// On a cluster, the bucket answers "no responders" for as long as its stream has no
+/// leader: when the node leading it dies, the others elect a new one 4–9 s after they
+/// last heard from it (nats-server's Raft election timeout). Waiting for the next tick
+/// (a third of the TTL) after that added up to a third of the TTL to the outage, which
+/// is what let leases lapse across a node restart; retrying within a second lands the
+/// renewal right after the election.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Runs one step of joining until it succeeds, retrying transient faults with backoff
 /// for [`JOIN_PATIENCE`] and saying what it waits for. A fresh three-node cluster made
@@ -163,6 +176,7 @@ impl Group {
             owned: owned_tx,
             handovers: handovers_tx,
             heartbeat: Some(heartbeat),
+            faults: Faults::default(),
             synced: false,
             leaving: false,
             leave_error: None,
@@ -248,12 +262,61 @@ struct Coordinator {
     handovers: mpsc::UnboundedSender<Handover>,
     /// Our heartbeat's last revision; `None` once we departed.
     heartbeat: Option<u64>,
+    /// What failed on a broker fault and is tried again before the next tick.
+    faults: Faults,
     /// Whether the watch has delivered the bucket's current state; until then the view
     /// is partial and deciding from it could take a held partition for a free one.
     synced: bool,
     leaving: bool,
     /// The first fault while leaving, reported by [`Group::leave`].
     leave_error: Option<GroupError>,
+}
+
+/// The writes that failed on a broker fault, and when to try them again.
+#[derive(Debug, Default)]
+struct Faults {
+    renewals: BTreeSet<u32>,
+    heartbeat: bool,
+    acquisitions: bool,
+    /// When to retry; `None` while nothing failed.
+    retry_at: Option<tokio::time::Instant>,
+    /// The pause before the retry after `retry_at`.
+    pause: Duration,
+}
+
+impl Faults {
+    fn any(&self) -> bool {
+        !self.renewals.is_empty() || self.heartbeat || self.acquisitions
+    }
+
+    /// Schedules the next retry while something failed; resets the backoff otherwise.
+    fn schedule(&mut self) {
+        if !self.any() {
+            self.retry_at = None;
+            self.pause = RETRY_FIRST;
+        } else if self.retry_at.is_none() {
+            self.pause = self.pause.clamp(RETRY_FIRST, RETRY_MAX);
+            self.retry_at = Some(tokio::time::Instant::now() + self.pause);
+            self.pause = (self.pause * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// Sleeps until `at`; pending forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Which leases a renewal pass renews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renew {
+    /// Every lease held, and the heartbeat (the regular tick).
+    All,
+    /// Only what failed on a broker fault since it was last written.
+    Failed,
 }
 
 impl Coordinator {
@@ -267,7 +330,15 @@ impl Coordinator {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    self.renew().await;
+                    self.renew(Renew::All).await;
+                    if watch.is_none() {
+                        watch = self.rewatch().await;
+                    }
+                    self.reconcile().await;
+                }
+                _ = sleep_until(self.faults.retry_at) => {
+                    self.faults.retry_at = None;
+                    self.renew(Renew::Failed).await;
                     if watch.is_none() {
                         watch = self.rewatch().await;
                     }
@@ -298,6 +369,7 @@ impl Coordinator {
                 tracing::info!(instance = %self.holder.instance, "left the group");
                 return self.leave_error.map_or(Ok(()), Err);
             }
+            self.faults.schedule();
         }
     }
 
@@ -317,39 +389,59 @@ impl Coordinator {
         }
     }
 
-    /// Heartbeat, then renew every held lease at once (one slow lease must not delay
-    /// the others past their deadlines).
-    async fn renew(&mut self) {
-        if self.heartbeat.is_some() {
+    /// Heartbeat, then renew the held leases at once (one slow lease must not delay the
+    /// others past their deadlines): all of them, or only those whose last write failed.
+    async fn renew(&mut self, which: Renew) {
+        if self.heartbeat.is_some() && (which == Renew::All || self.faults.heartbeat) {
             match self.holder.heartbeat(&self.bucket).await {
-                Ok(revision) => self.heartbeat = Some(revision),
+                Ok(revision) => {
+                    self.heartbeat = Some(revision);
+                    self.faults.heartbeat = false;
+                }
                 Err(error) => {
-                    tracing::warn!(instance = %self.holder.instance, %error, "heartbeat failed")
+                    // Logged once per outage, not at every retry.
+                    if !std::mem::replace(&mut self.faults.heartbeat, true) {
+                        tracing::warn!(instance = %self.holder.instance, %error, "heartbeat failed; retrying");
+                    }
                 }
             }
         }
-        let (holder, bucket) = (&self.holder, &self.bucket);
-        let renewals = join_all(self.held.iter().map(|(&partition, fence)| async move {
-            let outcome = holder
-                .renew(bucket, partition, fence.epoch(), fence.revision())
-                .await;
-            (partition, outcome)
-        }))
+        let (holder, bucket, failed) = (&self.holder, &self.bucket, &self.faults.renewals);
+        let renewals = join_all(
+            self.held
+                .iter()
+                .filter(|(partition, _)| which == Renew::All || failed.contains(partition))
+                .map(|(&partition, fence)| async move {
+                    let outcome = holder
+                        .renew(bucket, partition, fence.epoch(), fence.revision())
+                        .await;
+                    (partition, outcome)
+                }),
+        )
         .await;
         for (partition, outcome) in renewals {
+            let was_failing = self.faults.renewals.remove(&partition);
             match outcome {
                 Ok(Renewal::Renewed(written)) => {
                     if let Some(fence) = self.held.get(&partition) {
                         fence.extend(written.revision, written.sent + self.fence_life);
+                        if was_failing {
+                            tracing::info!(instance = %self.holder.instance, partition, "renewed again after failures");
+                        }
                     }
                 }
                 Ok(Renewal::Lost) => self.lose(partition, "its renewal found it taken or expired"),
-                Err(error) => tracing::warn!(
-                    instance = %self.holder.instance,
-                    partition,
-                    %error,
-                    "renewal failed; the fence lapses at its deadline unless a later renewal lands"
-                ),
+                Err(error) => {
+                    self.faults.renewals.insert(partition);
+                    if !was_failing {
+                        tracing::warn!(
+                            instance = %self.holder.instance,
+                            partition,
+                            %error,
+                            "renewal failed; retrying, and the fence lapses at its deadline unless a renewal lands"
+                        );
+                    }
+                }
             }
         }
         self.publish_owned();
@@ -409,6 +501,8 @@ impl Coordinator {
     /// Computes the target and moves toward it: asks to hand over what is no longer
     /// ours, takes what is ours and free.
     async fn reconcile(&mut self) {
+        // Set again below if an acquisition fails on a fault; nothing to take, nothing to retry.
+        let acquisitions_failing = std::mem::take(&mut self.faults.acquisitions);
         if self.leaving {
             // Everything goes, whatever the view says: leaving must not wait for a
             // watch that is broken or still replaying.
@@ -458,12 +552,14 @@ impl Coordinator {
             .map(|(p, _)| *p)
             .collect();
         if !take.is_empty() {
-            self.acquire(take).await;
+            self.acquire(take, acquisitions_failing).await;
         }
         self.publish_owned();
     }
 
-    async fn acquire(&mut self, partitions: Vec<u32>) {
+    /// Tries to take each of `partitions`; `was_failing` says the last attempt failed on
+    /// a broker fault (and was logged), so a continuing outage is not logged again.
+    async fn acquire(&mut self, partitions: Vec<u32>, was_failing: bool) {
         let (holder, bucket) = (&self.holder, &self.bucket);
         let attempts =
             join_all(partitions.into_iter().map(|partition| async move {
@@ -483,12 +579,17 @@ impl Coordinator {
                 }
                 // Someone was faster; the watch will show who.
                 Ok(Acquire::Taken) => {}
-                Err(error) => tracing::warn!(
-                    instance = %self.holder.instance,
-                    partition,
-                    %error,
-                    "acquisition failed; retrying on the next tick"
-                ),
+                Err(error) => {
+                    if !was_failing && !self.faults.acquisitions {
+                        tracing::warn!(
+                            instance = %self.holder.instance,
+                            partition,
+                            %error,
+                            "acquisition failed; retrying"
+                        );
+                    }
+                    self.faults.acquisitions = true;
+                }
             }
         }
     }
@@ -514,6 +615,7 @@ impl Coordinator {
     /// The owner code stopped: fail the fence first, then free the lease.
     async fn release(&mut self, partition: u32) {
         self.stopping.remove(&partition);
+        self.faults.renewals.remove(&partition);
         let Some(fence) = self.held.remove(&partition) else {
             return; // lost while stopping
         };
@@ -538,6 +640,7 @@ impl Coordinator {
     }
 
     fn lose(&mut self, partition: u32, why: &str) {
+        self.faults.renewals.remove(&partition);
         if let Some(fence) = self.held.remove(&partition) {
             fence.revoke();
             self.stopping.remove(&partition);
@@ -577,5 +680,40 @@ async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, k
     match watch {
         Some(watch) => watch.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_retried_within_a_second_and_the_backoff_resets_once_it_lands() {
+        let mut faults = Faults::default();
+        faults.schedule();
+        assert_eq!(faults.retry_at, None, "nothing failed, nothing to retry");
+
+        faults.renewals.insert(3);
+        for pause in [250, 500, 1000, 1000] {
+            // The retry ran and failed again: the next one waits longer, at most a second.
+            faults.retry_at = None;
+            faults.schedule();
+            let expected = Instant::now() + Duration::from_millis(pause);
+            assert_eq!(faults.retry_at, Some(expected));
+        }
+        // A retry already due is not pushed back by another step of the task.
+        faults.schedule();
+        assert_eq!(
+            faults.retry_at,
+            Some(Instant::now() + Duration::from_millis(1000))
+        );
+
+        faults.renewals.clear();
+        faults.schedule();
+        assert_eq!(faults.retry_at, None, "everything landed");
+        faults.heartbeat = true;
+        faults.schedule();
+        assert_eq!(faults.retry_at, Some(Instant::now() + RETRY_FIRST));
     }
 }

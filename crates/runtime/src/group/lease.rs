@@ -149,6 +149,12 @@ impl Holder {
     }
 
     /// Extends a lease we hold at `revision`.
+    ///
+    /// A revision conflict is a loss unless the key holds our own record of this very
+    /// tenure at a later revision: a renewal whose acknowledgement was lost (it timed out
+    /// while the node leading the bucket died) and which landed all the same. Only this
+    /// member writes that record, and only while it holds the lease, so the lease is
+    /// still ours; renewing at that revision keeps it instead of letting it lapse.
     pub(crate) async fn renew(
         &self,
         bucket: &GroupBucket,
@@ -157,23 +163,46 @@ impl Holder {
         revision: u64,
     ) -> Result<Renewal, GroupError> {
         let key = bucket.keys.lease(partition);
-        let sent = Instant::now();
-        match bucket
-            .put(
-                &key,
-                self.record(Some(epoch))?,
-                Expect::Revision(revision),
-                self.ttl,
-            )
-            .await
-        {
-            Ok(revision) => Ok(Renewal::Renewed(Written {
-                epoch,
-                revision,
-                sent,
-            })),
-            Err(WriteFailure::Conflict) => Ok(Renewal::Lost),
-            Err(WriteFailure::Fault(e)) => Err(GroupError::kv("renew", &key, e)),
+        let mut expect = revision;
+        let mut adopted = false;
+        loop {
+            let sent = Instant::now();
+            match bucket
+                .put(
+                    &key,
+                    self.record(Some(epoch))?,
+                    Expect::Revision(expect),
+                    self.ttl,
+                )
+                .await
+            {
+                Ok(revision) => {
+                    return Ok(Renewal::Renewed(Written {
+                        epoch,
+                        revision,
+                        sent,
+                    }))
+                }
+                Err(WriteFailure::Conflict) if !adopted => {
+                    let landed = match bucket.entry(&key).await? {
+                        Some(entry) => SeenLease::from_entry(&entry)?,
+                        None => None,
+                    };
+                    match landed {
+                        Some(lease)
+                            if self.is_me(&lease)
+                                && lease.epoch == epoch
+                                && lease.revision > expect =>
+                        {
+                            expect = lease.revision;
+                            adopted = true;
+                        }
+                        _ => return Ok(Renewal::Lost),
+                    }
+                }
+                Err(WriteFailure::Conflict) => return Ok(Renewal::Lost),
+                Err(WriteFailure::Fault(e)) => return Err(GroupError::kv("renew", &key, e)),
+            }
         }
     }
 
