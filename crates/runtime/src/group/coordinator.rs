@@ -652,6 +652,8 @@ impl Coordinator {
     /// without us now and stand ready to take each partition as it is released.
     async fn depart(&mut self) {
         self.leaving = true;
+        // No more heartbeats, so none to retry.
+        self.faults.heartbeat = false;
         if let Some(revision) = self.heartbeat.take() {
             if let Err(error) = self.holder.depart(&self.bucket, revision).await {
                 tracing::warn!(instance = %self.holder.instance, %error, "cannot delete the member key; it expires after its TTL");
