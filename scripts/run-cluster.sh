@@ -10,7 +10,7 @@
 # run (`make run-cluster` runs it first).
 #
 # Environment: NATS_SERVER_BIN (default: .tools/nats-server-path), SHOP_BIN (default
-# ./target/fast/shop), NATS_READY_SECONDS (default 30).
+# ./target/fast/shop), NATS_READY_SECONDS (default 30), SHOP_LEASE_TTL (default 30s).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -161,6 +161,9 @@ log "  nats --server $urls --nkey $auth_dir/operator.nk --inbox-prefix _INBOX_op
 log "  nats --server $urls --user sys --password \"\$(cat $cluster_dir/sys.password)\" server ls"
 # The services' sled databases apart from `make run`'s (./data/<service>): their inboxes
 # and outboxes belong to the streams of the cluster, not to those of the single server.
-NATS_URL="$urls" "$shop_bin" --auth-dir "$auth_dir" --data-dir "$cluster_dir/shop" \
+# Leases of 30 s (not the default 10 s) on a cluster: the node leading SHOP_GROUPS can die,
+# and the election after it takes 4-9 s during which no lease renews (docs/RELIABILITY.md,
+# "On a 3-node cluster"); SHOP_LEASE_TTL overrides it.
+NATS_URL="$urls" SHOP_LEASE_TTL="${SHOP_LEASE_TTL:-30s}" "$shop_bin" --auth-dir "$auth_dir" --data-dir "$cluster_dir/shop" \
     run --replicas 3 || shop_status=$?
 exit "$shop_status"

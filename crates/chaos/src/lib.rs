@@ -609,6 +609,17 @@ async fn force_every_crashpoint(
             continue;
         }
         let _ = writeln!(out, "chaos: forcing crash point {point}");
+        // The forced point is armed in the default instance only: every other payment
+        // instance goes, so that one takes every partition and with it the forced order
+        // (with a second instance holding the order's partition, the point once never
+        // fired). The caller starts them again after.
+        for name in shop
+            .named_instances()
+            .remove(&Service::Payment)
+            .unwrap_or_default()
+        {
+            shop.kill_instance(Service::Payment, &name).await?;
+        }
         shop.set_crashpoints(Some(format!("{point}:1")));
         if shop.has_exited(Service::Payment) {
             shop.reap(Service::Payment);

@@ -49,9 +49,17 @@ pub struct Manager {
 
 /// The consumers running for one partition.
 struct Running {
+    /// The lease they run under. A lease lost and acquired again between two looks at
+    /// the owned map is another fence (another epoch): these consumers' checks fail
+    /// for good, so the partition counts as lost and is taken again.
+    fence: Fence,
     trigger: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// How often entries left for a partition this instance does not hold are looked at
+/// (one KV read each): dropped once another store has taken the partition.
+const LEFTOVER_LOOK: Duration = Duration::from_secs(1);
 
 impl Manager {
     /// Runs until `shutdown`, then stops every partition and leaves the group in order.
@@ -72,6 +80,7 @@ impl Manager {
         let mut handed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leftovers_looked = tokio::time::Instant::now();
         loop {
             let mut current = owned.borrow_and_update().clone();
             handed.retain(|p| current.contains_key(p));
@@ -86,6 +95,11 @@ impl Manager {
                 {
                     self.forget_queued(partition);
                 }
+            }
+            if leftovers_looked.elapsed() >= LEFTOVER_LOOK {
+                leftovers_looked = tokio::time::Instant::now();
+                self.drop_leftovers_taken_elsewhere(&store_id, &running)
+                    .await;
             }
             self.stats
                 .set_partitions(self.ready.borrow().keys().copied().collect());
@@ -163,9 +177,14 @@ impl Manager {
         running: &mut BTreeMap<u32, Running>,
     ) {
         let lost: Vec<u32> = running
-            .keys()
-            .filter(|p| owned.get(p).is_none_or(|f| !f.is_valid()))
-            .copied()
+            .iter()
+            .filter(|(p, run)| {
+                !run.fence.is_valid()
+                    || owned
+                        .get(p)
+                        .is_none_or(|f| !f.is_valid() || f.epoch() != run.fence.epoch())
+            })
+            .map(|(p, _)| *p)
             .collect();
         for partition in lost {
             self.ready.send_modify(|ready| {
@@ -177,7 +196,13 @@ impl Manager {
                 // Their batches in flight see the fence fail and leave their messages
                 // unacknowledged; nothing to wait for here.
             }
-            self.forget_queued(partition);
+            // Its entries and the store's marker stay: a lease that lapsed (the group
+            // bucket without a leader for a few seconds) is most often taken again by
+            // this instance before anyone else, and the store, still the last owner,
+            // then goes on from its own copy, changes not yet in the changelog included.
+            // Restoring instead would drop those, and a query answered from them (stock
+            // replenished) would be undone. Once another store takes the partition, the
+            // leftover look drops them.
         }
         for (&partition, fence) in owned {
             if running.contains_key(&partition) || !fence.is_valid() {
@@ -276,7 +301,46 @@ impl Manager {
             .iter()
             .map(|spawn| spawn(which, Some(fence.clone()), shutdown.clone()))
             .collect();
-        Running { trigger, tasks }
+        Running {
+            fence: fence.clone(),
+            trigger,
+            tasks,
+        }
+    }
+
+    /// Drops the entries this store holds for partitions it does not run (left by a
+    /// lapsed lease, or by the previous run of the process) once the partition's last
+    /// epoch record is another store's: that owner restored from the changelog and
+    /// redoes their work (their inputs were never acked), and this store restores too
+    /// if it takes the partition again. Until then they may still be this store's to
+    /// publish, so they stay. Left alone they would wait for good, and count in the
+    /// outbox backlog that operators and `shop audit` read.
+    async fn drop_leftovers_taken_elsewhere(
+        &mut self,
+        store_id: &str,
+        running: &BTreeMap<u32, Running>,
+    ) {
+        for partition in 0..self.group.partitions() {
+            if running.contains_key(&partition)
+                || self.store.outbox_entries_of(partition).unwrap_or(0) == 0
+            {
+                continue;
+            }
+            match self.bucket.last_epoch_at(partition).await {
+                Ok(Some((_, last))) if last.store_id != store_id => {
+                    tracing::info!(
+                        partition,
+                        owner = %last.instance,
+                        "another store owns the partition now; this store's entries for it are dropped"
+                    );
+                    self.forget_queued(partition);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(partition, error = %e, "cannot read the partition's epoch record")
+                }
+            }
+        }
     }
 
     /// Waits (within the grace) until the relay has published every outbox entry of the
