@@ -188,6 +188,12 @@ pub async fn run(
             crashpoints: Some(base_points.clone()),
             // SHOP_CHAOS_DATA_DIR keeps every log and database for a post-mortem.
             data_dir: std::env::var_os("SHOP_CHAOS_DATA_DIR").map(PathBuf::from),
+            // A restart may meet a frozen node: the service then joins its group only
+            // after the election, within its minute of join patience.
+            ready_within: match opts.topology {
+                Topology::Single => Duration::from_secs(30),
+                _ => Duration::from_secs(90),
+            },
             ..ShopConfig::default()
         },
     )

@@ -92,6 +92,11 @@ pub struct ShopConfig {
     /// How long a dead instance's partitions stay locked (`SHOP_LEASE_TTL`): shorter
     /// than production's 10 s, so a test that kills a service does not wait for long.
     pub lease_ttl: Duration,
+    /// How long a start waits for the service to answer INFO. On a cluster a service
+    /// that starts while a node is frozen waits out the election before it can join its
+    /// group (up to a minute, `JOIN_PATIENCE`): a chaos run on a cluster once gave up on
+    /// a restarted checkout after 30 s that way.
+    pub ready_within: Duration,
 }
 
 impl Default for ShopConfig {
@@ -106,6 +111,7 @@ impl Default for ShopConfig {
             clock: None,
             stream_replicas: 1,
             lease_ttl: Duration::from_secs(3),
+            ready_within: Duration::from_secs(30),
         }
     }
 }
@@ -424,7 +430,7 @@ impl Shop {
         // INFO rather than PING: a service answers PING as soon as it registers, but
         // its endpoints come one by one; the dead-letter endpoints are added last.
         let subject = format!("$SRV.INFO.{}", service.name());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + self.config.ready_within;
         let mut pause = Duration::from_millis(20);
         loop {
             if self.has_exited(service) {

@@ -85,7 +85,7 @@ impl Shop {
         self.config.env = saved;
         let running = running?;
         self.instances.insert(key.clone(), running);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + self.config.ready_within;
         loop {
             if self.instance_exited(service, instance) {
                 self.instances.remove(&key);
