@@ -320,10 +320,19 @@ impl Manager {
         store_id: &str,
         running: &BTreeMap<u32, Running>,
     ) {
-        for partition in 0..self.group.partitions() {
-            if running.contains_key(&partition)
-                || self.store.outbox_entries_of(partition).unwrap_or(0) == 0
-            {
+        // One pass over the outbox, and none while every partition runs here.
+        if running.len() >= self.group.partitions() as usize {
+            return;
+        }
+        let waiting = match self.store.outbox_partitions() {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        for partition in waiting {
+            if running.contains_key(&partition) {
                 continue;
             }
             match self.bucket.last_epoch_at(partition).await {

@@ -897,6 +897,18 @@ impl Store {
         Ok(count)
     }
 
+    /// The partitions that have entries in the outbox.
+    pub fn outbox_partitions(&self) -> Result<std::collections::BTreeSet<u32>, RuntimeError> {
+        let mut partitions = std::collections::BTreeSet::new();
+        for item in self.opened().trees[1].iter() {
+            let (_, value) = item?;
+            if let Some(partition) = Entry::decode(&value).and_then(|e| e.partition) {
+                partitions.insert(partition);
+            }
+        }
+        Ok(partitions)
+    }
+
     /// The newest outbox entry of `partition`, if it has any. The relay removes a
     /// partition's entries a cut at a time, every entry waiting at the cut, so once this
     /// one is gone every older entry of the partition is gone too.
