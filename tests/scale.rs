@@ -6,7 +6,9 @@
 //! active instance dies in a race for the last units; checkout runs as three instances,
 //! one of which dies with orders pending. Every order settles, each confirmed order is
 //! captured once, and the audit is clean. A rolling upgrade replaces each payment instance
-//! in turn with a new build while orders flow.
+//! in turn with a new build while orders flow. Two regressions of the partition manager
+//! after a lease is lost (b79d6a9): a lease lost and taken again in one step, and the
+//! entries a crashed instance left for a partition another instance now owns.
 
 mod common;
 
@@ -14,16 +16,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use serde_json::json;
 use shop_events::api::checkout::{OrderStatus, ORDERS_CANCEL};
 use shop_events::api::payment::PaymentStatus;
-use shop_events::partition::GROUPS_BUCKET;
+use shop_events::partition::{partition_of_key, GROUPS_BUCKET, PARTITIONS};
 use shop_events::CancelReason;
 use shop_harness::scenario::{order, payment, place, replenish, wait_for_stock, wait_settled};
 use shop_harness::shop::SimulatorConfig;
-use shop_harness::{eventually, Service, ShopConfig};
+use shop_harness::{eventually, Service, ShopConfig, World};
+use shop_runtime::crashpoint::AFTER_PUBLISH_BEFORE_OUTBOX_REMOVE;
 use shop_runtime::group::{view, GroupView};
+use shop_runtime::store::Store;
 
 use common::{call_ok, world, SETTLE};
 
@@ -453,5 +457,268 @@ async fn a_rolling_upgrade_of_payment_under_load_loses_no_order() -> anyhow::Res
         after.iter().all(|i| i.version.ends_with("+r2")),
         "every instance runs the new build: {after:?}"
     );
+    common::assert_audit_clean(&w.client, SETTLE).await
+}
+
+/// One order id in each of the shop's partitions (`<prefix>-<n>`, the first `n` that
+/// lands in it), so orders placed under them go through every partition's consumers.
+fn one_per_partition(prefix: &str) -> Vec<String> {
+    let mut ids: BTreeMap<u32, String> = BTreeMap::new();
+    let mut n = 0;
+    while ids.len() < PARTITIONS as usize {
+        let id = format!("{prefix}-{n:03}");
+        ids.entry(partition_of_key(&id)).or_insert(id);
+        n += 1;
+    }
+    ids.into_values().collect()
+}
+
+/// Places an order in every partition and requires each to be confirmed and captured
+/// once: a partition whose consumers cannot work leaves its order pending (or, past the
+/// deadline, cancelled).
+async fn confirm_in_every_partition(w: &World, prefix: &str, sku: &str) -> anyhow::Result<()> {
+    let ids = one_per_partition(prefix);
+    for id in &ids {
+        place(&w.js, order(id, &[(sku, 1, 100)], "tok_visa")).await?;
+    }
+    for (id, status) in settle_all(&w.client, &ids).await? {
+        assert_eq!(
+            status,
+            OrderStatus::Confirmed,
+            "{id} (partition {})",
+            partition_of_key(&id)
+        );
+        common::exactly_once(&w.js, &id, "PaymentCaptured", SETTLE).await?;
+    }
+    Ok(())
+}
+
+/// The outbox backlog of each running instance of `service`, by instance name. STATS is
+/// addressed to each instance's id: a request to the service's name is answered by
+/// whichever instance replies first.
+async fn backlogs(w: &World, service: Service) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for instance in w.shop.instances_of(service).await? {
+        let stats = common::micro(
+            &w.client,
+            "STATS",
+            &format!("{}.{}", service.name(), instance.id),
+        )
+        .await?;
+        let backlog = stats["endpoints"][0]["data"]["outbox_backlog"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("{} STATS without a backlog: {stats}", instance.id))?;
+        out.insert(instance.instance, backlog);
+    }
+    Ok(out)
+}
+
+/// Waits until every instance of `service` has an empty outbox; fails with the backlogs.
+async fn wait_outboxes_empty(w: &World, service: Service) -> anyhow::Result<()> {
+    let emptied = eventually(SETTLE, &format!("{service}'s outboxes empty"), || async {
+        let backlogs = backlogs(w, service).await.ok()?;
+        (!backlogs.is_empty() && backlogs.values().all(|b| *b == 0)).then_some(())
+    })
+    .await;
+    if emptied.is_err() {
+        anyhow::bail!(
+            "{service}'s outboxes never emptied: {:?}",
+            backlogs(w, service).await?
+        );
+    }
+    Ok(())
+}
+
+/// The regression of b79d6a9's first fix. The partition manager decided what was lost
+/// from the owned map alone: when the group lost a lease and acquired it again before the
+/// manager looked, the map showed a valid fence (the new one) and the consumers kept
+/// running under the old, revoked one, handing back every message: the partition's
+/// orders stalled for good (the chaos run's `payment-p13`).
+///
+/// There the manager missed the gap because it was busy with other takeovers. Here the
+/// gap is closed deterministically: the test deletes every lease key, which the member
+/// sees on its watch as it sees an expiry (a later entry than its renewal). It loses the
+/// lease and, the partition being free and its own by the assignment, acquires it again
+/// in the same step, so the owned map goes from the old fence straight to the new one.
+/// (A renewal that meets a deleted key first publishes the loss before the new lease;
+/// that partition recovers even without the fix, so the test deletes all sixteen.)
+#[tokio::test]
+async fn a_payment_lease_lost_and_taken_again_in_one_step_leaves_no_partition_stalled(
+) -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(20))?;
+    let w = world(config).await?;
+    wait_balanced(&w.js, Service::Payment, &["payment"], SETTLE).await?;
+    replenish(&w.js, "sku-relost", 1000).await?;
+    wait_for_stock(&w.client, "sku-relost", 1000, 0, SETTLE).await?;
+    // Every partition's consumers running, under leases renewed at least once (a
+    // renewal writes the epoch into the record, which tells the new tenures apart).
+    confirm_in_every_partition(&w, "o-rl1", "sku-relost").await?;
+    let first = eventually(SETTLE, "every payment lease renewed", || async {
+        let view = group(&w.js, Service::Payment).await.ok()?;
+        let epochs: BTreeMap<u32, u64> = view
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.owner == "payment")
+            .filter_map(|(p, lease)| Some((*p, lease.epoch?)))
+            .collect();
+        (epochs.len() == PARTITIONS as usize).then_some(epochs)
+    })
+    .await?;
+
+    // The lease keys are `payment.leases.<partition>` (GROUPS_BUCKET's layout).
+    let groups = w.js.get_key_value(GROUPS_BUCKET).await?;
+    for partition in 0..PARTITIONS {
+        groups.delete(format!("payment.leases.{partition}")).await?;
+    }
+    eventually(
+        SETTLE,
+        "payment holding every partition again, under new epochs",
+        || async {
+            let view = group(&w.js, Service::Payment).await.ok()?;
+            (0..PARTITIONS)
+                .all(|p| {
+                    view.leases.get(&p).is_some_and(|lease| {
+                        lease.owner == "payment"
+                            && lease.epoch.is_some_and(|e| first.get(&p) != Some(&e))
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // Each partition's consumers must run under its new lease.
+    confirm_in_every_partition(&w, "o-rl2", "sku-relost").await?;
+    wait_outboxes_empty(&w, Service::Payment).await?;
+    common::assert_audit_clean(&w.client, SETTLE).await
+}
+
+/// Waits until payment's `instance` has renewed its lease of `partition` `times` times
+/// from now (one renewal every third of the TTL): it has been running that long since.
+async fn renewed(
+    js: &jetstream::Context,
+    instance: &str,
+    partition: u32,
+    times: u64,
+) -> anyhow::Result<()> {
+    let groups = js.get_key_value(GROUPS_BUCKET).await?;
+    let key = format!("payment.leases.{partition}");
+    let revision = |groups: kv::Store, key: String| async move {
+        let entry = groups.entry(key).await.ok()??;
+        let lease: serde_json::Value = serde_json::from_slice(&entry.value).ok()?;
+        (lease["owner"] == instance).then_some(entry.revision)
+    };
+    let mut seen = eventually(SETTLE, &format!("{instance} holding {partition}"), || {
+        revision(groups.clone(), key.clone())
+    })
+    .await?;
+    for _ in 0..times {
+        seen = eventually(
+            SETTLE,
+            &format!("{instance} renewing {partition}"),
+            || async {
+                let now = revision(groups.clone(), key.clone()).await?;
+                (now > seen).then_some(now)
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The partitions with entries in the outbox of the store at `dir`, whose process has
+/// exited (two processes cannot open one database).
+fn partitions_with_entries(dir: &Path) -> anyhow::Result<Vec<u32>> {
+    let (store, _) = Store::open(dir, &[])?;
+    let mut out = Vec::new();
+    for partition in 0..PARTITIONS {
+        if store.outbox_entries_of(partition)? > 0 {
+            out.push(partition);
+        }
+    }
+    Ok(out)
+}
+
+/// The regression of b79d6a9's third fix. An instance killed between publishing an
+/// outbox entry and removing it finds the entry in its store when it runs again. If
+/// another instance owns that partition by then (and restored it from the changelog, so
+/// it has the work), only a takeover by this store used to drop the entry: it stayed for
+/// the instance's whole life. STATS cannot show it (its backlog counts the partitions
+/// the instance holds), so the test reads the instance's store once it has stopped.
+#[tokio::test]
+async fn entries_a_crashed_payment_instance_left_for_a_partition_owned_elsewhere_are_dropped(
+) -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(20))?;
+    let mut w = world(config).await?;
+    replenish(&w.js, "sku-left", 100).await?;
+    wait_for_stock(&w.client, "sku-left", 100, 0, SETTLE).await?;
+    // payment-2 aborts at its first relay publish, after the PubAck and before the entry
+    // is removed; nothing else runs with the crash point.
+    w.shop
+        .set_crashpoints(Some(AFTER_PUBLISH_BEFORE_OUTBOX_REMOVE.to_owned()));
+    w.shop.start_instance(Service::Payment, "payment-2").await?;
+    w.shop.set_crashpoints(None);
+    // payment-2 must hold a partition that stays with payment when payment-2 comes back.
+    // The assignment is sticky in partition order: a holder keeps its lowest partitions
+    // up to its quota. So payment-2 takes them all, and payment, joining again, gets the
+    // upper half, leaving payment-2 the lowest partitions, which payment keeps later.
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    w.shop.stop_service(Service::Payment).await?;
+    wait_balanced(&w.js, Service::Payment, &["payment-2"], SETTLE).await?;
+    w.shop.start_service(Service::Payment).await?;
+    let owners = wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    let partition = owners["payment-2"][0];
+    let id = (0..)
+        .map(|n| format!("o-left-{n:03}"))
+        .find(|id| partition_of_key(id) == partition)
+        .expect("some id lands in every partition");
+    place(&w.js, order(&id, &[("sku-left", 1, 100)], "tok_visa")).await?;
+
+    // The crash: payment takes every partition once payment-2's leases expire, restoring
+    // this one from the changelog.
+    wait_balanced(&w.js, Service::Payment, &["payment"], SETTLE).await?;
+    assert!(
+        w.shop.instance_exited(Service::Payment, "payment-2"),
+        "payment-2 aborted at the crash point"
+    );
+    let view = wait_settled(&w.client, &id, SETTLE).await?;
+    assert_eq!(view.status, OrderStatus::Confirmed, "{id}");
+    common::exactly_once(&w.js, &id, "PaymentCaptured", SETTLE).await?;
+
+    // payment-2 again, on the same database: it gets the upper half back, and its store
+    // holds the entry of a partition payment keeps. It drops it once it has looked
+    // (about once a second); it has looked by the time it renewed a lease a few times.
+    // Stopped (SIGTERM), it hands its own partitions over with their entries published
+    // or dropped, so anything left in its store is such a leftover. Not yet looked (a
+    // slow start): run it again; never dropped: fail.
+    w.shop.kill_instance(Service::Payment, "payment-2").await?;
+    let store = w.shop.data_dir().join("payment-2");
+    // The premise: the crash left the entry (the process is gone, so is its lock).
+    assert_eq!(
+        partitions_with_entries(&store)?,
+        vec![partition],
+        "payment-2's store after the crash"
+    );
+    let deadline = Instant::now() + SETTLE * 2;
+    loop {
+        w.shop.start_instance(Service::Payment, "payment-2").await?;
+        let owners =
+            wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+        assert!(
+            owners["payment"].contains(&partition),
+            "partition {partition} stays with payment: {owners:?}"
+        );
+        renewed(&w.js, "payment-2", owners["payment-2"][0], 3).await?;
+        w.shop.stop_instance(Service::Payment, "payment-2").await?;
+        let left = partitions_with_entries(&store)?;
+        if left.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "payment-2's store still holds entries of partitions {left:?}, owned by payment"
+        );
+    }
+    wait_balanced(&w.js, Service::Payment, &["payment"], SETTLE).await?;
     common::assert_audit_clean(&w.client, SETTLE).await
 }
