@@ -171,6 +171,12 @@ fn kv_rights(bucket: &str, keys: &str, rights: &mut Rights) {
         p::consumer_create_ephemeral(&stream),
         p::consumer_create_filtered(&stream, "*", &key_subjects),
         p::flow_control(&stream),
+        // A watcher is an ordered consumer: when it loses its server-side consumer (the
+        // bucket's leader changed) async-nats deletes the old one before it creates the
+        // next. Refused, that cleanup was an ERROR log and a counted denial in every
+        // service at every election. Only the buckets' consumers, which are all such
+        // watchers; the event streams' consumers stay admin's to delete.
+        p::consumer_delete(&stream, "*"),
     ]);
 }
 
@@ -440,6 +446,15 @@ mod tests {
             &p::kv_subject(GROUPS_BUCKET, "checkout.leases.3")
         ));
         assert!(may_publish(Role::Payment, &p::stream_create(&groups)));
+        // A watcher recreated after a leader change deletes its old consumer.
+        assert!(may_publish(
+            Role::Payment,
+            &p::consumer_delete(&groups, "Xu52GCXS")
+        ));
+        assert!(!may_publish(
+            Role::Storefront,
+            &p::consumer_delete(&groups, "Xu52GCXS")
+        ));
         let state = state_bucket("payment");
         assert!(may_publish(Role::Payment, &p::kv_subject(&state, "3.o-1")));
         assert!(!may_publish(
