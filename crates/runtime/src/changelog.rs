@@ -3,9 +3,9 @@
 //!
 //! The relay works in cuts: every outbox entry of a partition and its entities' records,
 //! read while no transaction commits. It stores the cut first (its records and its
-//! messages, in one or a few chunk records and a cut record naming them), then publishes
-//! the messages, then each entity's own record; the consumer acks its input only after
-//! that. Every write is fenced by the owner's epoch record (renewed after a write whose
+//! messages: in the cut record itself when they fit in one chunk, else in chunk records
+//! and a cut record naming them), then publishes the messages and each entity's own
+//! record side by side; the consumer acks its input only after that. Every write is fenced by the owner's epoch record (renewed after a write whose
 //! outcome is unknown), and a cut's chunks go into the slot its predecessor does not
 //! occupy, so the named cut is always whole. A new owner of a partition
 //! writes its epoch record, then (unless the last owner was this very store) replaces
@@ -29,10 +29,13 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Store, Tx, TxResult};
 use crate::RuntimeError;
 
-/// The keys of a partition's epoch record and of its last cut (`_cut`, naming its chunks
-/// `_cut.<n>`). Entities never start with `_`.
+/// The keys of a partition's epoch record and of its last cut (`_cut`, carrying its one
+/// chunk or naming its chunks `_cut.<slot>.<n>`). Entities never start with `_`.
 const EPOCH: &str = "_epoch";
 const CUT: &str = "_cut";
+/// The first byte of a cut record that carries its one chunk itself; the other form is a
+/// JSON [`CutRecord`] naming chunks, so it starts with `{`.
+const INLINE_CUT: u8 = 1;
 /// The most one cut chunk carries; the server's default max_payload is 1 MiB.
 const MAX_CHUNK_BYTES: usize = 512 * 1024;
 /// How many restored records go into one local transaction.
@@ -230,6 +233,33 @@ fn outcome_unknown(error: &jetstream::context::PublishError) -> bool {
 pub struct StateBucket {
     js: jetstream::Context,
     bucket: String,
+    /// Whether fenced writes may be in flight together: only on a stream with no Raft
+    /// group (one replica on a server that is not clustered). A clustered stream leader
+    /// refuses a fenced write whose check subject has another one in flight (nats-server
+    /// `expectedPerSubjectInProcess`); a solo stream checks each as it stores it.
+    pipelined: bool,
+}
+
+/// What a fenced write's PubAck says: a refused fence is [`RuntimeError::EpochMismatch`];
+/// an outcome we cannot know marks the epoch for renewal.
+fn fenced_outcome(
+    partition: u32,
+    held: &ReadyPartition,
+    subject: &str,
+    acked: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+) -> Result<(), RuntimeError> {
+    match acked {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            Err(RuntimeError::EpochMismatch { partition })
+        }
+        Err(e) => {
+            if outcome_unknown(&e) {
+                held.renew.store(true, Ordering::Release);
+            }
+            Err(RuntimeError::publish(subject, e))
+        }
+    }
 }
 
 impl StateBucket {
@@ -258,9 +288,20 @@ impl StateBucket {
                     .map_err(|_| RuntimeError::js(format!("creating bucket {bucket}"))(e))?;
             }
         }
+        let pipelined = match js.get_stream(format!("KV_{bucket}")).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) => {
+                    info.config.num_replicas <= 1
+                        && info.cluster.as_ref().is_none_or(|c| c.name.is_none())
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
         Ok(StateBucket {
             js: js.clone(),
             bucket: bucket.to_owned(),
+            pipelined,
         })
     }
 
@@ -389,10 +430,13 @@ impl StateBucket {
         headers
     }
 
-    /// Publishes fenced writes one at a time, each after the previous one's PubAck: on a
-    /// cluster the stream leader refuses a check against a subject (`_epoch`) while
-    /// another check against it is still in flight. A write whose outcome is unknown
-    /// marks the epoch for renewal before the next ([`StateBucket::renew_epoch`]).
+    /// Publishes fenced writes: one at a time, each after the previous one's PubAck, on a
+    /// clustered stream (its leader refuses a check against a subject, `_epoch`, while
+    /// another check against it is still in flight); all in flight together on a solo
+    /// stream ([`StateBucket::pipelined`]). Every write is checked against the same epoch
+    /// record, which none of them changes, so their order does not matter. A write whose
+    /// outcome is unknown marks the epoch for renewal before the next
+    /// ([`StateBucket::renew_epoch`]).
     async fn publish_fenced(
         &self,
         partition: u32,
@@ -403,51 +447,39 @@ impl StateBucket {
             self.renew_epoch(partition, held).await?;
         }
         let epoch_seq = held.epoch_seq();
+        let mut in_flight = Vec::new();
+        let mut failure = None;
         for (key, payload) in writes {
             let subject = self.subject(partition, &key);
             let message = jetstream::message::PublishMessage::build()
                 .headers(self.fence_headers(partition, epoch_seq))
                 .payload(Bytes::from(payload));
-            self.send_fenced(partition, held, subject, message).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends one fenced write and awaits its PubAck: a refused fence is
-    /// [`RuntimeError::EpochMismatch`]; an outcome we cannot know marks the epoch for
-    /// renewal.
-    async fn send_fenced(
-        &self,
-        partition: u32,
-        held: &ReadyPartition,
-        subject: String,
-        message: jetstream::message::PublishMessage,
-    ) -> Result<(), RuntimeError> {
-        let acked = match self.js.send_publish(subject.clone(), message).await {
-            Ok(ack) => ack.await,
-            Err(e) => {
-                // Not sent as far as the client knows, but it may sit in a buffer.
-                held.renew.store(true, Ordering::Release);
-                return Err(RuntimeError::publish(subject.as_str(), e));
-            }
-        };
-        match acked {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                Err(RuntimeError::EpochMismatch { partition })
-            }
-            Err(e) => {
-                if outcome_unknown(&e) {
+            match self.js.send_publish(subject.clone(), message).await {
+                Ok(ack) if self.pipelined => in_flight.push((subject, ack)),
+                Ok(ack) => fenced_outcome(partition, held, &subject, ack.await)?,
+                Err(e) => {
+                    // Not sent as far as the client knows, but it may sit in a buffer.
                     held.renew.store(true, Ordering::Release);
+                    failure = Some(RuntimeError::publish(subject.as_str(), e));
+                    break;
                 }
-                Err(RuntimeError::publish(subject.as_str(), e))
             }
         }
+        // Every PubAck is awaited, even after a failure: each outcome is known, or marked
+        // for renewal.
+        for (subject, ack) in in_flight {
+            if let Err(e) = fenced_outcome(partition, held, &subject, ack.await) {
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
-    /// Stores a cut of `partition` whole: its chunks, in the slot the last cut record
-    /// does not name, then the cut record naming them. `messages` are in the outbox
-    /// message codec ([`OutboxMessage::encode`]).
+    /// Stores a cut of `partition` whole. A cut that fits in one chunk (nearly every
+    /// one) is a single write: the cut record carries it, and replacing one message is
+    /// atomic, so no slot is needed. A bigger one goes into chunks in the slot the last
+    /// cut record does not name, then the cut record naming them. `messages` are in the
+    /// outbox message codec ([`OutboxMessage::encode`]).
     ///
     /// [`OutboxMessage::encode`]: crate::outbox_entry::OutboxMessage::encode
     pub async fn store_cut(
@@ -457,14 +489,27 @@ impl StateBucket {
         records: &[(String, Record)],
         messages: &[Vec<u8>],
     ) -> Result<(), RuntimeError> {
-        let pending = self
-            .write_cut_chunks(partition, held, records, messages)
-            .await?;
+        let id = format!("{:016x}", rand::random::<u64>());
+        let mut chunks = chunks_of(&id, records, messages).map_err(cut_encode_error)?;
+        if chunks.len() == 1 {
+            // Half the round trips of the two-step form on the relay's path: one hop of an
+            // order waits for every write of its cut.
+            let chunk = chunks.pop().unwrap_or_default();
+            let mut value = Vec::with_capacity(1 + chunk.len());
+            value.push(INLINE_CUT);
+            value.extend_from_slice(&chunk);
+            self.publish_fenced(partition, held, vec![(CUT.to_owned(), value)])
+                .await?;
+            held.set_named_slot(None);
+            return Ok(());
+        }
+        let pending = self.write_chunks(partition, held, id, chunks).await?;
         self.name_cut(partition, held, pending).await
     }
 
-    /// The first half of [`StateBucket::store_cut`]: the chunks, in the slot the cut
-    /// record does not name, so the last cut stays whole until [`StateBucket::name_cut`].
+    /// The first half of a cut in chunks: the chunks, in the slot the cut record does not
+    /// name, so the last cut stays whole until [`StateBucket::name_cut`]. (Public for the
+    /// tests of an owner that dies between the two halves.)
     pub async fn write_cut_chunks(
         &self,
         partition: u32,
@@ -472,10 +517,20 @@ impl StateBucket {
         records: &[(String, Record)],
         messages: &[Vec<u8>],
     ) -> Result<PendingCut, RuntimeError> {
-        let named = self.named_slot(partition, held).await?;
-        let slot = other_slot(named);
         let id = format!("{:016x}", rand::random::<u64>());
         let chunks = chunks_of(&id, records, messages).map_err(cut_encode_error)?;
+        self.write_chunks(partition, held, id, chunks).await
+    }
+
+    async fn write_chunks(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+        id: String,
+        chunks: Vec<Vec<u8>>,
+    ) -> Result<PendingCut, RuntimeError> {
+        let named = self.named_slot(partition, held).await?;
+        let slot = other_slot(named);
         let record = CutRecord {
             v: 1,
             id,
@@ -585,6 +640,18 @@ impl StateBucket {
         let Some((sequence, bytes)) = self.last(partition, CUT).await? else {
             return Ok(None);
         };
+        if let Some(inline) = bytes.strip_prefix(&[INLINE_CUT]) {
+            return Ok(match decode_chunk(inline) {
+                Some((head, messages)) => Some((sequence, head.records, messages)),
+                None => {
+                    tracing::warn!(
+                        partition,
+                        "the last cut does not decode; restoring from the entities' records"
+                    );
+                    None
+                }
+            });
+        }
         let Ok(cut) = serde_json::from_slice::<CutRecord>(&bytes) else {
             return Ok(None);
         };

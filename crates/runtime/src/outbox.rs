@@ -300,7 +300,7 @@ async fn drain_partitioned(
     }
 }
 
-/// One partition's cut: stores it, publishes its messages, then its entities' records.
+/// One partition's cut: stores it, then publishes its messages and its entities' records.
 /// Returns the keys of the entries it may remove.
 async fn store_and_publish(
     js: &jetstream::Context,
@@ -324,17 +324,20 @@ async fn store_and_publish(
         .store_cut(cut.partition, held, &cut.records, &encoded)
         .await;
     resync_on_mismatch(changelog, held, stored).await?;
-    // 2. Its messages.
-    let mut acked = Vec::with_capacity(cut.entries.len());
-    publish_entries(js, cut.entries, &mut acked, published).await?;
-    // 3. Each entity's own record (the cut already holds the same versions).
+    // 2 and 3, side by side: its messages, and each entity's own record (the cut already
+    // holds the same versions). Nothing orders them: until both are done the entries
+    // stay, and a new owner publishes the stored cut's messages and records again.
     if held.fence.check().is_err() {
         return Ok(Vec::new());
     }
-    let recorded = bucket
-        .publish_records(cut.partition, held, &cut.records)
-        .await;
+    let mut acked = Vec::with_capacity(cut.entries.len());
+    let (sent, recorded) = futures::future::join(
+        publish_entries(js, cut.entries, &mut acked, published),
+        bucket.publish_records(cut.partition, held, &cut.records),
+    )
+    .await;
     resync_on_mismatch(changelog, held, recorded).await?;
+    sent?;
     Ok(acked)
 }
 

@@ -249,3 +249,71 @@ async fn a_renewed_epoch_refuses_older_writes_and_never_fences_out_a_new_owner(
     assert_eq!(last.store_id, "store-b");
     Ok(())
 }
+
+/// A cut that fits in one chunk is stored in its cut record; a bigger one in chunks. Each
+/// form restores whole, with its messages, after the other.
+#[tokio::test]
+async fn cuts_in_their_record_and_cuts_in_chunks_restore_alike() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let held = take(&bucket, &fence, "store-a").await?;
+    // About 1.2 MiB of records: more than one chunk (512 KiB) holds.
+    let big = |state: &str, n: usize| {
+        (0..n)
+            .map(|i| {
+                let mut r = record(state);
+                r.data = Some(serde_json::json!({ "state": state, "pad": "x".repeat(300 * 1024) }));
+                (format!("order-big-{i}"), r)
+            })
+            .collect::<Vec<_>>()
+    };
+    for (records, message_id) in [
+        (vec![("order-5".to_owned(), record("due"))], "small-1"),
+        (big("chunked", 4), "big-1"),
+        (vec![("order-5".to_owned(), record("captured"))], "small-2"),
+        (big("chunked-again", 4), "big-2"),
+    ] {
+        bucket
+            .store_cut(PARTITION, &held, &records, &[message(message_id)])
+            .await?;
+        let restored = bucket.read_partition(PARTITION).await?;
+        for (entity, record) in &records {
+            assert_eq!(restored.records.get(entity), Some(record), "{entity}");
+        }
+        let ids: Vec<&str> = restored
+            .messages
+            .iter()
+            .map(|m| m.msg_id.as_str())
+            .collect();
+        assert_eq!(ids, [message_id]);
+    }
+    Ok(())
+}
+
+/// Several fenced writes at once (a solo stream lets them be in flight together) are
+/// refused together when another owner's epoch record came between, and none lands.
+#[tokio::test]
+async fn fenced_writes_in_flight_together_are_all_refused_after_a_takeover() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let old = take(&bucket, &fence, "store-a").await?;
+    let _new = take(&bucket, &fence, "store-b").await?;
+    let writes: Vec<(String, Record)> = (0..8)
+        .map(|i| (format!("order-late-{i}"), record("late")))
+        .collect();
+    let refused = bucket.publish_records(PARTITION, &old, &writes).await;
+    assert!(
+        matches!(
+            refused,
+            Err(RuntimeError::EpochMismatch {
+                partition: PARTITION
+            })
+        ),
+        "{refused:?}"
+    );
+    let restored = bucket.read_partition(PARTITION).await?;
+    assert!(writes
+        .iter()
+        .all(|(e, _)| !restored.records.contains_key(e)));
+    Ok(())
+}
