@@ -161,7 +161,7 @@ pub async fn run_deadline_timer(
         };
         let sweep = sweep_due(&store, trees, &ctx, &ownership);
         if sweep.handled > 0 {
-            if let Err(e) = store.flush().await {
+            if let Err(e) = store.settle().await {
                 tracing::error!(error = %e, "flush after deadlines failed");
             }
             waker.wake();

@@ -128,7 +128,8 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                 recorded = this.record_answers(&answers);
             }
             if recorded > 0 {
-                if let Err(e) = this.store.flush().await {
+                // Durable as the store needs before the relay takes the answers.
+                if let Err(e) = this.store.settle().await {
                     tracing::error!(error = %e, "flush after gateway answers failed");
                 }
                 this.waker.wake();

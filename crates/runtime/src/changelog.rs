@@ -842,11 +842,18 @@ pub fn replace_partition(
     restored: &Restored,
 ) -> Result<usize, RuntimeError> {
     let records = &restored.records;
-    let stale: Vec<String> = entities
+    // Every entity with data here, and every one with bookkeeping only (its data gone,
+    // a reservation committed, say): a store that restores over its own newer copy (after
+    // a crash or a reopen) must forget the ids of every event whose effect it drops, or
+    // their redeliveries would be taken for duplicates.
+    let mut stale: Vec<String> = entities
         .held(store)
         .into_iter()
+        .chain(store.entities_with_meta())
         .filter(|e| entities.partition(e) == partition)
         .collect();
+    stale.sort();
+    stale.dedup();
     for chunk in stale.chunks(RESTORE_CHUNK) {
         store
             .apply(None, |tx| {
@@ -954,9 +961,19 @@ pub struct ReadyPartition {
     renew: Arc<AtomicBool>,
     /// The slot the partition's cut record names, as this owner last wrote or read it.
     named_slot: Arc<AtomicU8>,
+    /// The store's reopen count when the partition was taken: after a reopen the local
+    /// copy may lack commits the changelog holds, and the relay leaves the partition
+    /// alone until it is taken (restored) again.
+    pub generation: u64,
 }
 
 impl ReadyPartition {
+    /// The same partition, taken at the store's reopen count `generation`.
+    pub fn at_generation(mut self, generation: u64) -> ReadyPartition {
+        self.generation = generation;
+        self
+    }
+
     pub fn new(fence: crate::group::Fence, owner: EpochRecord, epoch_seq: u64) -> ReadyPartition {
         ReadyPartition {
             fence,
@@ -964,6 +981,7 @@ impl ReadyPartition {
             epoch_seq: Arc::new(AtomicU64::new(epoch_seq)),
             renew: Arc::new(AtomicBool::new(false)),
             named_slot: Arc::new(AtomicU8::new(SLOT_UNKNOWN)),
+            generation: 0,
         }
     }
 

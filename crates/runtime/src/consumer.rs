@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::ack::{ack_decision, AckAction, Outcome, NOT_DURABLE_DELAY};
 use crate::crashpoint;
@@ -27,7 +27,7 @@ use crate::group::Fence;
 use crate::outbox::RelayWaker;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::store::{Applied as Applied_, ApplyError, Store, Tx, TxResult};
+use crate::store::{Applied as Applied_, ApplyError, CopyGeneration, Store, Tx, TxResult};
 use crate::RuntimeError;
 
 /// A message as a handler sees it.
@@ -153,6 +153,7 @@ pub async fn run_consumer<H: EventHandler>(
     spec: ConsumerSpec,
     handler: Arc<H>,
     fence: Option<Fence>,
+    copy: CopyGeneration,
     mut shutdown: Shutdown,
 ) {
     let mut retry = Duration::from_millis(200);
@@ -233,8 +234,16 @@ pub async fn run_consumer<H: EventHandler>(
                         // Apply this batch while the previous one flushes; wait for that
                         // commit before starting this one's, so acks stay in order.
                         store_faulted = ctx.store.fault().is_some();
-                        let applied = match fence.as_ref().map(Fence::check) {
-                            _ if store_faulted => hand_back(batch, NOT_DURABLE_DELAY),
+                        // A copy made current before a reopen of the store may lack what
+                        // the changelog holds: nothing is applied to it until the manager
+                        // restored it (under the write lock this read lock waits for).
+                        let current = current_copy(&ctx, &copy, fence.is_some(), &shutdown).await;
+                        let generation = *current;
+                        let stale = fence.is_some()
+                            && ctx.store.durable_by_changelog()
+                            && ctx.store.reopens() != generation;
+                        let mut applied = match fence.as_ref().map(Fence::check) {
+                            _ if store_faulted || stale => hand_back(batch, NOT_DURABLE_DELAY),
                             Some(Err(fenced)) => {
                                 // Not ours (any more): hand the messages back at once,
                                 // for the partition's owner.
@@ -249,6 +258,8 @@ pub async fn run_consumer<H: EventHandler>(
                                 fence.as_ref().map(Fence::partition),
                             ),
                         };
+                        drop(current);
+                        applied.generation = generation;
                         if let Some(previous) = in_flight.take() {
                             let _ = previous.await;
                         }
@@ -262,7 +273,18 @@ pub async fn run_consumer<H: EventHandler>(
                         )));
                         if broken || store_faulted {
                             // Re-declare: the consumer may be gone after a broker restart
-                            // without its store. Or stop pulling while the store is faulted.
+                            // without its store. Or stop pulling while the store is faulted:
+                            // what the client already holds goes back now, or it would wait
+                            // out the ack wait.
+                            if store_faulted {
+                                while let Some(Some(items)) = chunks.next().now_or_never() {
+                                    for message in items.into_iter().flatten() {
+                                        let _ = message
+                                            .ack_with(AckKind::Nak(Some(NOT_DURABLE_DELAY)))
+                                            .await;
+                                    }
+                                }
+                            }
                             break;
                         }
                     }
@@ -326,6 +348,33 @@ struct Applied {
     committed: u64,
     /// The newest outbox entry the batch wrote: acks wait until it has left the outbox.
     entry: Option<u64>,
+    /// The store's reopen count when the consumer's partition was taken: a batch of a
+    /// partition taken before a reopen is not acked (the reopened copy may lack it, and
+    /// the partition is restored and started again).
+    generation: u64,
+}
+
+/// The read lock on the partition's copy, once the copy is current: after a reopen of
+/// the store, the manager restores the partition under the write lock (milliseconds).
+/// Waiting here, rather than handing the batch back, keeps its messages in this
+/// consumer's hands. Gives up (the caller hands the batch back) on shutdown or a fault.
+async fn current_copy<'a>(
+    ctx: &ConsumerCtx,
+    copy: &'a CopyGeneration,
+    partitioned: bool,
+    shutdown: &Shutdown,
+) -> tokio::sync::RwLockReadGuard<'a, u64> {
+    loop {
+        let current = copy.read().await;
+        let stale =
+            partitioned && ctx.store.durable_by_changelog() && ctx.store.reopens() != *current;
+        if !stale || shutdown.is_requested() || ctx.store.fault().is_some() {
+            return current;
+        }
+        drop(current);
+        // The manager looks at the reopen count once a second at most.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A batch pulled for a partition this instance does not hold: every message is nak'ed
@@ -352,6 +401,7 @@ fn hand_back(batch: Vec<jetstream::Message>, delay: Duration) -> Applied {
             .collect(),
         committed: 0,
         entry: None,
+        generation: 0,
     }
 }
 
@@ -370,6 +420,7 @@ fn apply_batch<H: EventHandler>(
         decided: Vec::new(),
         committed: 0,
         entry: None,
+        generation: 0,
     };
     let mut decoded = Vec::with_capacity(batch.len());
     for message in batch {
@@ -471,6 +522,7 @@ async fn commit_batch(
         decided,
         committed,
         entry,
+        generation,
     } = applied;
     let (naks, parks): (Vec<_>, Vec<_>) = decided
         .into_iter()
@@ -478,8 +530,13 @@ async fn commit_batch(
     for (delivery, action) in naks {
         carry_out(&ctx, &spec, delivery, action).await;
     }
+    // A partition's consumer in a store whose changelog is the durable copy acks only
+    // once the partition's entries waiting now are stored there: no flush to wait for.
+    let by_changelog = fence.is_some() && ctx.store.durable_by_changelog();
     let mut durable = if committed > 0 {
-        group_commit(&ctx, after_commit, committed).await
+        group_commit(&ctx, after_commit, committed, !by_changelog).await
+    } else if by_changelog {
+        ctx.store.settle().await.is_ok()
     } else {
         // Duplicates only: the inbox that said so may hold transactions not yet on disk
         // (a flush that failed, with the store about to be reopened), so they are acked
@@ -488,12 +545,16 @@ async fn commit_batch(
     };
     if let (true, Some(fence), Some(entry)) = (durable, fence.as_ref(), entry) {
         // Ack only what a new owner would restore: the relay removes the entry once its
-        // events are published and its entities' records stored.
+        // events are published and its entities' records stored. A reopen of the store
+        // meanwhile may have lost the batch (and the relay then waits for a restore).
+        let reopened = || ctx.store.reopens() != generation;
         let stored = ctx
             .store
-            .wait_outbox_gone(entry, || fence.check().is_err())
+            .wait_outbox_gone(entry, || fence.check().is_err() || reopened())
             .await;
-        durable = stored && fence.check().is_ok();
+        durable = stored && fence.check().is_ok() && !reopened();
+    } else if by_changelog && ctx.store.reopens() != generation {
+        durable = false;
     }
     let acked = done.len();
     for delivery in done {
@@ -513,9 +574,20 @@ async fn commit_batch(
     }
 }
 
-/// Flushes the batch's transactions (the group commit); `false` if they are not durable.
-async fn group_commit(ctx: &ConsumerCtx, after_commit: impl FnOnce(), committed: u64) -> bool {
-    if let Err(e) = ctx.store.flush().await {
+/// Flushes the batch's transactions (the group commit; skipped with `flush` false, where
+/// the changelog makes them durable); `false` if they are not durable.
+async fn group_commit(
+    ctx: &ConsumerCtx,
+    after_commit: impl FnOnce(),
+    committed: u64,
+    flush: bool,
+) -> bool {
+    let flushed = if flush {
+        ctx.store.flush().await
+    } else {
+        ctx.store.settle().await
+    };
+    if let Err(e) = flushed {
         ctx.stats.record_error(e.to_string());
         tracing::error!(error = %e, "group commit flush failed; nak batch");
         return false;

@@ -248,7 +248,7 @@ impl Host {
         handler: Arc<H>,
     ) {
         let ctx = self.consumer_ctx();
-        let spawn: SpawnConsumer = Arc::new(move |partition, fence, shutdown| {
+        let spawn: SpawnConsumer = Arc::new(move |partition, fence, copy, shutdown| {
             let spec = spec(partition);
             tracing::debug!(
                 service = %ctx.service,
@@ -262,14 +262,18 @@ impl Host {
                 spec,
                 handler.clone(),
                 fence,
+                copy,
                 shutdown,
             ))
         });
         match &mut self.partitioned {
             Some(p) => p.consumers.push(spawn),
-            None => self
-                .consumers
-                .push(spawn(None, None, self.shutdown.clone())),
+            None => self.consumers.push(spawn(
+                None,
+                None,
+                crate::store::CopyGeneration::new(self.store.reopens()),
+                self.shutdown.clone(),
+            )),
         }
     }
 
@@ -344,7 +348,10 @@ impl Host {
         if let Some(relay) = self.relay.take() {
             let _ = tokio::time::timeout_at(deadline + Duration::from_secs(5), relay).await;
         }
-        self.store.flush().await?;
+        // Everything flushed, and the store marked closed in order: its next start may
+        // keep its copy of the partitions it owned last instead of restoring them.
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.mark_clean()).await??;
         if let Err(e) = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await {
             tracing::debug!(error = %e, "drain timed out");
         }

@@ -254,8 +254,12 @@ async fn drain_partitioned(
     if plain.is_empty() && cuts.is_empty() {
         return Ok(0);
     }
-    // Everything in the cut is committed; make it durable before any of it is published.
-    store.flush().await?;
+    // Entries of no partition are published as they are: make them durable first. A
+    // partition's cut needs no flush: the changelog is its durable copy, stored before
+    // any of its messages is published ([`Store::durable_by_changelog`]).
+    if !plain.is_empty() {
+        store.flush().await?;
+    }
     let mut published = 0;
     let mut removable = Vec::new();
     let mut failure = publish_entries(js, plain, &mut removable, &mut published)
@@ -387,9 +391,11 @@ fn take_cut(
             plain.push((key, entry.messages));
             continue;
         };
+        // Not held, or held from before a reopen of the store (its copy may lack what
+        // the changelog holds: the manager restores it first).
         if ready
             .get(&partition)
-            .is_none_or(|r| r.fence.check().is_err())
+            .is_none_or(|r| r.fence.check().is_err() || r.generation != store.reopens())
         {
             continue;
         }

@@ -20,13 +20,15 @@ use crate::changelog::{
 use crate::group::{Fence, Group, Handovers};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
+use crate::store::CopyGeneration;
 use crate::store::Store;
 use crate::RuntimeError;
 
 /// Starts one consumer for a partition (`None`: every partition) under a fence, until
 /// the shutdown it is given fires.
-pub type SpawnConsumer =
-    Arc<dyn Fn(Option<u32>, Option<Fence>, Shutdown) -> JoinHandle<()> + Send + Sync>;
+pub type SpawnConsumer = Arc<
+    dyn Fn(Option<u32>, Option<Fence>, CopyGeneration, Shutdown) -> JoinHandle<()> + Send + Sync,
+>;
 
 /// Everything the manager needs.
 pub struct Manager {
@@ -55,6 +57,8 @@ struct Running {
     fence: Fence,
     trigger: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
+    /// Whether the store's copy of the partition is current, for its consumers.
+    copy: CopyGeneration,
 }
 
 /// How often entries left for a partition this instance does not hold are looked at
@@ -81,7 +85,12 @@ impl Manager {
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leftovers_looked = tokio::time::Instant::now();
+        let mut generation = self.store.reopens();
         loop {
+            if self.store.reopens() != generation {
+                generation = self.store.reopens();
+                self.restore_after_reopen(&store_id, &mut running).await;
+            }
             let mut current = owned.borrow_and_update().clone();
             handed.retain(|p| current.contains_key(p));
             current.retain(|p, _| !handed.contains(p));
@@ -210,10 +219,11 @@ impl Manager {
             }
             match self.take_over(store_id, partition, fence).await {
                 Ok(held) => {
+                    let generation = held.generation;
                     self.ready.send_modify(|ready| {
                         ready.insert(partition, held);
                     });
-                    running.insert(partition, self.start(partition, fence));
+                    running.insert(partition, self.start(partition, fence, generation));
                     self.released.remove(&partition);
                 }
                 // Handed on while we were taking it: the group moved on, nothing failed.
@@ -237,6 +247,7 @@ impl Manager {
         partition: u32,
         fence: &Fence,
     ) -> Result<ReadyPartition, RuntimeError> {
+        let generation = self.store.reopens();
         let last = self.bucket.last_epoch_at(partition).await?;
         // Current only if the last epoch record is this store's *and* this store finished
         // a takeover at exactly that record: a takeover that wrote its epoch record and
@@ -251,7 +262,7 @@ impl Manager {
         // still had in flight, so what we read next is final.
         let owner = EpochRecord::new(store_id, &self.instance, fence.epoch());
         let epoch_seq = self.bucket.write_epoch(partition, &owner).await?;
-        let held = ReadyPartition::new(fence.clone(), owner, epoch_seq);
+        let held = ReadyPartition::new(fence.clone(), owner, epoch_seq).at_generation(generation);
         if current {
             self.store.set_partition_marker(partition, epoch_seq)?;
             tracing::info!(partition, instance = %self.instance, "partition taken; this store owned it last, nothing to restore");
@@ -293,18 +304,22 @@ impl Manager {
         Ok(held)
     }
 
-    fn start(&self, partition: u32, fence: &Fence) -> Running {
+    /// Starts the partition's consumers, for a takeover at the store's reopen count
+    /// `generation`.
+    fn start(&self, partition: u32, fence: &Fence, generation: u64) -> Running {
+        let copy = CopyGeneration::new(generation);
         let (trigger, shutdown) = Shutdown::new();
         let which = self.per_partition_consumers.then_some(partition);
         let tasks = self
             .consumers
             .iter()
-            .map(|spawn| spawn(which, Some(fence.clone()), shutdown.clone()))
+            .map(|spawn| spawn(which, Some(fence.clone()), copy.clone(), shutdown.clone()))
             .collect();
         Running {
             fence: fence.clone(),
             trigger,
             tasks,
+            copy,
         }
     }
 
@@ -398,6 +413,45 @@ impl Manager {
     }
 
     /// Stops a partition's consumers and waits (within the grace) for their batches.
+    /// The store was reopened after a storage fault: what it had not flushed is gone,
+    /// and some of it may be in the changelog, acked. Every partition is taken again,
+    /// which restores it (the reopen made every takeover marker stale), while its
+    /// consumers wait: they apply nothing to a copy older than the reopen, and nothing
+    /// while the restore holds the copy's write lock. They keep running, so their pull
+    /// requests stay read. A partition whose restore fails is stopped, and taken again
+    /// like a new one.
+    async fn restore_after_reopen(&self, store_id: &str, running: &mut BTreeMap<u32, Running>) {
+        let partitions: Vec<u32> = running.keys().copied().collect();
+        for partition in partitions {
+            let Some(run) = running.get(&partition) else {
+                continue;
+            };
+            self.ready.send_modify(|ready| {
+                ready.remove(&partition);
+            });
+            let copy = run.copy.clone();
+            let fence = run.fence.clone();
+            let mut current = copy.write().await;
+            match self.take_over(store_id, partition, &fence).await {
+                Ok(held) => {
+                    *current = held.generation;
+                    drop(current);
+                    self.ready.send_modify(|ready| {
+                        ready.insert(partition, held);
+                    });
+                    tracing::warn!(partition, instance = %self.instance, "the store was reopened; the partition was restored from the changelog");
+                }
+                Err(e) => {
+                    drop(current);
+                    tracing::warn!(partition, error = %e, "restoring the partition after a reopen failed; it is taken again");
+                    if let Some(run) = running.remove(&partition) {
+                        self.stop(partition, run).await;
+                    }
+                }
+            }
+        }
+    }
+
     async fn stop(&self, partition: u32, run: Running) {
         run.trigger.fire();
         let deadline = tokio::time::Instant::now() + self.grace;

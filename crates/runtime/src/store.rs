@@ -27,6 +27,12 @@ const ENTITIES: &str = "entities";
 const APPLIED_IDS_KEPT: usize = 64;
 /// Where the store's random identity is kept (sled's default tree).
 const STORE_ID_KEY: &[u8] = b"shop.store_id";
+/// Present while the store is closed after an orderly shutdown; removed at open. A store
+/// opened without it was not closed cleanly: its last commits may be lost, so every
+/// partition is restored from the changelog ([`Store::open`]).
+const CLEAN_KEY: &[u8] = b"shop.clean";
+/// The prefix of the per-partition takeover markers ([`Store::partition_marker`]).
+const MARKER_PREFIX: &str = "shop.partition.";
 /// Trees the runtime owns, before the service's own.
 const RUNTIME_TREES: usize = 3;
 /// sled's page cache per service (see `Store::open`).
@@ -392,6 +398,8 @@ pub struct Store {
     partition_of: std::sync::OnceLock<PartitionOf>,
     // Woken whenever the relay removed outbox entries.
     outbox_removed: tokio::sync::Notify,
+    // Whether the last open found the store closed in order.
+    opened_clean: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -421,6 +429,36 @@ const SPACE_PROBE_FILE: &str = "space-probe.tmp";
 /// old one may still be closing.
 const REOPEN_ATTEMPTS: u32 = 40;
 const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The store's reopen count at which a partition's local copy was last made current (taken
+/// over, or restored after a reopen), shared by the partition's consumers and its manager.
+/// Consumers apply only under its read lock, and only while it matches
+/// [`Store::reopens`]; the manager holds its write lock while it restores the partition
+/// after a reopen, so nothing is applied half-way through a restore.
+#[derive(Debug, Clone)]
+pub struct CopyGeneration(Arc<tokio::sync::RwLock<u64>>);
+
+impl CopyGeneration {
+    pub fn new(generation: u64) -> CopyGeneration {
+        CopyGeneration(Arc::new(tokio::sync::RwLock::new(generation)))
+    }
+
+    pub async fn read(&self) -> tokio::sync::RwLockReadGuard<'_, u64> {
+        self.0.read().await
+    }
+
+    pub async fn write(&self) -> tokio::sync::RwLockWriteGuard<'_, u64> {
+        self.0.write().await
+    }
+}
+
+/// Removes every partition's takeover marker, so each takeover restores.
+fn forget_partition_markers(db: &Db) -> Result<(), sled::Error> {
+    for key in db.scan_prefix(MARKER_PREFIX).keys() {
+        db.remove(key?)?;
+    }
+    Ok(())
+}
 
 /// Writes and syncs [`SPACE_PROBE_BYTES`] in `dir`, then removes them: whether the disk
 /// has room again.
@@ -461,6 +499,13 @@ impl Store {
         let mut names = vec![INBOX.to_owned(), OUTBOX.to_owned(), ENTITIES.to_owned()];
         names.extend(tree_names.iter().map(|n| (*n).to_owned()));
         let opened = open_db(sled::Config::new().path(dir), &names)?;
+        let opened_clean = opened.db.remove(CLEAN_KEY)?.is_some();
+        if !opened_clean {
+            // Commits a crash lost may already be in the changelog and acked: no copy
+            // of a partition here may be taken for current ([`Store::durable_by_changelog`]).
+            forget_partition_markers(&opened.db)?;
+        }
+        opened.db.flush()?;
         let ids = (RUNTIME_TREES..names.len()).map(TreeId).collect();
         Ok((
             Store {
@@ -475,6 +520,7 @@ impl Store {
                 commit_gate: std::sync::RwLock::new(()),
                 partition_of: std::sync::OnceLock::new(),
                 outbox_removed: tokio::sync::Notify::new(),
+                opened_clean,
             },
             ids,
         ))
@@ -484,6 +530,54 @@ impl Store {
     /// entries naming their partition. Set once, before the first transaction.
     pub fn set_partitioning(&self, partition_of: PartitionOf) {
         let _ = self.partition_of.set(partition_of);
+    }
+
+    /// Whether the changelog, not this database, is the durable copy of what the store
+    /// commits: true for a partitioned store. Its consumers ack, and its relay publishes,
+    /// only once a cut holding the change is stored in JetStream, so a commit need not be
+    /// flushed to disk first (Kafka Streams' model). A store that may have lost commits
+    /// (opened after a crash, reopened after a storage fault) restores every partition
+    /// from the changelog before it works on it again.
+    pub fn durable_by_changelog(&self) -> bool {
+        self.partition_of.get().is_some()
+    }
+
+    /// Makes what was committed as durable as it must be before its effects leave the
+    /// service: nothing to do in a store whose changelog is the durable copy, a flush
+    /// otherwise.
+    pub async fn settle(&self) -> Result<(), RuntimeError> {
+        if self.durable_by_changelog() {
+            return self.check_fault();
+        }
+        self.flush().await
+    }
+
+    /// Every entity the store keeps bookkeeping for (applied event ids), whether or not
+    /// the service still holds data for it.
+    pub fn entities_with_meta(&self) -> Vec<String> {
+        self.opened().trees[2]
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    }
+
+    /// Whether the last open found the store closed in order ([`Store::mark_clean`]).
+    pub fn opened_clean(&self) -> bool {
+        self.opened_clean
+    }
+
+    /// Flushes everything and records an orderly close: the next open may keep the local
+    /// copy of every partition this store owned last. Call it last, with nothing left to
+    /// commit.
+    pub fn mark_clean(&self) -> Result<(), RuntimeError> {
+        self.flush_blocking()?;
+        let db = self.opened().db.clone();
+        db.insert(CLEAN_KEY, &[1u8])
+            .and_then(|_| db.flush())
+            .map_err(|e| self.storage_error(e))?;
+        Ok(())
     }
 
     /// The partition of `entity`, for a partitioned store.
@@ -518,7 +612,7 @@ impl Store {
         Ok(self
             .opened()
             .db
-            .get(format!("shop.partition.{partition}"))?
+            .get(format!("{MARKER_PREFIX}{partition}"))?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes))
     }
@@ -527,7 +621,7 @@ impl Store {
     pub fn set_partition_marker(&self, partition: u32, seq: u64) -> Result<(), RuntimeError> {
         self.opened()
             .db
-            .insert(format!("shop.partition.{partition}"), &seq.to_be_bytes())?;
+            .insert(format!("{MARKER_PREFIX}{partition}"), &seq.to_be_bytes())?;
         self.opened().db.flush()?;
         Ok(())
     }
@@ -1041,8 +1135,10 @@ impl Store {
     /// Tries to leave a storage fault: checks that the data directory takes a write
     /// again, then closes the database and opens it anew (sled keeps its first I/O error
     /// until then). `Ok(false)`: there was no fault. What had not been flushed before the
-    /// fault is gone, as after a crash; none of it was acked or published, because
-    /// acks and the relay wait for a flush. Blocking: call it off the async runtime.
+    /// fault is gone, as after a crash. In a store that is not partitioned none of it was
+    /// acked or published, because acks and the relay wait for a flush; a partitioned
+    /// one restores its partitions from the changelog (each takeover marker is
+    /// forgotten, and the reopen count changes). Blocking: call it off the async runtime.
     pub fn reopen(&self) -> Result<bool, RuntimeError> {
         if self.fault().is_none() {
             return Ok(false);
@@ -1070,6 +1166,13 @@ impl Store {
                 Err(e) => return Err(RuntimeError::Storage(e)),
             }
         };
+        // What was not flushed before the fault is gone, and in a store whose changelog
+        // is the durable copy some of it may be stored there and acked: every partition
+        // is restored before it is worked on again (the reopen count is the generation
+        // the relay, the consumers and the partition manager compare).
+        forget_partition_markers(&fresh.db)
+            .and_then(|()| fresh.db.flush().map(|_| ()))
+            .map_err(RuntimeError::Storage)?;
         {
             let _gate = self.commit_gate.write().unwrap_or_else(|p| p.into_inner());
             *self.opened.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
