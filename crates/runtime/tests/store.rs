@@ -268,3 +268,33 @@ fn a_refusal_is_never_transient() {
     let result = store.apply(None, |_| reject::<()>("zero is not an amount"));
     assert!(result.is_err_and(|e| matches!(e, ApplyError::Rejected(_)) && !e.is_transient()));
 }
+
+/// A partitioned store does not flush each commit (the changelog is its durable copy), so
+/// one that was not closed in order may have lost commits the changelog holds: it keeps no
+/// partition's takeover marker, and every takeover restores. An orderly close keeps them,
+/// once.
+#[test]
+fn only_a_store_closed_in_order_keeps_its_takeover_markers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (store, _) = Store::open(dir.path(), &[]).expect("open");
+        store.set_partition_marker(3, 42).expect("marker");
+        // Dropped without `mark_clean`: a crash, as far as the next open can tell.
+    }
+    {
+        let (store, _) = Store::open(dir.path(), &[]).expect("reopen");
+        assert!(!store.opened_clean());
+        assert_eq!(store.partition_marker(3).expect("read"), None);
+        store.set_partition_marker(3, 43).expect("marker");
+        store.mark_clean().expect("clean");
+    }
+    {
+        let (store, _) = Store::open(dir.path(), &[]).expect("reopen");
+        assert!(store.opened_clean());
+        assert_eq!(store.partition_marker(3).expect("read"), Some(43));
+        // Not closed in order this time.
+    }
+    let (store, _) = Store::open(dir.path(), &[]).expect("reopen");
+    assert!(!store.opened_clean());
+    assert_eq!(store.partition_marker(3).expect("read"), None);
+}
