@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use broker::Broker;
 use shop_events::api::checkout::OrderStatus;
+use shop_events::partition::GROUPS_BUCKET;
 use shop_events::subjects::{event_subject, EVENT_STREAMS};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -611,48 +612,98 @@ async fn force_every_crashpoint(
     out: &mut impl std::io::Write,
 ) -> Result<(), ChaosError> {
     for (i, point) in crash_points().iter().enumerate() {
-        if shop.crashpoint_hits().get(*point).copied().unwrap_or(0) > 0 {
-            continue;
-        }
-        let _ = writeln!(out, "chaos: forcing crash point {point}");
-        // The forced point is armed in the default instance only: every other payment
-        // instance goes, so that one takes every partition and with it the forced order
-        // (with a second instance holding the order's partition, the point once never
-        // fired). The caller starts them again after.
-        for name in shop
-            .named_instances()
-            .remove(&Service::Payment)
-            .unwrap_or_default()
-        {
-            shop.kill_instance(Service::Payment, &name).await?;
-        }
-        shop.set_crashpoints(Some(format!("{point}:1")));
-        if shop.has_exited(Service::Payment) {
-            shop.reap(Service::Payment);
-        }
-        shop.kill_service(Service::Payment).await?;
-        // Starting may already fire the point (an outbox left to drain): that counts.
-        if shop.start_service(Service::Payment).await.is_ok() {
-            shop_harness::scenario::replenish(js, "chaos-forced", 1).await?;
-            let id = format!("chaos-{seed}-forced-{i}");
-            let placed = order(&id, &[("chaos-forced", 1, 100)], "tok_visa");
-            publish_with_retry(
+        // A forced order can still miss its point: placed while payment was taking over
+        // the partitions a killed instance left, it may pass its deadline first and be
+        // cancelled uncharged (CI saw that once). So each point gets a few tries.
+        for attempt in 0..FORCE_ATTEMPTS {
+            if shop.crashpoint_hits().get(*point).copied().unwrap_or(0) > 0 {
+                break;
+            }
+            let _ = writeln!(
+                out,
+                "chaos: forcing crash point {point} (try {})",
+                attempt + 1
+            );
+            force_once(
+                shop,
                 js,
                 retries,
-                &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)),
+                point,
+                &format!("chaos-{seed}-forced-{i}-{attempt}"),
             )
             .await?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !shop.has_exited(Service::Payment) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if shop.crashpoint_hits().get(*point).copied().unwrap_or(0) == 0 {
+                let _ = writeln!(out, "chaos: crash point {point} did not fire");
             }
+            shop.reap(Service::Payment);
+            shop.set_crashpoints(Some(base.to_owned()));
+            shop.start_service(Service::Payment).await?;
         }
-        if shop.crashpoint_hits().get(*point).copied().unwrap_or(0) == 0 {
-            let _ = writeln!(out, "chaos: crash point {point} did not fire");
-        }
+    }
+    Ok(())
+}
+
+/// Tries per crash point before the run reports it as never fired.
+const FORCE_ATTEMPTS: usize = 3;
+
+/// One try at firing `point`: payment alone, armed, holding every partition, then an
+/// order that must reach it.
+async fn force_once(
+    shop: &mut Shop,
+    js: &jetstream::Context,
+    retries: &AtomicU64,
+    point: &str,
+    id: &str,
+) -> Result<(), ChaosError> {
+    // The forced point is armed in the default instance only: every other payment
+    // instance goes, so that one takes every partition and with it the forced order
+    // (with a second instance holding the order's partition, the point once never
+    // fired). The caller starts them again after.
+    for name in shop
+        .named_instances()
+        .remove(&Service::Payment)
+        .unwrap_or_default()
+    {
+        shop.kill_instance(Service::Payment, &name).await?;
+    }
+    shop.set_crashpoints(Some(format!("{point}:1")));
+    if shop.has_exited(Service::Payment) {
         shop.reap(Service::Payment);
-        shop.set_crashpoints(Some(base.to_owned()));
-        shop.start_service(Service::Payment).await?;
+    }
+    shop.kill_service(Service::Payment).await?;
+    // Starting may already fire the point (an outbox left to drain): that counts.
+    if shop.start_service(Service::Payment).await.is_err() {
+        return Ok(());
+    }
+    // The order goes out only once the armed instance holds every partition: the
+    // killed instances' leases take up to a lease TTL to expire, close to the order
+    // deadline, and an order waiting on an unowned partition times out uncharged.
+    let owner = Service::Payment.name();
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until && !shop.has_exited(Service::Payment) {
+        let group = shop_runtime::group::view(js, GROUPS_BUCKET, owner).await;
+        let all_held = matches!(&group, Ok(g) if g.partitions.is_some()
+            && g.unowned().is_empty()
+            && g.leases.values().all(|l| l.owner == owner));
+        if all_held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if shop.has_exited(Service::Payment) {
+        return Ok(());
+    }
+    shop_harness::scenario::replenish(js, "chaos-forced", 1).await?;
+    let placed = order(id, &[("chaos-forced", 1, 100)], "tok_visa");
+    publish_with_retry(
+        js,
+        retries,
+        &Envelope::new(STOREFRONT, Event::OrderPlaced(placed)),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shop.has_exited(Service::Payment) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }
