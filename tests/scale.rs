@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use serde_json::json;
-use shop_events::api::checkout::{OrderStatus, ORDERS_CANCEL};
+use shop_events::api::checkout::{OrderStatus, OrderView, ORDERS_CANCEL, ORDERS_LIST};
 use shop_events::api::payment::PaymentStatus;
 use shop_events::partition::{partition_of_key, GROUPS_BUCKET, PARTITIONS};
 use shop_events::CancelReason;
@@ -379,6 +379,33 @@ async fn checkout_as_three_instances_times_out_and_refunds_after_one_dies() -> a
         assert_eq!(view.status, OrderStatus::Cancelled, "{id}");
         assert_eq!(view.reason, Some(CancelReason::Timeout), "{id}");
         common::exactly_once(&w.js, id, "OrderCancelled", SETTLE).await?;
+    }
+
+    // Whichever instance answers, the list holds every order of every partition: the
+    // two instances left gather their shares (asked a few times, to reach both).
+    let mut all: Vec<String> = pending.clone();
+    all.push("o-co-old".to_owned());
+    for _ in 0..4 {
+        let listed = eventually(SETTLE, "a list over every partition", || async {
+            let reply: Vec<OrderView> = shop_harness::scenario::request_as(
+                &w.client,
+                ORDERS_LIST.subject,
+                &json!({"limit": 1000}),
+            )
+            .await
+            .ok()?;
+            Some(reply)
+        })
+        .await?;
+        let ids: std::collections::BTreeSet<&str> =
+            listed.iter().map(|v| v.order_id.as_str()).collect();
+        assert_eq!(ids.len(), listed.len(), "no order is listed twice");
+        for id in &all {
+            assert!(ids.contains(id.as_str()), "{id} is listed");
+        }
+        let partitions: std::collections::BTreeSet<u32> =
+            all.iter().map(|id| partition_of_key(id)).collect();
+        assert!(partitions.len() > 1, "the orders span several partitions");
     }
 
     // The old order can still be cancelled (by whichever instance answers) and refunded.

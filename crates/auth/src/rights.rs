@@ -152,6 +152,11 @@ fn service_rights(service: &str, rights: &mut Rights) {
     // Micro-service protocol and its own endpoints.
     rights.subscribe(p::micro_service(service));
     rights.subscribe(served_endpoints(service));
+    // Checkout's instances gather `checkout.orders.list` from each other.
+    if service == checkout::ORDERS_LIST.service {
+        rights.publish([checkout::ORDERS_LIST_GATHER.to_owned()]);
+        rights.subscribe([checkout::ORDERS_LIST_GATHER.to_owned()]);
+    }
 }
 
 /// Using the keys `keys` of KV bucket `bucket`: put and delete (a publish on the key's
@@ -280,6 +285,30 @@ mod tests {
             "events.orders.placed.o-1.3"
         ));
         assert!(!matches("events.orders.>", "events.orders"));
+    }
+
+    #[test]
+    fn only_checkout_gathers_its_list_from_its_instances() {
+        let gather = checkout::ORDERS_LIST_GATHER;
+        assert!(may_publish(Role::Checkout, gather));
+        assert!(may_subscribe(Role::Checkout, gather));
+        for role in [
+            Role::Payment,
+            Role::Inventory,
+            Role::Storefront,
+            Role::Operator,
+        ] {
+            assert!(
+                !may_subscribe(role, gather),
+                "{role:?} may not read the shares"
+            );
+        }
+        for role in [Role::Payment, Role::Inventory, Role::Storefront] {
+            assert!(
+                !may_publish(role, gather),
+                "{role:?} may not ask for the shares"
+            );
+        }
     }
 
     #[test]

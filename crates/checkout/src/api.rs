@@ -1,18 +1,26 @@
-//! Checkout's NATS micro-service endpoints: place, get, cancel and list orders.
+//! Checkout's NATS micro-service endpoints: place, get, cancel and list orders, and the
+//! instances' answers to each other when one of them gathers a list over every partition.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
+use futures::StreamExt;
 use shop_events::api::checkout::{
-    Accepted, CancelRequest, Cancellation, CancellationAccepted, ListRequest, OrderView, ENDPOINTS,
-    ORDERS_CANCEL, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE,
+    Accepted, CancelRequest, Cancellation, CancellationAccepted, ListPart, ListRequest, OrderView,
+    ENDPOINTS, ORDERS_CANCEL, ORDERS_GET, ORDERS_LIST, ORDERS_LIST_GATHER, ORDERS_PLACE,
 };
 use shop_events::api::{Endpoint, OrderRef};
+use shop_events::partition::PARTITIONS;
 use shop_events::{Envelope, Event, OrderCancellationRequested, OrderId, OrderPlaced, Problem};
 use shop_runtime::micro::{parse_request, reply, ApiError, ApiResult};
+use shop_runtime::shutdown::Shutdown;
 use shop_runtime::store::Store;
 use shop_shell::scale::Ownership;
 use shop_shell::{format_ms, publish_event};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use crate::domain::{OrderStatus, State};
 use crate::store::{split_time_key, Trees};
@@ -162,9 +170,100 @@ impl Api {
         })
     }
 
-    /// `checkout.orders.list`: most recent first.
+    /// `checkout.orders.list`: most recent first, over every partition. An instance that
+    /// owns everything lists its own store; one of a group gathers a [`ListPart`] from
+    /// each instance (itself included) until every partition is covered, then merges.
     pub async fn list(&self, body: &[u8]) -> ApiResult {
         let request: ListRequest = parse_request(body)?;
+        let request = ListRequest {
+            limit: Some(request.limit.unwrap_or(50).clamp(1, 1000)),
+            ..request
+        };
+        if self.ownership.held().is_none() {
+            return reply(&self.list_held(&request)?);
+        }
+        reply(&self.gather(&request).await?)
+    }
+
+    /// Asks every instance for its share and merges the shares: a partition is taken
+    /// from the first share that names it, so a partition that changed owners while the
+    /// request was out is not listed twice.
+    async fn gather(&self, request: &ListRequest) -> Result<Vec<OrderView>, ApiError> {
+        let limit = request.limit.unwrap_or(50);
+        let client = self.js.client();
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot gather the list: {e}")))?;
+        let body = serde_json::to_vec(request)
+            .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
+        let ask = |client: async_nats::Client, inbox: String, body: Vec<u8>| async move {
+            client
+                .publish_with_reply(ORDERS_LIST_GATHER, inbox, body.into())
+                .await
+                .map_err(|e| ApiError::unavailable(format!("cannot gather the list: {e}")))
+        };
+        ask(client.clone(), inbox.clone(), body.clone()).await?;
+        let mut missing: BTreeSet<u32> = (0..PARTITIONS).collect();
+        let mut orders = Vec::new();
+        let until = tokio::time::Instant::now() + GATHER_WITHIN;
+        // Each instance answers for what it holds when asked, so a partition between
+        // owners (an instance starting, a handover) is asked for again until someone
+        // holds it or the time is up.
+        let mut again =
+            tokio::time::interval_at(tokio::time::Instant::now() + GATHER_AGAIN, GATHER_AGAIN);
+        while !missing.is_empty() {
+            let message = tokio::select! {
+                m = replies.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = again.tick() => {
+                    ask(client.clone(), inbox.clone(), body.clone()).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(until) => break,
+            };
+            let part: ListPart = match serde_json::from_slice(&message.payload) {
+                Ok(part) => part,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a list share does not decode; ignored");
+                    continue;
+                }
+            };
+            let fresh: BTreeSet<u32> = part
+                .partitions
+                .iter()
+                .copied()
+                .filter(|p| missing.remove(p))
+                .collect();
+            orders.extend(
+                part.orders
+                    .into_iter()
+                    .filter(|v| fresh.contains(&self.ownership.partition(&v.order_id))),
+            );
+        }
+        if !missing.is_empty() {
+            return Err(ApiError::unavailable(format!(
+                "partitions {missing:?} have no instance answering for them (between owners?); ask again"
+            )));
+        }
+        // Newest first across the shares, as each share is; the id breaks ties so that
+        // the same orders list the same way whoever answers.
+        orders.sort_by_cached_key(|v| {
+            let placed = v
+                .placed_at
+                .as_deref()
+                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+            (std::cmp::Reverse(placed), v.order_id.clone())
+        });
+        orders.truncate(limit);
+        Ok(orders)
+    }
+
+    /// This instance's share: newest first, at most `limit` orders of the partitions it holds.
+    pub fn list_held(&self, request: &ListRequest) -> Result<Vec<OrderView>, ApiError> {
         let limit = request.limit.unwrap_or(50).clamp(1, 1000);
         let mut out = Vec::new();
         for key in self.store.tree(self.trees.placed).iter().keys().rev() {
@@ -175,6 +274,11 @@ impl Api {
             let Ok(order_id) = OrderId::parse(id) else {
                 continue;
             };
+            // A partition that moved away may leave its orders behind until the store
+            // forgets them; they are the new owner's to list.
+            if !self.ownership.holds(order_id.as_str()) {
+                continue;
+            }
             let Some(v) = self.load_local(&order_id)?.as_ref().and_then(view) else {
                 continue;
             };
@@ -185,9 +289,69 @@ impl Api {
                 }
             }
         }
-        reply(&out)
+        Ok(out)
+    }
+
+    /// Answers the gathering requests of `checkout.orders.list` (from any instance) with
+    /// this instance's share, until shutdown.
+    pub async fn serve_list_parts(self, instance: String, mut shutdown: Shutdown) {
+        let client = self.js.client();
+        let mut requests = match client.subscribe(ORDERS_LIST_GATHER).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::error!(error = %e, subject = ORDERS_LIST_GATHER, "cannot serve list shares");
+                return;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                m = requests.next() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+                _ = shutdown.requested() => return,
+            };
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            // Held before reading, so the share never claims a partition whose orders it
+            // skipped; a partition taken meanwhile is simply not in this share.
+            let partitions = self.ownership.held().unwrap_or_default();
+            let share = parse_request::<ListRequest>(&message.payload)
+                .and_then(|request| self.list_held(&request))
+                .map(|orders| {
+                    let orders: Vec<OrderView> = orders
+                        .into_iter()
+                        .filter(|v| partitions.contains(&self.ownership.partition(&v.order_id)))
+                        .collect();
+                    ListPart {
+                        instance: instance.clone(),
+                        partitions,
+                        orders,
+                    }
+                });
+            let payload = match share.and_then(|part| {
+                serde_json::to_vec(&part)
+                    .map_err(|e| ApiError::internal(format!("cannot encode the share: {e}")))
+            }) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    // The asker waits out its deadline and reports the partitions missing.
+                    tracing::warn!(code = e.code, error = %e.description, "list share refused");
+                    continue;
+                }
+            };
+            if let Err(e) = client.publish(reply_to, payload.into()).await {
+                tracing::warn!(error = %e, "cannot send a list share");
+            }
+        }
     }
 }
+
+/// How long `checkout.orders.list` waits for every partition's share.
+const GATHER_WITHIN: Duration = Duration::from_secs(3);
+/// How often it asks again for the partitions no share has named yet.
+const GATHER_AGAIN: Duration = Duration::from_millis(250);
 
 impl shop_runtime::micro::Api for Api {
     fn endpoints(&self) -> Vec<(&'static str, &'static str)> {

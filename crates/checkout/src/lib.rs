@@ -131,6 +131,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), CheckoutError
         trees,
         ownership,
     };
+    host.spawn_worker(
+        api.clone()
+            .serve_list_parts(config.scale.instance_of(SERVICE), host.shutdown()),
+    );
     host.serve_api(spec, api, Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -17,6 +17,21 @@ pub const ORDERS_LIST: Endpoint = endpoint!(checkout, "orders", "list");
 
 pub const ENDPOINTS: [Endpoint; 4] = [ORDERS_PLACE, ORDERS_GET, ORDERS_CANCEL, ORDERS_LIST];
 
+/// Where `checkout.orders.list` gathers its answer: every checkout instance listens here
+/// (no queue group, so each one answers), with the [`ListRequest`] as body, and replies a
+/// [`ListPart`] for the partitions it holds. Internal to checkout's instances: only they
+/// have the right to publish or subscribe here (crates/auth).
+pub const ORDERS_LIST_GATHER: &str = "checkout.orders.list.gather";
+
+/// One instance's share of a `checkout.orders.list`: the partitions it held when it
+/// answered and, newest first, at most `limit` orders of those partitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListPart {
+    pub instance: String,
+    pub partitions: Vec<u32>,
+    pub orders: Vec<OrderView>,
+}
+
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

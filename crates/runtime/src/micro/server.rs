@@ -47,6 +47,13 @@ impl ApiError {
             description: description.into(),
         }
     }
+    /// Not answerable right now, but worth asking again (a partition between owners).
+    pub fn unavailable(description: impl Into<String>) -> ApiError {
+        ApiError {
+            code: 503,
+            description: description.into(),
+        }
+    }
 }
 
 impl From<RuntimeError> for ApiError {
