@@ -64,6 +64,9 @@ pub struct GatewayWorker<G> {
     pub ownership: Ownership,
 }
 
+/// How long an answer may wait to be recorded with the ones that follow it.
+const RECORD_WITHIN: Duration = Duration::from_millis(2);
+
 /// Retries a transient gateway failure a few times with backoff; the next sweep tries again after that.
 async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, PaymentError>
 where
@@ -90,8 +93,9 @@ impl<G: PaymentGateway> GatewayWorker<G> {
     /// Makes the calls owed until shutdown.
     ///
     /// Up to `concurrency` calls are in flight, and a slot is refilled as soon as its
-    /// call answers: the answers that are in are recorded together, and the relay woken
-    /// for them, while the other calls are still out. (The worker used to take a batch,
+    /// call's answer is recorded: answers are recorded together (those that arrive
+    /// within [`RECORD_WITHIN`] of each other), and the relay woken for them, while the
+    /// other calls are still out. (The worker used to take a batch,
     /// wait for its slowest call, record it whole, then look again; with a 100 ms
     /// gateway that left slots idle for most of each round.)
     pub async fn run(self, mut shutdown: Shutdown) {
@@ -104,6 +108,9 @@ impl<G: PaymentGateway> GatewayWorker<G> {
         // the relay has stored something or the pause has passed, or the worker would
         // spin on them.
         let mut deferred: HashSet<OrderId> = HashSet::new();
+        // Answers in, not recorded yet, and when they must be.
+        let mut answered: Vec<(OrderId, Input)> = Vec::new();
+        let mut record_by: Option<tokio::time::Instant> = None;
         let mut sweep = true;
         loop {
             // Enabled before the sweep: a call deferred because its change is not in the
@@ -140,7 +147,7 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                     });
                 }
             }
-            if shutdown.is_requested() && calls.is_empty() {
+            if shutdown.is_requested() && calls.is_empty() && record_by.is_none() {
                 return;
             }
             let pause = if deferred.is_empty() {
@@ -155,33 +162,48 @@ impl<G: PaymentGateway> GatewayWorker<G> {
                     while let Some(Some(next)) = calls.next().now_or_never() {
                         done.push(next);
                     }
-                    let mut answers = Vec::with_capacity(done.len());
                     for (order_id, answer) in done {
-                        in_flight.remove(&order_id);
                         match answer {
-                            Some(input) => answers.push((order_id, input)),
+                            // Stays in flight until recorded, so no sweep calls for it again.
+                            Some(input) => answered.push((order_id, input)),
                             None => {
+                                in_flight.remove(&order_id);
                                 deferred.insert(order_id);
+                                sweep = true;
                             }
                         }
                     }
-                    if !answers.is_empty() {
-                        // The gateway made its books durable before it answered.
-                        crashpoint::hit(crate::gateway::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
-                        let recorded = this.record_answers(&answers);
-                        if recorded > 0 {
-                            // Durable as the store needs before the relay takes the answers.
-                            if let Err(e) = this.store.settle().await {
-                                tracing::error!(error = %e, "flush after gateway answers failed");
-                            }
-                            this.waker.wake();
+                    // Recorded together with the answers that follow within a moment:
+                    // one transaction and one relay cut for many answers, as the batch
+                    // worker had, at most RECORD_WITHIN late. At once when no call is
+                    // left out, or when half the slots wait on the recording.
+                    if calls.is_empty() || answered.len() >= this.concurrency.div_ceil(2) {
+                        record_by = Some(tokio::time::Instant::now());
+                    } else if record_by.is_none() && !answered.is_empty() {
+                        record_by = Some(tokio::time::Instant::now() + RECORD_WITHIN);
+                    }
+                }
+                _ = tokio::time::sleep_until(record_by.unwrap_or_else(tokio::time::Instant::now)), if record_by.is_some() => {
+                    record_by = None;
+                    let answers = std::mem::take(&mut answered);
+                    for (order_id, _) in &answers {
+                        in_flight.remove(order_id);
+                    }
+                    // The gateway made its books durable before it answered.
+                    crashpoint::hit(crate::gateway::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
+                    let recorded = this.record_answers(&answers);
+                    if recorded > 0 {
+                        // Durable as the store needs before the relay takes the answers.
+                        if let Err(e) = this.store.settle().await {
+                            tracing::error!(error = %e, "flush after gateway answers failed");
                         }
-                        if recorded < answers.len() {
-                            // Some could not be written (a store fault, a partition lost):
-                            // not called again until the pause, whichever they were (the
-                            // recorded ones have left the work index anyway).
-                            deferred.extend(answers.into_iter().map(|(order_id, _)| order_id));
-                        }
+                        this.waker.wake();
+                    }
+                    if recorded < answers.len() {
+                        // Some could not be written (a store fault, a partition lost):
+                        // not called again until the pause, whichever they were (the
+                        // recorded ones have left the work index anyway).
+                        deferred.extend(answers.into_iter().map(|(order_id, _)| order_id));
                     }
                     sweep = true;
                 }
