@@ -6,12 +6,10 @@
 //! idempotent, so a crash between the gateway's answer and its recording
 //! only repeats a call whose result the gateway already knows.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use shop_events::{Envelope, Event, OrderId};
 use shop_runtime::crashpoint;
 use shop_runtime::outbox::RelayWaker;
@@ -55,7 +53,7 @@ pub struct GatewayWorker<G> {
     pub store: Arc<Store>,
     pub trees: Trees,
     pub gateway: Arc<G>,
-    /// How many gateway calls are in flight at most; the adapter caps them too.
+    /// How many gateway calls a sweep makes at once; the adapter caps them too.
     pub concurrency: usize,
     pub waker: RelayWaker,
     pub stats: Arc<Stats>,
@@ -63,9 +61,6 @@ pub struct GatewayWorker<G> {
     /// Which orders' calls are this instance's to make.
     pub ownership: Ownership,
 }
-
-/// How long an answer may wait to be recorded with the ones that follow it.
-const RECORD_WITHIN: Duration = Duration::from_millis(2);
 
 /// Retries a transient gateway failure a few times with backoff; the next sweep tries again after that.
 async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, PaymentError>
@@ -91,134 +86,72 @@ where
 
 impl<G: PaymentGateway> GatewayWorker<G> {
     /// Makes the calls owed until shutdown.
-    ///
-    /// Up to `concurrency` calls are in flight, and a slot is refilled as soon as its
-    /// call's answer is recorded: answers are recorded together (those that arrive
-    /// within [`RECORD_WITHIN`] of each other), and the relay woken for them, while the
-    /// other calls are still out. (The worker used to take a batch,
-    /// wait for its slowest call, record it whole, then look again; with a 100 ms
-    /// gateway that left slots idle for most of each round.)
     pub async fn run(self, mut shutdown: Shutdown) {
         let this = Arc::new(self);
-        let mut calls = FuturesUnordered::new();
-        // Orders with a call out: a sweep must not call for them twice.
-        let mut in_flight: HashSet<OrderId> = HashSet::new();
-        // Orders whose call could not be made on the last look (the change that made it
-        // due not in the changelog yet, the gateway unavailable): left out of sweeps until
-        // the relay has stored something or the pause has passed, or the worker would
-        // spin on them.
-        let mut deferred: HashSet<OrderId> = HashSet::new();
-        // Answers in, not recorded yet, and when they must be.
-        let mut answered: Vec<(OrderId, Input)> = Vec::new();
-        let mut record_by: Option<tokio::time::Instant> = None;
-        let mut sweep = true;
         loop {
-            // Enabled before the sweep: a call deferred because its change is not in the
+            // Enabled before the sweep: a call skipped because its change is not in the
             // changelog yet is made as soon as the relay has stored it, not a pause later
             // (that pause was the whole of a payment hop at one order in flight).
             let stored = this.store.outbox_removed().notified();
             tokio::pin!(stored);
             stored.as_mut().enable();
-            if sweep && !shutdown.is_requested() {
-                sweep = false;
-                let free = this.concurrency.saturating_sub(in_flight.len());
-                let keys: Vec<OrderId> = this
-                    .store
-                    .tree(this.trees.work)
-                    .iter()
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter_map(|k| OrderId::parse(String::from_utf8_lossy(&k).into_owned()).ok())
-                    .filter(|order_id| {
-                        !in_flight.contains(order_id) && !deferred.contains(order_id)
-                    })
-                    // Another instance's partition: its calls are that instance's to make.
-                    // Filtered before the cap, or entries of partitions held elsewhere
-                    // would fill every sweep and starve the held ones.
-                    .filter(|order_id| this.ownership.holds(order_id.as_str()))
-                    .take(free)
-                    .collect();
-                for order_id in keys {
-                    in_flight.insert(order_id.clone());
+            let keys: Vec<OrderId> = this
+                .store
+                .tree(this.trees.work)
+                .iter()
+                .keys()
+                .filter_map(Result::ok)
+                .filter_map(|k| OrderId::parse(String::from_utf8_lossy(&k).into_owned()).ok())
+                // Another instance's partition: its calls are that instance's to make.
+                // Filtered before the cap, or a thousand entries of partitions held
+                // elsewhere would fill every sweep and starve the held ones.
+                .filter(|order_id| this.ownership.holds(order_id.as_str()))
+                .take(1024)
+                .collect();
+            let answers: Vec<(OrderId, Input)> = futures::stream::iter(keys.clone())
+                .map(|order_id| {
                     let this = this.clone();
-                    calls.push(async move {
-                        let answer = this.call_gateway(&order_id).await;
-                        (order_id, answer)
-                    });
-                }
+                    async move {
+                        this.call_gateway(&order_id)
+                            .await
+                            .map(|input| (order_id, input))
+                    }
+                })
+                .buffer_unordered(this.concurrency)
+                .filter_map(|answer| async move { answer })
+                .collect()
+                .await;
+            let mut recorded = 0;
+            if !answers.is_empty() {
+                // The gateway made its books durable before it answered.
+                crashpoint::hit(crate::gateway::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
+                recorded = this.record_answers(&answers);
             }
-            if shutdown.is_requested() && calls.is_empty() && record_by.is_none() {
+            if recorded > 0 {
+                // Durable as the store needs before the relay takes the answers.
+                if let Err(e) = this.store.settle().await {
+                    tracing::error!(error = %e, "flush after gateway answers failed");
+                }
+                this.waker.wake();
+            }
+            if shutdown.is_requested() {
                 return;
             }
-            let pause = if deferred.is_empty() {
-                Duration::from_secs(1)
-            } else {
+            // Loop straight away while work remains; otherwise wait for new work.
+            if recorded > 0 && keys.len() == 1024 {
+                continue;
+            }
+            let pause = if recorded < keys.len() {
                 Duration::from_millis(200)
+            } else {
+                Duration::from_secs(1)
             };
+            let waiting_on_changelog = recorded < keys.len();
             tokio::select! {
-                Some(first) = calls.next(), if !calls.is_empty() => {
-                    // With it, every other call that has answered by now.
-                    let mut done = vec![first];
-                    while let Some(Some(next)) = calls.next().now_or_never() {
-                        done.push(next);
-                    }
-                    for (order_id, answer) in done {
-                        match answer {
-                            // Stays in flight until recorded, so no sweep calls for it again.
-                            Some(input) => answered.push((order_id, input)),
-                            None => {
-                                in_flight.remove(&order_id);
-                                deferred.insert(order_id);
-                                sweep = true;
-                            }
-                        }
-                    }
-                    // Recorded together with the answers that follow within a moment:
-                    // one transaction and one relay cut for many answers, as the batch
-                    // worker had, at most RECORD_WITHIN late. At once when no call is
-                    // left out, or when half the slots wait on the recording.
-                    if calls.is_empty() || answered.len() >= this.concurrency.div_ceil(2) {
-                        record_by = Some(tokio::time::Instant::now());
-                    } else if record_by.is_none() && !answered.is_empty() {
-                        record_by = Some(tokio::time::Instant::now() + RECORD_WITHIN);
-                    }
-                }
-                _ = tokio::time::sleep_until(record_by.unwrap_or_else(tokio::time::Instant::now)), if record_by.is_some() => {
-                    record_by = None;
-                    let answers = std::mem::take(&mut answered);
-                    for (order_id, _) in &answers {
-                        in_flight.remove(order_id);
-                    }
-                    // The gateway made its books durable before it answered.
-                    crashpoint::hit(crate::gateway::AFTER_GATEWAY_CHARGE_BEFORE_RECORD);
-                    let recorded = this.record_answers(&answers);
-                    if recorded > 0 {
-                        // Durable as the store needs before the relay takes the answers.
-                        if let Err(e) = this.store.settle().await {
-                            tracing::error!(error = %e, "flush after gateway answers failed");
-                        }
-                        this.waker.wake();
-                    }
-                    if recorded < answers.len() {
-                        // Some could not be written (a store fault, a partition lost):
-                        // not called again until the pause, whichever they were (the
-                        // recorded ones have left the work index anyway).
-                        deferred.extend(answers.into_iter().map(|(order_id, _)| order_id));
-                    }
-                    sweep = true;
-                }
-                _ = this.work_ready.notified() => sweep = true,
-                _ = &mut stored, if !deferred.is_empty() => {
-                    deferred.clear();
-                    sweep = true;
-                }
-                _ = tokio::time::sleep(pause) => {
-                    deferred.clear();
-                    sweep = true;
-                }
-                // Once asked to stop, no new call is made; those out are awaited and
-                // recorded, so an answer the gateway gave is not left for the next owner.
-                _ = shutdown.requested(), if !shutdown.is_requested() => {}
+                _ = this.work_ready.notified() => {}
+                _ = &mut stored, if waiting_on_changelog => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.requested() => return,
             }
         }
     }
