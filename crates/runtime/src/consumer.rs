@@ -239,9 +239,7 @@ pub async fn run_consumer<H: EventHandler>(
                         // restored it (under the write lock this read lock waits for).
                         let current = current_copy(&ctx, &copy, fence.is_some(), &shutdown).await;
                         let generation = *current;
-                        let stale = fence.is_some()
-                            && ctx.store.durable_by_changelog()
-                            && ctx.store.reopens() != generation;
+                        let stale = copy_is_stale(&ctx, fence.is_some(), generation);
                         let mut applied = match fence.as_ref().map(Fence::check) {
                             _ if store_faulted || stale => hand_back(batch, NOT_DURABLE_DELAY),
                             Some(Err(fenced)) => {
@@ -354,6 +352,12 @@ struct Applied {
     generation: u64,
 }
 
+/// Whether a partition's copy made current at `generation` predates a reopen of a store
+/// whose changelog is the durable copy (so it may lack what the changelog holds).
+fn copy_is_stale(ctx: &ConsumerCtx, partitioned: bool, generation: u64) -> bool {
+    partitioned && ctx.store.durable_by_changelog() && ctx.store.reopens() != generation
+}
+
 /// The read lock on the partition's copy, once the copy is current: after a reopen of
 /// the store, the manager restores the partition under the write lock (milliseconds).
 /// Waiting here, rather than handing the batch back, keeps its messages in this
@@ -366,9 +370,10 @@ async fn current_copy<'a>(
 ) -> tokio::sync::RwLockReadGuard<'a, u64> {
     loop {
         let current = copy.read().await;
-        let stale =
-            partitioned && ctx.store.durable_by_changelog() && ctx.store.reopens() != *current;
-        if !stale || shutdown.is_requested() || ctx.store.fault().is_some() {
+        if !copy_is_stale(ctx, partitioned, *current)
+            || shutdown.is_requested()
+            || ctx.store.fault().is_some()
+        {
             return current;
         }
         drop(current);
@@ -553,7 +558,7 @@ async fn commit_batch(
             .wait_outbox_gone(entry, || fence.check().is_err() || reopened())
             .await;
         durable = stored && fence.check().is_ok() && !reopened();
-    } else if by_changelog && ctx.store.reopens() != generation {
+    } else if copy_is_stale(&ctx, fence.is_some(), generation) {
         durable = false;
     }
     let acked = done.len();
