@@ -1,15 +1,15 @@
 //! Checkout's NATS micro-service endpoints: place, get, cancel and list orders, and the
 //! instances' answers to each other when one of them gathers a list over every partition.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use shop_events::api::checkout::{
-    Accepted, CancelRequest, Cancellation, CancellationAccepted, ListPart, ListRequest, OrderView,
-    ENDPOINTS, ORDERS_CANCEL, ORDERS_GET, ORDERS_LIST, ORDERS_LIST_GATHER, ORDERS_PLACE,
+    Accepted, CancelRequest, Cancellation, CancellationAccepted, ListAsk, ListPart, ListRequest,
+    OrderView, ENDPOINTS, ORDERS_CANCEL, ORDERS_GET, ORDERS_LIST, ORDERS_LIST_GATHER, ORDERS_PLACE,
 };
 use shop_events::api::{Endpoint, OrderRef};
 use shop_events::partition::PARTITIONS;
@@ -91,9 +91,7 @@ impl Api {
     }
 
     fn load_local(&self, order_id: &OrderId) -> Result<Option<State>, ApiError> {
-        Ok(self
-            .store
-            .read_json(self.trees.orders, order_id.as_str().as_bytes())?)
+        load_local(&self.store, self.trees, order_id)
     }
 
     /// `checkout.orders.place`: validates, then publishes `OrderPlaced`.
@@ -180,14 +178,17 @@ impl Api {
             ..request
         };
         if self.ownership.held().is_none() {
-            return reply(&self.list_held(&request)?);
+            return reply(&self.list_held(&request, None)?);
         }
         reply(&self.gather(&request).await?)
     }
 
-    /// Asks every instance for its share and merges the shares: a partition is taken
-    /// from the first share that names it, so a partition that changed owners while the
-    /// request was out is not listed twice.
+    /// Asks every instance for its share and merges the shares. Each ask names the
+    /// partitions still missing, and a share is taken only if every partition it names
+    /// is still missing: a share is the newest `limit` orders of *its* partitions, so one
+    /// that overlaps a share already taken (a partition that changed owners while the
+    /// request was out) spent part of its `limit` on orders that are not used, and could
+    /// leave out orders of its other partitions. Its partitions are asked for again.
     async fn gather(&self, request: &ListRequest) -> Result<Vec<OrderView>, ApiError> {
         let limit = request.limit.unwrap_or(50);
         let client = self.js.client();
@@ -196,16 +197,24 @@ impl Api {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| ApiError::unavailable(format!("cannot gather the list: {e}")))?;
-        let body = serde_json::to_vec(request)
-            .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
-        let ask = |client: async_nats::Client, inbox: String, body: Vec<u8>| async move {
-            client
-                .publish_with_reply(ORDERS_LIST_GATHER, inbox, body.into())
-                .await
-                .map_err(|e| ApiError::unavailable(format!("cannot gather the list: {e}")))
+        let ask = |missing: &BTreeSet<u32>| {
+            let client = client.clone();
+            let inbox = inbox.clone();
+            let body = serde_json::to_vec(&ListAsk {
+                request: request.clone(),
+                partitions: missing.iter().copied().collect(),
+            });
+            async move {
+                let body = body
+                    .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
+                client
+                    .publish_with_reply(ORDERS_LIST_GATHER, inbox, body.into())
+                    .await
+                    .map_err(|e| ApiError::unavailable(format!("cannot gather the list: {e}")))
+            }
         };
-        ask(client.clone(), inbox.clone(), body.clone()).await?;
         let mut missing: BTreeSet<u32> = (0..PARTITIONS).collect();
+        ask(&missing).await?;
         let mut orders = Vec::new();
         let until = tokio::time::Instant::now() + GATHER_WITHIN;
         // Each instance answers for what it holds when asked, so a partition between
@@ -220,7 +229,7 @@ impl Api {
                     None => break,
                 },
                 _ = again.tick() => {
-                    ask(client.clone(), inbox.clone(), body.clone()).await?;
+                    ask(&missing).await?;
                     continue;
                 }
                 _ = tokio::time::sleep_until(until) => break,
@@ -232,16 +241,17 @@ impl Api {
                     continue;
                 }
             };
-            let fresh: BTreeSet<u32> = part
-                .partitions
-                .iter()
-                .copied()
-                .filter(|p| missing.remove(p))
-                .collect();
+            let claimed: BTreeSet<u32> = part.partitions.iter().copied().collect();
+            if !share_fits(&claimed, &missing) {
+                tracing::debug!(instance = %part.instance, partitions = ?claimed,
+                    "a list share overlaps one already taken; its partitions are asked again");
+                continue;
+            }
+            missing.retain(|p| !claimed.contains(p));
             orders.extend(
                 part.orders
                     .into_iter()
-                    .filter(|v| fresh.contains(&self.ownership.partition(&v.order_id))),
+                    .filter(|v| claimed.contains(&self.ownership.partition(&v.order_id))),
             );
         }
         if !missing.is_empty() {
@@ -262,34 +272,13 @@ impl Api {
         Ok(orders)
     }
 
-    /// This instance's share: newest first, at most `limit` orders of the partitions it holds.
-    pub fn list_held(&self, request: &ListRequest) -> Result<Vec<OrderView>, ApiError> {
-        let limit = request.limit.unwrap_or(50).clamp(1, 1000);
-        let mut out = Vec::new();
-        for key in self.store.tree(self.trees.placed).iter().keys().rev() {
-            let key = key.map_err(|e| ApiError::internal(e.to_string()))?;
-            let Some((_, id)) = split_time_key(&key) else {
-                continue;
-            };
-            let Ok(order_id) = OrderId::parse(id) else {
-                continue;
-            };
-            // A partition that moved away may leave its orders behind until the store
-            // forgets them; they are the new owner's to list.
-            if !self.ownership.holds(order_id.as_str()) {
-                continue;
-            }
-            let Some(v) = self.load_local(&order_id)?.as_ref().and_then(view) else {
-                continue;
-            };
-            if request.status.is_none_or(|s| s == v.status) {
-                out.push(v);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+    /// This instance's list: see [`list_held`].
+    pub fn list_held(
+        &self,
+        request: &ListRequest,
+        only: Option<&BTreeSet<u32>>,
+    ) -> Result<Vec<OrderView>, ApiError> {
+        list_held(&self.store, self.trees, &self.ownership, request, only)
     }
 
     /// Answers the gathering requests of `checkout.orders.list` (from any instance) with
@@ -314,27 +303,18 @@ impl Api {
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
-            // Held before reading, so the share never claims a partition whose orders it
-            // skipped; a partition taken meanwhile is simply not in this share.
-            let partitions = self.ownership.held().unwrap_or_default();
-            let share = parse_request::<ListRequest>(&message.payload)
-                .and_then(|request| self.list_held(&request))
-                .map(|orders| {
-                    let orders: Vec<OrderView> = orders
-                        .into_iter()
-                        .filter(|v| partitions.contains(&self.ownership.partition(&v.order_id)))
-                        .collect();
-                    ListPart {
-                        instance: instance.clone(),
-                        partitions,
-                        orders,
-                    }
-                });
+            let share = parse_request::<ListAsk>(&message.payload)
+                .and_then(|ask| share(&self.store, self.trees, &self.ownership, &instance, &ask));
             let payload = match share.and_then(|part| {
-                serde_json::to_vec(&part)
-                    .map_err(|e| ApiError::internal(format!("cannot encode the share: {e}")))
+                part.map(|part| {
+                    serde_json::to_vec(&part)
+                        .map_err(|e| ApiError::internal(format!("cannot encode the share: {e}")))
+                })
+                .transpose()
             }) {
-                Ok(payload) => payload,
+                Ok(Some(payload)) => payload,
+                // Nothing asked for is held here: the owners answer.
+                Ok(None) => continue,
                 Err(e) => {
                     // The asker waits out its deadline and reports the partitions missing.
                     tracing::warn!(code = e.code, error = %e.description, "list share refused");
@@ -346,6 +326,93 @@ impl Api {
             }
         }
     }
+}
+
+/// This instance's list: newest first, at most `limit` orders of the partitions it
+/// holds (of `only` among them, when given).
+pub fn list_held(
+    store: &Store,
+    trees: Trees,
+    ownership: &Ownership,
+    request: &ListRequest,
+    only: Option<&BTreeSet<u32>>,
+) -> Result<Vec<OrderView>, ApiError> {
+    let limit = request.limit.unwrap_or(50).clamp(1, 1000);
+    let mut out = Vec::new();
+    for key in store.tree(trees.placed).iter().keys().rev() {
+        let key = key.map_err(|e| ApiError::internal(e.to_string()))?;
+        let Some((_, id)) = split_time_key(&key) else {
+            continue;
+        };
+        let Ok(order_id) = OrderId::parse(id) else {
+            continue;
+        };
+        if only.is_some_and(|only| !only.contains(&ownership.partition(id))) {
+            continue;
+        }
+        // A partition that moved away may leave its orders behind until the store
+        // forgets them; they are the new owner's to list.
+        if !ownership.holds(order_id.as_str()) {
+            continue;
+        }
+        let Some(v) = load_local(store, trees, &order_id)?.as_ref().and_then(view) else {
+            continue;
+        };
+        if request.status.is_none_or(|s| s == v.status) {
+            out.push(v);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// This instance's share for `ask`: the asked partitions it holds under the same
+/// fence before and after reading them, with their newest orders; `None` when it
+/// holds none of them, or when one changed hands during the read (its orders may be
+/// missing from the read, so the share would claim a partition it did not list; the
+/// asker asks again for it).
+pub fn share(
+    store: &Store,
+    trees: Trees,
+    ownership: &Ownership,
+    instance: &str,
+    ask: &ListAsk,
+) -> Result<Option<ListPart>, ApiError> {
+    let asked: BTreeSet<u32> = ask.partitions.iter().copied().collect();
+    let held = |fenced: Option<BTreeMap<u32, u64>>| -> BTreeMap<u32, u64> {
+        fenced
+            .unwrap_or_else(|| (0..PARTITIONS).map(|p| (p, 0)).collect())
+            .into_iter()
+            .filter(|(p, _)| asked.contains(p))
+            .collect()
+    };
+    let before = held(ownership.fenced_now());
+    if before.is_empty() {
+        return Ok(None);
+    }
+    let partitions: BTreeSet<u32> = before.keys().copied().collect();
+    let orders = list_held(store, trees, ownership, &ask.request, Some(&partitions))?;
+    let after = held(ownership.fenced_now());
+    if before.iter().any(|(p, epoch)| after.get(p) != Some(epoch)) {
+        return Ok(None);
+    }
+    Ok(Some(ListPart {
+        instance: instance.to_owned(),
+        partitions: partitions.into_iter().collect(),
+        orders,
+    }))
+}
+
+fn load_local(store: &Store, trees: Trees, order_id: &OrderId) -> Result<Option<State>, ApiError> {
+    Ok(store.read_json(trees.orders, order_id.as_str().as_bytes())?)
+}
+
+/// Whether a share may be taken: it names at least one partition, and only partitions no
+/// share taken before has covered.
+fn share_fits(claimed: &BTreeSet<u32>, missing: &BTreeSet<u32>) -> bool {
+    !claimed.is_empty() && claimed.is_subset(missing)
 }
 
 /// How long `checkout.orders.list` waits for every partition's share.
@@ -366,5 +433,82 @@ impl shop_runtime::micro::Api for Api {
             Some(ORDERS_LIST) => self.list(&body).await,
             _ => Err(ApiError::not_found(format!("no endpoint {name}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::handlers::tests::{open_store, place};
+
+    /// Orders `o-a-1..=3` (older) in partition 0 and `o-b-1..=3` (newer) in partition 1.
+    fn two_partitions(store: &Store, trees: Trees) -> Ownership {
+        let clock = ManualClock::at(1_000_000);
+        for id in ["o-a-1", "o-a-2", "o-a-3", "o-b-1", "o-b-2", "o-b-3"] {
+            place(store, trees, id, &clock);
+            clock.advance(Duration::from_millis(1));
+        }
+        Ownership::fixed([0, 1], |id: &str| u32::from(id.starts_with("o-b")))
+    }
+
+    fn ask(partitions: &[u32], limit: usize) -> ListAsk {
+        ListAsk {
+            request: ListRequest {
+                status: None,
+                limit: Some(limit),
+            },
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    fn ids(part: &ListPart) -> Vec<&str> {
+        part.orders.iter().map(|v| v.order_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_share_spends_its_limit_only_on_the_partitions_asked_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, trees) = open_store(dir.path());
+        let ownership = two_partitions(&store, trees);
+        // Partition 1's orders are the newest: a share that listed every partition it
+        // holds would fill its limit with them and leave out partition 0's.
+        let part = share(&store, trees, &ownership, "ck-1", &ask(&[0, 5], 3))
+            .expect("a share")
+            .expect("partition 0 is held here");
+        assert_eq!(
+            part.partitions,
+            vec![0],
+            "only asked partitions that are held"
+        );
+        assert_eq!(ids(&part), vec!["o-a-3", "o-a-2", "o-a-1"]);
+
+        let both = share(&store, trees, &ownership, "ck-1", &ask(&[0, 1], 3))
+            .expect("a share")
+            .expect("both are held here");
+        assert_eq!(both.partitions, vec![0, 1]);
+        assert_eq!(ids(&both), vec!["o-b-3", "o-b-2", "o-b-1"]);
+    }
+
+    #[test]
+    fn an_instance_holding_none_of_the_asked_partitions_does_not_answer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, trees) = open_store(dir.path());
+        let ownership = two_partitions(&store, trees);
+        assert_eq!(
+            share(&store, trees, &ownership, "ck-1", &ask(&[7, 9], 50)).expect("no error"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_share_is_taken_only_if_every_partition_it_names_is_still_missing() {
+        let missing: BTreeSet<u32> = [1, 2, 3].into();
+        assert!(share_fits(&[2, 3].into(), &missing));
+        assert!(
+            !share_fits(&[3, 4].into(), &missing),
+            "overlaps a taken one"
+        );
+        assert!(!share_fits(&BTreeSet::new(), &missing), "names nothing");
     }
 }

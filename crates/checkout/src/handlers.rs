@@ -181,7 +181,7 @@ pub async fn run_deadline_timer(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::domain::State;
@@ -192,7 +192,7 @@ mod tests {
     const DEADLINE_MS: i64 = 30_000;
     const DEADLINE: Duration = Duration::from_millis(DEADLINE_MS as u64);
 
-    fn open_store(dir: &std::path::Path) -> (Arc<Store>, Trees) {
+    pub(crate) fn open_store(dir: &std::path::Path) -> (Arc<Store>, Trees) {
         let (store, ids) = Store::open(dir, &TREES).expect("store opens");
         (
             Arc::new(store),
@@ -212,7 +212,7 @@ mod tests {
     }
 
     /// Places a valid order at the clock's current time.
-    fn place(store: &Store, trees: Trees, order_id: &str, clock: &ManualClock) {
+    pub(crate) fn place(store: &Store, trees: Trees, order_id: &str, clock: &ManualClock) {
         let placed = Input::Placed(OrderPlaced {
             order_id: id(order_id),
             customer_id: "c-1".into(),

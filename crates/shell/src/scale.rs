@@ -230,6 +230,23 @@ impl Ownership {
             .map(|r| r.borrow().keys().copied().collect())
     }
 
+    /// The partitions held now under a fence that still passes, each with the epoch it is
+    /// held at (0 for a fixed set); `None` for an instance that owns everything. A reader
+    /// that takes this before and after its read, and finds a partition at the same epoch
+    /// both times, read a copy no takeover replaced meanwhile.
+    pub fn fenced_now(&self) -> Option<BTreeMap<u32, u64>> {
+        if let Some(fixed) = &self.fixed {
+            return Some(fixed.iter().map(|&p| (p, 0)).collect());
+        }
+        self.ready.as_ref().map(|r| {
+            r.borrow()
+                .iter()
+                .filter(|(_, ready)| ready.fence.is_valid())
+                .map(|(&p, ready)| (p, ready.fence.epoch()))
+                .collect()
+        })
+    }
+
     /// Waits until the set of held partitions may have changed.
     pub async fn changed(&mut self) {
         match &mut self.ready {

@@ -23,8 +23,19 @@ pub const ENDPOINTS: [Endpoint; 4] = [ORDERS_PLACE, ORDERS_GET, ORDERS_CANCEL, O
 /// have the right to publish or subscribe here (crates/auth).
 pub const ORDERS_LIST_GATHER: &str = "checkout.orders.list.gather";
 
-/// One instance's share of a `checkout.orders.list`: the partitions it held when it
-/// answered and, newest first, at most `limit` orders of those partitions.
+/// What the gathering instance asks on [`ORDERS_LIST_GATHER`]: the caller's
+/// [`ListRequest`], and the partitions it still needs a share for. An instance answers
+/// only for those of them it holds, so a share never spends its `limit` on a partition
+/// that another share already covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListAsk {
+    #[serde(flatten)]
+    pub request: ListRequest,
+    pub partitions: Vec<u32>,
+}
+
+/// One instance's share of a `checkout.orders.list`: the asked partitions it held for the
+/// whole of its read and, newest first, at most `limit` orders of those partitions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListPart {
     pub instance: String,
