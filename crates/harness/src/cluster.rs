@@ -592,9 +592,10 @@ impl NatsCluster {
             let healthy = monitoring_get(self.node(node).http_port, "/healthz")
                 .await
                 .is_some();
-            let leader = match healthy {
-                true => self.meta_leader_seen_by(node).await,
-                false => None,
+            let leader = if healthy {
+                self.meta_leader_seen_by(node).await
+            } else {
+                None
             };
             if let Some(leader) = leader {
                 if self.meta_peers_current(leader).await {

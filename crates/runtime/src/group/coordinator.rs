@@ -329,20 +329,10 @@ impl Coordinator {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    self.renew(Renew::All).await;
-                    if watch.is_none() {
-                        watch = self.rewatch().await;
-                    }
-                    self.reconcile().await;
-                }
+                _ = tick.tick() => self.renew_and_reconcile(Renew::All, &mut watch).await,
                 _ = sleep_until(self.faults.retry_at) => {
                     self.faults.retry_at = None;
-                    self.renew(Renew::Failed).await;
-                    if watch.is_none() {
-                        watch = self.rewatch().await;
-                    }
-                    self.reconcile().await;
+                    self.renew_and_reconcile(Renew::Failed, &mut watch).await;
                 }
                 entry = next_entry(&mut watch) => match entry {
                     Some(Ok(entry)) => {
@@ -374,6 +364,16 @@ impl Coordinator {
     }
 
     /// A fresh watch replays the current state, so the old view is dropped with it.
+    /// A renewal round (every lease, or only those whose last renewal failed), then a
+    /// new watch if the last one ended, then the assignment brought up to date.
+    async fn renew_and_reconcile(&mut self, which: Renew, watch: &mut Option<kv::Watch>) {
+        self.renew(which).await;
+        if watch.is_none() {
+            *watch = self.rewatch().await;
+        }
+        self.reconcile().await;
+    }
+
     async fn rewatch(&mut self) -> Option<kv::Watch> {
         match self.bucket.watch().await {
             Ok(watch) => {
