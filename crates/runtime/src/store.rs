@@ -421,12 +421,32 @@ fn open_db(config: sled::Config, names: &[String]) -> Result<Opened, sled::Error
     Ok(Opened { db, trees })
 }
 
+/// Opens the database at `dir`, trying again for a moment while another handle in this
+/// process may still hold its lock: sled's background flusher keeps a database it was
+/// flushing open briefly after the last handle is dropped, and a handle taken before a
+/// reopen (an iteration in flight) may still hold the old one. A store closed and opened
+/// again in one process (a service restarted in-process, a reopen after a disk fault)
+/// would otherwise fail on a lock that is about to be released.
+fn open_db_at(dir: &Path, names: &[String]) -> Result<Opened, sled::Error> {
+    let mut attempt = 0;
+    loop {
+        match open_db(sled::Config::new().path(dir), names) {
+            Ok(opened) => return Ok(opened),
+            Err(sled::Error::Io(_)) if attempt < REOPEN_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(REOPEN_PAUSE);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// How much the space probe writes before a reopen: about what a group commit of a
 /// full batch needs, so a disk with only a few bytes free does not count as recovered.
 const SPACE_PROBE_BYTES: usize = 1024 * 1024;
 const SPACE_PROBE_FILE: &str = "space-probe.tmp";
-/// How often, and how far apart, a reopen tries to open the database again while the
-/// old one may still be closing.
+/// How often, and how far apart, an open tries the database again while an earlier
+/// handle in this process may still be closing it ([`open_db_at`]).
 const REOPEN_ATTEMPTS: u32 = 40;
 const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -498,7 +518,7 @@ impl Store {
         })?;
         let mut names = vec![INBOX.to_owned(), OUTBOX.to_owned(), ENTITIES.to_owned()];
         names.extend(tree_names.iter().map(|n| (*n).to_owned()));
-        let opened = open_db(sled::Config::new().path(dir), &names)?;
+        let opened = open_db_at(dir, &names)?;
         let opened_clean = opened.db.remove(CLEAN_KEY)?.is_some();
         if !opened_clean {
             // Commits a crash lost may already be in the changelog and acked: no copy
@@ -1153,19 +1173,7 @@ impl Store {
             Arc::new(stand_in),
         );
         drop(old);
-        let mut attempt = 0;
-        let fresh = loop {
-            match open_db(sled::Config::new().path(&self.dir), &self.names) {
-                Ok(opened) => break opened,
-                // A handle taken before (an iteration in flight) may still hold the old
-                // database's lock for a moment.
-                Err(_) if attempt < REOPEN_ATTEMPTS => {
-                    attempt += 1;
-                    std::thread::sleep(REOPEN_PAUSE);
-                }
-                Err(e) => return Err(RuntimeError::Storage(e)),
-            }
-        };
+        let fresh = open_db_at(&self.dir, &self.names)?;
         // What was not flushed before the fault is gone, and in a store whose changelog
         // is the durable copy some of it may be stored there and acked: every partition
         // is restored before it is worked on again (the reopen count is the generation
