@@ -432,7 +432,9 @@ fn open_db_at(dir: &Path, names: &[String]) -> Result<Opened, sled::Error> {
     loop {
         match open_db(sled::Config::new().path(dir), names) {
             Ok(opened) => return Ok(opened),
-            Err(sled::Error::Io(_)) if attempt < REOPEN_ATTEMPTS => {
+            // Any error, not only the lock's: after a disk fault the files may read as
+            // half-written for a moment too, and a reopen always tried again on any.
+            Err(_) if attempt < REOPEN_ATTEMPTS => {
                 attempt += 1;
                 std::thread::sleep(REOPEN_PAUSE);
             }
