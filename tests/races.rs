@@ -263,3 +263,97 @@ async fn a_deadline_that_passes_while_checkout_is_down_still_cancels_the_order(
     w.shop.shutdown().await?;
     Ok(())
 }
+
+/// The services' consumers keep their state in the broker's memory, so a broker restart
+/// forgets them. Each is declared again from the position its service saved in its
+/// changelog bucket (not from the stream's first message), and orders placed after the
+/// restart settle, each applied once.
+#[tokio::test]
+async fn after_a_broker_restart_each_consumer_starts_again_from_its_saved_position(
+) -> anyhow::Result<()> {
+    use shop_events::partition::{partition_consumer, partition_of_key, state_bucket};
+    use shop_events::subjects::ORDERS_STREAM;
+    use shop_runtime::changelog::Position;
+
+    let mut w = world(ShopConfig::in_process()).await?;
+    replenish(&w.js, "sku-pos", 20).await?;
+    wait_for_stock(&w.client, "sku-pos", 20, 0, SETTLE).await?;
+    for n in 1..=3 {
+        place(
+            &w.js,
+            order(&format!("o-pos-{n}"), &[("sku-pos", 1, 100)], "tok_visa"),
+        )
+        .await?;
+    }
+    for n in 1..=3 {
+        wait_for_status(
+            &w.client,
+            &format!("o-pos-{n}"),
+            OrderStatus::Confirmed,
+            SETTLE,
+        )
+        .await?;
+    }
+    // Checkout's consumer of o-pos-1's partition on ORDERS saves its ack floor within
+    // its saving period once it moved.
+    let durable = partition_consumer("checkout", Some(partition_of_key("o-pos-1")));
+    let key = format!("_positions.{ORDERS_STREAM}.{durable}");
+    let bucket = w.js.get_key_value(state_bucket("checkout")).await?;
+    let before = eventually(SETTLE, "checkout's position saved", || async {
+        let bytes = bucket.get(&key).await.ok()??;
+        let position: Position = serde_json::from_slice(&bytes).ok()?;
+        (position.ack_floor > 0).then_some(position)
+    })
+    .await?;
+
+    w.server.restart().await?;
+
+    let stream = w.js.get_stream(ORDERS_STREAM).await?;
+    let start = eventually(SETTLE, "the consumer declared again", || async {
+        let info = stream.consumer_info(&durable).await.ok()?;
+        match info.config.deliver_policy {
+            jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
+                Some(Some(start_sequence))
+            }
+            _ => Some(None),
+        }
+    })
+    .await?;
+    assert!(
+        start.is_some_and(|s| s > before.ack_floor),
+        "declared again at {start:?}, saved floor {}",
+        before.ack_floor
+    );
+
+    for n in 4..=6 {
+        place(
+            &w.js,
+            order(&format!("o-pos-{n}"), &[("sku-pos", 1, 100)], "tok_visa"),
+        )
+        .await?;
+    }
+    for n in 4..=6 {
+        wait_for_status(
+            &w.client,
+            &format!("o-pos-{n}"),
+            OrderStatus::Confirmed,
+            SETTLE,
+        )
+        .await?;
+    }
+    wait_for_stock(&w.client, "sku-pos", 14, 0, SETTLE).await?;
+    for n in 1..=6 {
+        let order = format!("o-pos-{n}");
+        assert_eq!(
+            count_kind(&w.js, &order, "OrderConfirmed").await?,
+            1,
+            "{order}"
+        );
+        assert_eq!(
+            count_kind(&w.js, &order, "PaymentCaptured").await?,
+            1,
+            "{order}"
+        );
+    }
+    Ok(())
+}

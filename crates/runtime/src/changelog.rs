@@ -33,6 +33,9 @@ use crate::RuntimeError;
 /// chunk or naming its chunks `_cut.<slot>.<n>`). Entities never start with `_`.
 const EPOCH: &str = "_epoch";
 const CUT: &str = "_cut";
+/// The prefix of the consumers' saved positions (`_positions.<STREAM>.<durable>`): not
+/// under a partition, so no restore reads them as records.
+const POSITIONS: &str = "_positions";
 /// The first byte of a cut record that carries its one chunk itself; the other form is a
 /// JSON [`CutRecord`] naming chunks, so it starts with `{`.
 const INLINE_CUT: u8 = 1;
@@ -75,6 +78,17 @@ impl Record {
             applied: Vec::new(),
         }
     }
+}
+
+/// Where a durable consumer stood when its position was last saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub v: u32,
+    /// Every message of the consumer's filter up to this stream sequence was acked.
+    pub ack_floor: u64,
+    /// When the stream was created (Unix nanoseconds): a stream deleted and declared again
+    /// numbers its messages from 1, so a position in its predecessor means nothing.
+    pub stream_created: i64,
 }
 
 /// A cut as stored: its id, how many chunks carry it and in which slot. Written after the
@@ -595,6 +609,63 @@ impl StateBucket {
     ) -> Result<(), RuntimeError> {
         let writes = encode_records(records)?;
         self.publish_fenced(partition, held, writes).await
+    }
+
+    /// The saved position of a durable consumer on `stream`, or `None` if none was saved
+    /// (or it cannot be read as one).
+    ///
+    /// Consumers keep their state in the server's memory ([`crate::consumer::declare_at`]),
+    /// so a broker restart forgets them; this is where a re-declared one starts from.
+    /// Read from the stream leader, like the changelog's own records.
+    pub async fn position(
+        &self,
+        stream: &str,
+        durable: &str,
+    ) -> Result<Option<Position>, RuntimeError> {
+        let subject = self.position_subject(stream, durable);
+        let bucket = self
+            .js
+            .get_stream(self.stream())
+            .await
+            .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
+        match bucket.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(RuntimeError::js(format!(
+                "reading the position of {durable}"
+            ))(e)),
+        }
+    }
+
+    /// Saves a durable consumer's position (see [`StateBucket::position`]), as JSON so
+    /// `nats kv get` reads it.
+    ///
+    /// Not fenced, and it need not be: every value written is an ack floor the server
+    /// reported, and everything at or below an ack floor was applied and is in the
+    /// changelog (a batch is acked only after its cut is stored). A late write from a
+    /// frozen former owner can only move the position back, which costs a longer replay
+    /// that the inbox absorbs, never a skipped event.
+    pub async fn save_position(
+        &self,
+        stream: &str,
+        durable: &str,
+        position: &Position,
+    ) -> Result<(), RuntimeError> {
+        let subject = self.position_subject(stream, durable);
+        let bytes = serde_json::to_vec(position).map_err(|e| RuntimeError::publish(&subject, e))?;
+        self.js
+            .publish(subject.clone(), bytes.into())
+            .await
+            .map_err(|e| RuntimeError::publish(&subject, e))?
+            .await
+            .map_err(|e| RuntimeError::publish(&subject, e))?;
+        Ok(())
+    }
+
+    fn position_subject(&self, stream: &str, durable: &str) -> String {
+        format!("$KV.{}.{POSITIONS}.{stream}.{durable}", self.bucket)
     }
 
     /// The last value of one key of `partition`, with its stream sequence.

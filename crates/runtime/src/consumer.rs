@@ -12,6 +12,10 @@
 //! wait in the stream instead of spending their deliveries. A consumer in trouble (its
 //! store faulted, pulls failing, heartbeats missed) for [`crate::stats::STALL_AFTER`]
 //! without progress is reported stalled in STATS and in a warn log.
+//!
+//! Consumers keep their state in the broker's memory and their positions in the service's
+//! changelog bucket, so one a broker restart forgot starts again where it was
+//! ([`declare_at`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +25,7 @@ use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
 
 use crate::ack::{ack_decision, AckAction, Outcome, NOT_DURABLE_DELAY};
+use crate::changelog::{Position, StateBucket};
 use crate::crashpoint;
 use crate::deadletter::{self, DeadLetter, DeadLetterTarget};
 use crate::group::Fence;
@@ -113,35 +118,153 @@ pub struct ConsumerCtx {
     pub stats: Arc<Stats>,
     pub waker: RelayWaker,
     pub service: String,
+    /// Where the consumers' positions are saved (the service's changelog bucket), if the
+    /// service has one.
+    pub positions: Option<StateBucket>,
 }
 
-/// Declares (creates or updates) the durable pull consumer `spec` describes.
+/// How often a running consumer's position is saved (when it moved): what a consumer
+/// re-declared after a broker restart may deliver a second time, at most.
+pub const POSITION_EVERY: Duration = Duration::from_secs(5);
+
+/// Declares (creates or updates) the durable pull consumer `spec` describes, with no
+/// saved position to start from.
 pub async fn declare(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, RuntimeError> {
+    Ok(declare_at(js, spec, None).await?.0)
+}
+
+/// Declares (creates or updates) the durable pull consumer `spec` describes; also returns
+/// when its stream was created (Unix nanoseconds), which a saved position names.
+///
+/// The consumer keeps its state (what was delivered and acked) in the server's memory.
+/// On file, nats-server rewrites each consumer's state file up to ten times a second,
+/// and a partitioned service runs one consumer per partition and stream: that was 15–20 %
+/// of the server's CPU per order (docs/BENCHMARKS.md). The price is that a broker
+/// restart forgets the consumers, so the service saves each one's ack floor in its
+/// changelog bucket every [`POSITION_EVERY`], and a consumer the server no longer has is
+/// declared again from the position saved for it; what it delivers a second time, the
+/// inbox drops. With no position (or one of a stream since declared again) it starts
+/// from the stream's first message, which the inbox also absorbs (it keeps ids for the
+/// streams' whole retention).
+///
+/// A consumer that exists keeps what cannot be updated (where it started, and its
+/// storage: one declared on file by an earlier version stays on file).
+pub async fn declare_at(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    positions: Option<&StateBucket>,
+) -> Result<(jetstream::consumer::Consumer<pull::Config>, i64), RuntimeError> {
     let stream = js
         .get_stream(&spec.stream)
         .await
         .map_err(RuntimeError::js(format!("getting stream {}", spec.stream)))?;
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some(spec.durable.clone()),
-            description: Some(spec.description.clone()),
-            filter_subjects: spec.filter_subjects.clone(),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            max_deliver: spec.max_deliver,
-            ack_wait: spec.ack_wait,
-            backoff: spec.backoff.clone(),
-            max_ack_pending: spec.max_ack_pending,
-            ..Default::default()
-        })
+    let created = stream_created(&stream);
+    let mut config = pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        description: Some(spec.description.clone()),
+        filter_subjects: spec.filter_subjects.clone(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        max_deliver: spec.max_deliver,
+        ack_wait: spec.ack_wait,
+        backoff: spec.backoff.clone(),
+        max_ack_pending: spec.max_ack_pending,
+        memory_storage: true,
+        ..Default::default()
+    };
+    match stream.consumer_info(&spec.durable).await {
+        Ok(existing) => {
+            config.deliver_policy = existing.config.deliver_policy;
+            config.memory_storage = existing.config.memory_storage;
+        }
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            if let Some(bucket) = positions {
+                let saved = bucket.position(&spec.stream, &spec.durable).await?;
+                config.deliver_policy = start_from(saved, created);
+                if saved.is_some() {
+                    tracing::info!(
+                        consumer = %spec.durable,
+                        stream = %spec.stream,
+                        start = ?config.deliver_policy,
+                        "consumer declared again from its saved position"
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            return Err(RuntimeError::js(format!(
+                "looking up consumer {} on {}",
+                spec.durable, spec.stream
+            ))(e))
+        }
+    }
+    let consumer = stream
+        .create_consumer(config)
         .await
         .map_err(RuntimeError::js(format!(
             "declaring consumer {} on {}",
             spec.durable, spec.stream
-        )))
+        )))?;
+    Ok((consumer, created))
+}
+
+/// When a stream was created, in Unix nanoseconds, as its info said.
+fn stream_created(stream: &jetstream::stream::Stream) -> i64 {
+    i64::try_from(stream.cached_info().created.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Where a consumer declared again starts: after its saved ack floor, if that was saved
+/// for this very stream; else at the stream's first message.
+pub fn start_from(
+    saved: Option<Position>,
+    stream_created: i64,
+) -> jetstream::consumer::DeliverPolicy {
+    match saved {
+        Some(position) if position.stream_created == stream_created => {
+            jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: position.ack_floor + 1,
+            }
+        }
+        _ => jetstream::consumer::DeliverPolicy::All,
+    }
+}
+
+/// Saves the consumer's ack floor if it moved past the last one saved.
+async fn save_position(
+    bucket: StateBucket,
+    spec: ConsumerSpec,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    stream_created: i64,
+    saved: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    let floor = match consumer.get_info().await {
+        Ok(info) => info.ack_floor.stream_sequence,
+        Err(e) => {
+            tracing::debug!(error = %e, consumer = %spec.durable, "cannot read the consumer's position");
+            return;
+        }
+    };
+    if floor <= saved.load(Ordering::Acquire) {
+        return;
+    }
+    let position = Position {
+        v: 1,
+        ack_floor: floor,
+        stream_created,
+    };
+    match bucket
+        .save_position(&spec.stream, &spec.durable, &position)
+        .await
+    {
+        Ok(()) => saved.store(floor, Ordering::Release),
+        Err(e) => {
+            tracing::debug!(error = %e, consumer = %spec.durable, "cannot save the consumer's position")
+        }
+    }
 }
 
 /// Declares the consumer and processes its messages until shutdown.
@@ -158,8 +281,11 @@ pub async fn run_consumer<H: EventHandler>(
 ) {
     let mut retry = Duration::from_millis(200);
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    let saved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut saving: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last: Option<(jetstream::consumer::Consumer<pull::Config>, i64)> = None;
     'consume: while !shutdown.is_requested() {
-        let consumer = match declare(&ctx.js, &spec).await {
+        let (consumer, created) = match declare_at(&ctx.js, &spec, ctx.positions.as_ref()).await {
             Ok(c) => c,
             Err(e) => {
                 ctx.stats.record_error(e.to_string());
@@ -174,6 +300,9 @@ pub async fn run_consumer<H: EventHandler>(
             }
         };
         retry = Duration::from_millis(200);
+        last = Some((consumer.clone(), created));
+        let mut save_tick = tokio::time::interval(POSITION_EVERY);
+        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // A partition's consumer is shared by whoever owns the partition over time. The
         // server serves pull requests in order, so a frozen former owner's request would
         // keep receiving the partition's messages until it expires: short requests bound
@@ -215,6 +344,21 @@ pub async fn run_consumer<H: EventHandler>(
             tokio::select! {
                 biased;
                 _ = shutdown.requested() => break 'consume,
+                // Before the pull, which is always ready under load.
+                _ = save_tick.tick(), if ctx.positions.is_some() => {
+                    let idle = saving.as_ref().is_none_or(|task| task.is_finished());
+                    if idle && fence.as_ref().is_none_or(Fence::is_valid) {
+                        if let Some(bucket) = ctx.positions.clone() {
+                            saving = Some(tokio::spawn(save_position(
+                                bucket,
+                                spec.clone(),
+                                consumer.clone(),
+                                created,
+                                saved.clone(),
+                            )));
+                        }
+                    }
+                }
                 chunk = chunks.next() => match chunk {
                     None => break,
                     Some(items) => {
@@ -296,6 +440,14 @@ pub async fn run_consumer<H: EventHandler>(
     // The batch whose commit is under way is finished before the consumer stops.
     if let Some(last) = in_flight {
         let _ = last.await;
+    }
+    // Its acks are in: the position goes with the partition, bounded so that a stop
+    // does not wait on a broker that is gone.
+    if let (Some(bucket), Some((consumer, created))) = (ctx.positions.clone(), last) {
+        if fence.as_ref().is_none_or(Fence::is_valid) {
+            let save = save_position(bucket, spec.clone(), consumer, created, saved);
+            let _ = tokio::time::timeout(Duration::from_secs(1), save).await;
+        }
     }
     ctx.stats.consumer_gone(&spec.durable);
 }
@@ -671,4 +823,36 @@ async fn park(
         "event dead-lettered"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetstream::consumer::DeliverPolicy;
+
+    fn saved(ack_floor: u64, stream_created: i64) -> Option<Position> {
+        Some(Position {
+            v: 1,
+            ack_floor,
+            stream_created,
+        })
+    }
+
+    #[test]
+    fn a_consumer_declared_again_starts_after_the_floor_saved_for_its_stream() {
+        assert_eq!(
+            start_from(saved(41, 7), 7),
+            DeliverPolicy::ByStartSequence { start_sequence: 42 }
+        );
+    }
+
+    #[test]
+    fn a_position_of_a_stream_since_declared_again_is_not_used() {
+        assert_eq!(start_from(saved(41, 7), 8), DeliverPolicy::All);
+    }
+
+    #[test]
+    fn without_a_saved_position_a_consumer_starts_at_the_first_message() {
+        assert_eq!(start_from(None, 7), DeliverPolicy::All);
+    }
 }

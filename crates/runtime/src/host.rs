@@ -236,6 +236,7 @@ impl Host {
             stats: self.stats.clone(),
             waker: self.waker.clone(),
             service: self.service.clone(),
+            positions: self.state_bucket(),
         }
     }
 
