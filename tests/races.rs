@@ -357,3 +357,69 @@ async fn after_a_broker_restart_each_consumer_starts_again_from_its_saved_positi
     }
     Ok(())
 }
+
+/// An operator who deletes a consumer (`nats consumer rm`, or to move one declared on file
+/// by an earlier version to memory) loses nothing: the service declares it again from the
+/// position it saved, and orders keep settling, each applied once.
+#[tokio::test]
+async fn a_deleted_consumer_is_declared_again_from_its_saved_position() -> anyhow::Result<()> {
+    use shop_events::partition::{partition_consumer, partition_of_key, state_bucket};
+    use shop_events::subjects::PAYMENTS_STREAM;
+    use shop_runtime::changelog::Position;
+
+    let w = world(ShopConfig::in_process()).await?;
+    replenish(&w.js, "sku-rm", 10).await?;
+    wait_for_stock(&w.client, "sku-rm", 10, 0, SETTLE).await?;
+    place(&w.js, order("o-rm-1", &[("sku-rm", 1, 100)], "tok_visa")).await?;
+    wait_for_status(&w.client, "o-rm-1", OrderStatus::Confirmed, SETTLE).await?;
+    // Checkout reads PaymentCaptured from PAYMENTS on the order's partition.
+    let durable = partition_consumer("checkout", Some(partition_of_key("o-rm-1")));
+    let key = format!("_positions.{PAYMENTS_STREAM}.{durable}");
+    let bucket = w.js.get_key_value(state_bucket("checkout")).await?;
+    let before = eventually(SETTLE, "checkout's position saved", || async {
+        let bytes = bucket.get(&key).await.ok()??;
+        let position: Position = serde_json::from_slice(&bytes).ok()?;
+        (position.ack_floor > 0).then_some(position)
+    })
+    .await?;
+
+    let stream = w.js.get_stream(PAYMENTS_STREAM).await?;
+    assert!(stream.delete_consumer(&durable).await?.success);
+    let start = eventually(SETTLE, "the consumer declared again", || async {
+        let info = stream.consumer_info(&durable).await.ok()?;
+        match info.config.deliver_policy {
+            jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
+                Some(Some((start_sequence, info.config.memory_storage)))
+            }
+            _ => Some(None),
+        }
+    })
+    .await?;
+    assert!(
+        start.is_some_and(|(s, memory)| s > before.ack_floor && memory),
+        "declared again as {start:?}, saved floor {}",
+        before.ack_floor
+    );
+
+    // The next order of the same partition goes through the consumer declared again.
+    let next = (2..500)
+        .map(|n| format!("o-rm-{n}"))
+        .find(|o| partition_of_key(o) == partition_of_key("o-rm-1"))
+        .expect("an order id in the same partition");
+    place(&w.js, order(&next, &[("sku-rm", 1, 100)], "tok_visa")).await?;
+    wait_for_status(&w.client, &next, OrderStatus::Confirmed, SETTLE).await?;
+    wait_for_stock(&w.client, "sku-rm", 8, 0, SETTLE).await?;
+    for order in ["o-rm-1", next.as_str()] {
+        assert_eq!(
+            count_kind(&w.js, order, "OrderConfirmed").await?,
+            1,
+            "{order}"
+        );
+        assert_eq!(
+            count_kind(&w.js, order, "PaymentCaptured").await?,
+            1,
+            "{order}"
+        );
+    }
+    Ok(())
+}
