@@ -264,6 +264,66 @@ async fn a_deadline_that_passes_while_checkout_is_down_still_cancels_the_order(
     Ok(())
 }
 
+/// Checkout's saved position of its consumer `durable` on `stream`, once it is past 0:
+/// a consumer saves its ack floor within its saving period once the floor moved.
+async fn saved_position(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> anyhow::Result<shop_runtime::changelog::Position> {
+    let bucket = js
+        .get_key_value(shop_events::partition::state_bucket("checkout"))
+        .await?;
+    let key = format!("_positions.{stream}.{durable}");
+    Ok(eventually(SETTLE, "checkout's position saved", || async {
+        let bytes = bucket.get(&key).await.ok()??;
+        let position: shop_runtime::changelog::Position = serde_json::from_slice(&bytes).ok()?;
+        (position.ack_floor > 0).then_some(position)
+    })
+    .await?)
+}
+
+/// How the consumer `durable` on `stream` was declared again: its start sequence if
+/// it starts from one, and whether its state is in memory.
+async fn declared_again(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> anyhow::Result<(Option<u64>, bool)> {
+    let stream = js.get_stream(stream).await?;
+    Ok(eventually(SETTLE, "the consumer declared again", || async {
+        let info = stream.consumer_info(durable).await.ok()?;
+        let start = match info.config.deliver_policy {
+            jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
+                Some(start_sequence)
+            }
+            _ => None,
+        };
+        Some((start, info.config.memory_storage))
+    })
+    .await?)
+}
+
+/// Places `orders` of one unit of `sku` each and waits until every one is confirmed,
+/// then checks that each was confirmed and captured exactly once.
+async fn confirm_each_once(
+    w: &shop_harness::World,
+    orders: &[String],
+    sku: &str,
+) -> anyhow::Result<()> {
+    for o in orders {
+        place(&w.js, order(o, &[(sku, 1, 100)], "tok_visa")).await?;
+    }
+    for o in orders {
+        wait_for_status(&w.client, o, OrderStatus::Confirmed, SETTLE).await?;
+    }
+    for o in orders {
+        assert_eq!(count_kind(&w.js, o, "OrderConfirmed").await?, 1, "{o}");
+        assert_eq!(count_kind(&w.js, o, "PaymentCaptured").await?, 1, "{o}");
+    }
+    Ok(())
+}
+
 /// The services' consumers keep their state in the broker's memory, so a broker restart
 /// forgets them. Each is declared again from the position its service saved in its
 /// changelog bucket (not from the stream's first message), and orders placed after the
@@ -271,89 +331,31 @@ async fn a_deadline_that_passes_while_checkout_is_down_still_cancels_the_order(
 #[tokio::test]
 async fn after_a_broker_restart_each_consumer_starts_again_from_its_saved_position(
 ) -> anyhow::Result<()> {
-    use shop_events::partition::{partition_consumer, partition_of_key, state_bucket};
+    use shop_events::partition::{partition_consumer, partition_of_key};
     use shop_events::subjects::ORDERS_STREAM;
-    use shop_runtime::changelog::Position;
 
     let mut w = world(ShopConfig::in_process()).await?;
     replenish(&w.js, "sku-pos", 20).await?;
     wait_for_stock(&w.client, "sku-pos", 20, 0, SETTLE).await?;
-    for n in 1..=3 {
-        place(
-            &w.js,
-            order(&format!("o-pos-{n}"), &[("sku-pos", 1, 100)], "tok_visa"),
-        )
-        .await?;
-    }
-    for n in 1..=3 {
-        wait_for_status(
-            &w.client,
-            &format!("o-pos-{n}"),
-            OrderStatus::Confirmed,
-            SETTLE,
-        )
-        .await?;
-    }
-    // Checkout's consumer of o-pos-1's partition on ORDERS saves its ack floor within
-    // its saving period once it moved.
+    let first: Vec<String> = (1..=3).map(|n| format!("o-pos-{n}")).collect();
+    confirm_each_once(&w, &first, "sku-pos").await?;
+    // Checkout reads OrderPlaced from ORDERS on the order's partition.
     let durable = partition_consumer("checkout", Some(partition_of_key("o-pos-1")));
-    let key = format!("_positions.{ORDERS_STREAM}.{durable}");
-    let bucket = w.js.get_key_value(state_bucket("checkout")).await?;
-    let before = eventually(SETTLE, "checkout's position saved", || async {
-        let bytes = bucket.get(&key).await.ok()??;
-        let position: Position = serde_json::from_slice(&bytes).ok()?;
-        (position.ack_floor > 0).then_some(position)
-    })
-    .await?;
+    let before = saved_position(&w.js, ORDERS_STREAM, &durable).await?;
 
     w.server.restart().await?;
 
-    let stream = w.js.get_stream(ORDERS_STREAM).await?;
-    let start = eventually(SETTLE, "the consumer declared again", || async {
-        let info = stream.consumer_info(&durable).await.ok()?;
-        match info.config.deliver_policy {
-            jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
-                Some(Some(start_sequence))
-            }
-            _ => Some(None),
-        }
-    })
-    .await?;
+    let (start, memory) = declared_again(&w.js, ORDERS_STREAM, &durable).await?;
     assert!(
-        start.is_some_and(|s| s > before.ack_floor),
-        "declared again at {start:?}, saved floor {}",
+        start.is_some_and(|s| s > before.ack_floor) && memory,
+        "declared again at {start:?} (memory: {memory}), saved floor {}",
         before.ack_floor
     );
-
-    for n in 4..=6 {
-        place(
-            &w.js,
-            order(&format!("o-pos-{n}"), &[("sku-pos", 1, 100)], "tok_visa"),
-        )
-        .await?;
-    }
-    for n in 4..=6 {
-        wait_for_status(
-            &w.client,
-            &format!("o-pos-{n}"),
-            OrderStatus::Confirmed,
-            SETTLE,
-        )
-        .await?;
-    }
+    let after: Vec<String> = (4..=6).map(|n| format!("o-pos-{n}")).collect();
+    confirm_each_once(&w, &after, "sku-pos").await?;
     wait_for_stock(&w.client, "sku-pos", 14, 0, SETTLE).await?;
-    for n in 1..=6 {
-        let order = format!("o-pos-{n}");
-        assert_eq!(
-            count_kind(&w.js, &order, "OrderConfirmed").await?,
-            1,
-            "{order}"
-        );
-        assert_eq!(
-            count_kind(&w.js, &order, "PaymentCaptured").await?,
-            1,
-            "{order}"
-        );
+    for o in &first {
+        assert_eq!(count_kind(&w.js, o, "OrderConfirmed").await?, 1, "{o}");
     }
     Ok(())
 }
@@ -363,63 +365,34 @@ async fn after_a_broker_restart_each_consumer_starts_again_from_its_saved_positi
 /// position it saved, and orders keep settling, each applied once.
 #[tokio::test]
 async fn a_deleted_consumer_is_declared_again_from_its_saved_position() -> anyhow::Result<()> {
-    use shop_events::partition::{partition_consumer, partition_of_key, state_bucket};
+    use shop_events::partition::{partition_consumer, partition_of_key};
     use shop_events::subjects::PAYMENTS_STREAM;
-    use shop_runtime::changelog::Position;
 
     let w = world(ShopConfig::in_process()).await?;
     replenish(&w.js, "sku-rm", 10).await?;
     wait_for_stock(&w.client, "sku-rm", 10, 0, SETTLE).await?;
-    place(&w.js, order("o-rm-1", &[("sku-rm", 1, 100)], "tok_visa")).await?;
-    wait_for_status(&w.client, "o-rm-1", OrderStatus::Confirmed, SETTLE).await?;
+    confirm_each_once(&w, &["o-rm-1".to_owned()], "sku-rm").await?;
     // Checkout reads PaymentCaptured from PAYMENTS on the order's partition.
-    let durable = partition_consumer("checkout", Some(partition_of_key("o-rm-1")));
-    let key = format!("_positions.{PAYMENTS_STREAM}.{durable}");
-    let bucket = w.js.get_key_value(state_bucket("checkout")).await?;
-    let before = eventually(SETTLE, "checkout's position saved", || async {
-        let bytes = bucket.get(&key).await.ok()??;
-        let position: Position = serde_json::from_slice(&bytes).ok()?;
-        (position.ack_floor > 0).then_some(position)
-    })
-    .await?;
+    let partition = partition_of_key("o-rm-1");
+    let durable = partition_consumer("checkout", Some(partition));
+    let before = saved_position(&w.js, PAYMENTS_STREAM, &durable).await?;
 
     let stream = w.js.get_stream(PAYMENTS_STREAM).await?;
     assert!(stream.delete_consumer(&durable).await?.success);
-    let start = eventually(SETTLE, "the consumer declared again", || async {
-        let info = stream.consumer_info(&durable).await.ok()?;
-        match info.config.deliver_policy {
-            jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
-                Some(Some((start_sequence, info.config.memory_storage)))
-            }
-            _ => Some(None),
-        }
-    })
-    .await?;
+
+    let (start, memory) = declared_again(&w.js, PAYMENTS_STREAM, &durable).await?;
     assert!(
-        start.is_some_and(|(s, memory)| s > before.ack_floor && memory),
-        "declared again as {start:?}, saved floor {}",
+        start.is_some_and(|s| s > before.ack_floor) && memory,
+        "declared again at {start:?} (memory: {memory}), saved floor {}",
         before.ack_floor
     );
-
     // The next order of the same partition goes through the consumer declared again.
     let next = (2..500)
         .map(|n| format!("o-rm-{n}"))
-        .find(|o| partition_of_key(o) == partition_of_key("o-rm-1"))
+        .find(|o| partition_of_key(o) == partition)
         .expect("an order id in the same partition");
-    place(&w.js, order(&next, &[("sku-rm", 1, 100)], "tok_visa")).await?;
-    wait_for_status(&w.client, &next, OrderStatus::Confirmed, SETTLE).await?;
+    confirm_each_once(&w, std::slice::from_ref(&next), "sku-rm").await?;
     wait_for_stock(&w.client, "sku-rm", 8, 0, SETTLE).await?;
-    for order in ["o-rm-1", next.as_str()] {
-        assert_eq!(
-            count_kind(&w.js, order, "OrderConfirmed").await?,
-            1,
-            "{order}"
-        );
-        assert_eq!(
-            count_kind(&w.js, order, "PaymentCaptured").await?,
-            1,
-            "{order}"
-        );
-    }
+    assert_eq!(count_kind(&w.js, "o-rm-1", "OrderConfirmed").await?, 1);
     Ok(())
 }
