@@ -623,20 +623,10 @@ impl StateBucket {
         durable: &str,
     ) -> Result<Option<Position>, RuntimeError> {
         let subject = self.position_subject(stream, durable);
-        let bucket = self
-            .js
-            .get_stream(self.stream())
-            .await
-            .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
-        match bucket.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
-            Err(e) => Err(RuntimeError::js(format!(
-                "reading the position of {durable}"
-            ))(e)),
-        }
+        let last = self
+            .last_at(&subject, || format!("reading the position of {durable}"))
+            .await?;
+        Ok(last.and_then(|(_, payload)| serde_json::from_slice(&payload).ok()))
     }
 
     /// Saves a durable consumer's position (see [`StateBucket::position`]), as JSON so
@@ -676,22 +666,31 @@ impl StateBucket {
     /// restored from it would lose what only the newest cut holds: the chaos run on a
     /// cluster found an order checkout had confirmed and then no longer knew.
     async fn last(&self, partition: u32, key: &str) -> Result<Option<(u64, Bytes)>, RuntimeError> {
+        self.last_at(&self.subject(partition, key), || {
+            format!("reading {key} of partition {partition}")
+        })
+        .await
+    }
+
+    /// The last message on `subject` of the bucket's stream, with its sequence, read from
+    /// the stream leader ([`StateBucket::last`] says why); `action` names the read in an
+    /// error.
+    async fn last_at(
+        &self,
+        subject: &str,
+        action: impl FnOnce() -> String,
+    ) -> Result<Option<(u64, Bytes)>, RuntimeError> {
         let stream = self
             .js
             .get_stream(self.stream())
             .await
             .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
-        match stream
-            .get_last_raw_message_by_subject(&self.subject(partition, key))
-            .await
-        {
+        match stream.get_last_raw_message_by_subject(subject).await {
             Ok(message) => Ok(Some((message.sequence, message.payload))),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(None)
             }
-            Err(e) => Err(RuntimeError::js(format!(
-                "reading {key} of partition {partition}"
-            ))(e)),
+            Err(e) => Err(RuntimeError::js(action())(e)),
         }
     }
 
