@@ -763,7 +763,7 @@ impl StateBucket {
     /// mark hold that version or newer ones.
     async fn adopt_log(&self, partition: u32, held: &ReadyPartition) -> Result<(), RuntimeError> {
         let mark = self.compaction_mark(partition).await?;
-        let cuts = self.read_log(partition).await?;
+        let cuts = self.cuts_above(partition, mark).await?;
         let mut ring = held.ring();
         if ring.known {
             return Ok(());
@@ -991,9 +991,10 @@ impl StateBucket {
         subject: &str,
         action: impl FnOnce() -> String,
     ) -> Result<Option<(u64, Bytes)>, RuntimeError> {
+        // No stream info needed (nor its round trip): the read goes to the leader anyway.
         let stream = self
             .js
-            .get_stream(self.stream())
+            .get_stream_no_info(self.stream())
             .await
             .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
         match stream.get_last_raw_message_by_subject(subject).await {
@@ -1051,12 +1052,18 @@ impl StateBucket {
     }
 
     /// Reads one entity's newest version (for a read of an entity this instance does not
-    /// own): its record, or a cut of the log where newer.
+    /// own): its record, or a cut of the log above the compaction mark where newer.
+    ///
+    /// The mark is read first: a compaction that runs meanwhile writes the record from a
+    /// cut above the mark read, which this read still finds in the log (unless the log
+    /// went round more than half meanwhile, when it answers the version one compaction
+    /// older).
     pub async fn record(
         &self,
         entity: &str,
         partition: u32,
     ) -> Result<Option<Record>, RuntimeError> {
+        let mark = self.compaction_mark(partition).await?;
         let own = self
             .last(partition, entity)
             .await?
@@ -1070,7 +1077,7 @@ impl StateBucket {
             records.insert(entity.to_owned(), own);
         }
         let cuts = self
-            .read_log(partition)
+            .cuts_above(partition, mark)
             .await?
             .into_iter()
             .map(|(sequence, cut_records, _)| {
@@ -1100,8 +1107,9 @@ impl StateBucket {
         partition: u32,
         token: Option<&str>,
     ) -> Result<BTreeMap<String, Record>, RuntimeError> {
+        let mark = self.compaction_mark(partition).await?;
         let (records, _) = self.read_records(partition, token).await?;
-        let mut cuts = self.read_log(partition).await?;
+        let mut cuts = self.cuts_above(partition, mark).await?;
         cuts.extend(self.last_cut(partition).await?);
         let wanted = |entity: &str| match token {
             Some(token) => entity
@@ -1119,9 +1127,41 @@ impl StateBucket {
         Ok(merge(records, cuts).records)
     }
 
-    /// Every cut in the partition's log.
-    async fn read_log(&self, partition: u32) -> Result<Vec<StoredCut>, RuntimeError> {
-        let (_, log) = self.read_subjects(partition, &format!("{LOG}.>")).await?;
+    /// The cuts of the partition's log stored after `mark` (the compaction mark), read
+    /// one message at a time from the stream leader, oldest first: a slot keeps only its
+    /// latest cut, so these are the cuts compaction has not covered (usually a second's
+    /// worth), and reading them takes no consumer.
+    async fn cuts_above(&self, partition: u32, mark: u64) -> Result<Vec<StoredCut>, RuntimeError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.stream())
+            .await
+            .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
+        let prefix = format!("$KV.{}.{partition}.", self.bucket);
+        let filter = format!("{prefix}{LOG}.>");
+        let mut log = BTreeMap::new();
+        let mut next = mark + 1;
+        loop {
+            match stream.get_first_raw_message_by_subject(&filter, next).await {
+                Ok(message) => {
+                    let key = message.subject.as_str().strip_prefix(&prefix).unwrap_or("");
+                    if !message.payload.is_empty() {
+                        log.insert(key.to_owned(), (message.sequence, message.payload));
+                    }
+                    next = message.sequence + 1;
+                }
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    break
+                }
+                Err(e) => {
+                    return Err(RuntimeError::js(format!(
+                        "reading the cut log of partition {partition}"
+                    ))(e))
+                }
+            }
+        }
         Ok(self.cuts_in(partition, log))
     }
 

@@ -372,6 +372,25 @@ async fn each_cut_is_one_write_and_compaction_writes_each_entity_once() -> anyho
     let before = writes(&js).await?;
     bucket.compact(PARTITION, &held).await?;
     assert_eq!(writes(&js).await?, before);
+
+    // A cut above the compaction mark is newer than the key; reads of it (an API's, one
+    // per request) leave no consumer behind.
+    bucket
+        .store_cut(
+            PARTITION,
+            &held,
+            &[(order.clone(), record("refunded"))],
+            &[],
+        )
+        .await?;
+    for _ in 0..50 {
+        assert_eq!(
+            state_of(bucket.record(&order, PARTITION).await?.as_ref()).as_deref(),
+            Some("refunded")
+        );
+    }
+    let mut stream = js.get_stream("KV_state_test").await?;
+    assert_eq!(stream.info().await?.state.consumer_count, 0);
     Ok(())
 }
 
