@@ -354,8 +354,10 @@ async fn after_a_broker_restart_each_consumer_starts_again_from_its_saved_positi
     let after: Vec<String> = (4..=6).map(|n| format!("o-pos-{n}")).collect();
     confirm_each_once(&w, &after, "sku-pos").await?;
     wait_for_stock(&w.client, "sku-pos", 14, 0, SETTLE).await?;
+    // The restart's replay applied nothing of the first orders a second time.
     for o in &first {
         assert_eq!(count_kind(&w.js, o, "OrderConfirmed").await?, 1, "{o}");
+        assert_eq!(count_kind(&w.js, o, "PaymentCaptured").await?, 1, "{o}");
     }
     Ok(())
 }
