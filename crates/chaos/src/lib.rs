@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use broker::Broker;
 use shop_events::api::checkout::OrderStatus;
-use shop_events::partition::GROUPS_BUCKET;
+use shop_events::partition::{partition_consumer, GROUPS_BUCKET};
+use shop_events::stream::INVENTORY_STREAM;
 use shop_events::subjects::{event_subject, EVENT_STREAMS};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -229,6 +230,13 @@ pub async fn run(
         )
         .await?;
     }
+
+    // Before the first order, the stock must be stored for good. Inventory reads
+    // replenishments and orders with two consumers, in no order between them: a
+    // replenishment delivered to an inventory that a crash point then aborted comes back
+    // only after its ack wait (5 s), and the orders placed meanwhile find no stock. The
+    // run's outcomes (the forced timeouts above all) assume the stock is there.
+    wait_stock_stored(&js, &mut shop, Duration::from_secs(60)).await?;
 
     let mut kills: BTreeMap<String, u32> = BTreeMap::new();
     let mut broker_restarts = 0;
@@ -538,6 +546,48 @@ pub async fn run(
         total_ms: started.elapsed().as_millis(),
         audit: report,
     })
+}
+
+/// Waits until inventory has acknowledged everything on its stream (the
+/// replenishments): acked means its changelog holds them, so no crash can take the stock
+/// back. Services a crash point aborts meanwhile are started again.
+async fn wait_stock_stored(
+    js: &jetstream::Context,
+    shop: &mut Shop,
+    within: Duration,
+) -> Result<(), ChaosError> {
+    let until = Instant::now() + within;
+    let durable = partition_consumer(Service::Inventory.name(), None);
+    loop {
+        shop.revive_crashed().await?;
+        let seen = stream_and_ack_floor(js, INVENTORY_STREAM, &durable).await;
+        match seen {
+            Some((last, floor)) if last > 0 && floor >= last => return Ok(()),
+            _ if Instant::now() >= until => {
+                return Err(ChaosError::NotQuiescent(format!(
+                    "inventory did not acknowledge the replenishments within {within:?} (stream and ack floor: {seen:?})"
+                )))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A stream's last sequence and a consumer's ack floor on it; `None` while either
+/// cannot be read (not declared yet, the broker restarting).
+async fn stream_and_ack_floor(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Option<(u64, u64)> {
+    let mut stream = js.get_stream(stream).await.ok()?;
+    let last = stream.info().await.ok()?.state.last_sequence;
+    let mut consumer = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(durable)
+        .await
+        .ok()?;
+    let floor = consumer.info().await.ok()?.ack_floor.stream_sequence;
+    Some((last, floor))
 }
 
 /// Publishes, retrying through a broker restart (the Nats-Msg-Id keeps retries exact).

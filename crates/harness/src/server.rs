@@ -339,9 +339,20 @@ impl NatsServer {
     }
 }
 
+/// Set (to anything) to keep every server's store and config after the test, for a
+/// post-mortem of a failed run: start a server on it and read the streams.
+pub const KEEP_STORE_ENV: &str = "SHOP_KEEP_NATS_STORE";
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         crate::client::forget_credentials(&self.url());
+        if std::env::var_os(KEEP_STORE_ENV).is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "{KEEP_STORE_ENV}: the server's store is kept in {}",
+                self.dir.path().display()
+            );
+        }
         let Some(child) = self.child.as_mut() else {
             return;
         };

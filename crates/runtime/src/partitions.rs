@@ -65,6 +65,23 @@ struct Running {
 /// (one KV read each): dropped once another store has taken the partition.
 const LEFTOVER_LOOK: Duration = Duration::from_secs(1);
 
+/// The partitions to work on: those the member holds, less those whose handover was
+/// just confirmed and whose release the owned map does not show yet.
+///
+/// A partition held under another epoch than the one handed over was released and
+/// acquired again between two looks at the map (the member it was handed to left before
+/// taking it, so it came straight back): that is a new takeover, not the old lease.
+/// Keyed by partition alone, such a partition stayed "handed" for good; its lease was
+/// renewed while nothing worked on it, and its orders were stuck (a CI chaos run).
+fn workable(owned: &BTreeMap<u32, Fence>, handed: &mut BTreeMap<u32, u64>) -> BTreeMap<u32, Fence> {
+    handed.retain(|p, epoch| owned.get(p).is_some_and(|f| f.epoch() == *epoch));
+    owned
+        .iter()
+        .filter(|(p, _)| !handed.contains_key(p))
+        .map(|(p, f)| (*p, f.clone()))
+        .collect()
+}
+
 impl Manager {
     /// Runs until `shutdown`, then stops every partition and leaves the group in order.
     pub async fn run(mut self, mut shutdown: Shutdown) {
@@ -78,10 +95,10 @@ impl Manager {
         };
         let mut owned = self.group.owned();
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
-        // Partitions whose handover we confirmed: the group releases them a moment later,
-        // and until the owned map shows that, they must not be taken again (a second
-        // epoch record would fence out their next owner).
-        let mut handed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+        // Partitions whose handover we confirmed, with the epoch handed over: the group
+        // releases them a moment later, and until the owned map shows that, they must not
+        // be taken again (a second epoch record would fence out their next owner).
+        let mut handed: BTreeMap<u32, u64> = BTreeMap::new();
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leftovers_looked = tokio::time::Instant::now();
@@ -91,9 +108,7 @@ impl Manager {
                 generation = self.store.reopens();
                 self.restore_after_reopen(&store_id, &mut running).await;
             }
-            let mut current = owned.borrow_and_update().clone();
-            handed.retain(|p| current.contains_key(p));
-            current.retain(|p, _| !handed.contains(p));
+            let current = workable(&owned.borrow_and_update(), &mut handed);
             self.reconcile(&store_id, &current, &mut running).await;
             // A batch that was committing when its partition went may have queued an
             // entry after the partition's entries were dropped: drop those too.
@@ -126,7 +141,7 @@ impl Manager {
                 }
                 handover = self.handovers.next() => {
                     if let Some(handover) = handover {
-                        let partition = handover.partition();
+                        let (partition, epoch) = (handover.partition(), handover.fence().epoch());
                         if let Some(run) = running.remove(&partition) {
                             self.stop(partition, run).await;
                         }
@@ -136,7 +151,7 @@ impl Manager {
                         });
                         self.forget_queued(partition);
                         tracing::info!(partition, instance = %self.instance, "partition handed over");
-                        handed.insert(partition);
+                        handed.insert(partition, epoch);
                         handover.stopped();
                     }
                 }
@@ -460,5 +475,40 @@ impl Manager {
                 tracing::warn!(partition, "a consumer did not stop within the grace period");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn held(pairs: &[(u32, u64)]) -> BTreeMap<u32, Fence> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        pairs
+            .iter()
+            .map(|&(p, epoch)| (p, Fence::new(p, epoch, epoch, deadline)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_lease_waits_for_its_release_but_a_new_lease_is_worked_on() {
+        let mut handed = BTreeMap::from([(13, 40)]);
+
+        // Not released yet: the old lease is not taken again.
+        let current = workable(&held(&[(2, 7), (13, 40)]), &mut handed);
+        assert_eq!(current.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(handed, BTreeMap::from([(13, 40)]));
+
+        // Released and acquired again before this look: another epoch, a new takeover.
+        let current = workable(&held(&[(2, 7), (13, 52)]), &mut handed);
+        assert_eq!(current.keys().copied().collect::<Vec<_>>(), vec![2, 13]);
+        assert!(handed.is_empty(), "the handover is over: {handed:?}");
+
+        // Released: forgotten, and a later acquisition is worked on.
+        let mut handed = BTreeMap::from([(13, 40)]);
+        let current = workable(&held(&[(2, 7)]), &mut handed);
+        assert_eq!(current.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert!(handed.is_empty());
     }
 }
