@@ -797,25 +797,32 @@ async fn wait_quiescent(
     Ok(outcomes)
 }
 
-/// What still keeps the shop busy: an outbox with entries, or a consumer with work pending.
+/// What still keeps the shop busy: a partition without an owner (its takeover may still
+/// publish), an outbox with entries (in any instance: a scaled-out service answers STATS
+/// once per instance), a consumer with work pending, or an event stored while it looked.
 async fn quiescence_blocker(
     client: &async_nats::Client,
     js: &jetstream::Context,
 ) -> Option<String> {
+    let before = match last_sequences(js).await {
+        Ok(sequences) => sequences,
+        Err(e) => return Some(e),
+    };
     for service in Service::ALL {
-        let stats = match client
-            .request(format!("$SRV.STATS.{}", service.name()), "".into())
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) => return Some(format!("{service} does not answer STATS: {e}")),
+        let members = match shop_runtime::group::view(js, GROUPS_BUCKET, service.name()).await {
+            Ok(group) if !group.unowned().is_empty() => {
+                return Some(format!(
+                    "{service}: partitions {:?} have no owner",
+                    group.unowned()
+                ))
+            }
+            Ok(group) => Some(group.members.len()).filter(|n| *n > 0),
+            Err(e) => return Some(format!("{service}'s group: {e}")),
         };
-        let value: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap_or_default();
-        let backlog = value["endpoints"][0]["data"]["outbox_backlog"]
-            .as_u64()
-            .unwrap_or(u64::MAX);
-        if backlog > 0 {
-            return Some(format!("{service} outbox backlog {backlog}"));
+        match shop_ops::nats::service_outbox_backlog(client, service.name(), members).await {
+            Some(0) => {}
+            Some(backlog) => return Some(format!("{service} outbox backlog {backlog}")),
+            None => return Some(format!("{service} does not answer STATS")),
         }
     }
     for stream in EVENT_STREAMS {
@@ -837,7 +844,28 @@ async fn quiescence_blocker(
             }
         }
     }
-    None
+    match last_sequences(js).await {
+        Ok(after) if after == before => None,
+        Ok(_) => Some("events were stored while the shop was looked at".to_owned()),
+        Err(e) => Some(e),
+    }
+}
+
+/// Each event stream's last sequence.
+async fn last_sequences(js: &jetstream::Context) -> Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    for name in EVENT_STREAMS {
+        let mut stream = js
+            .get_stream(name)
+            .await
+            .map_err(|e| format!("stream {name}: {e}"))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream {name}: {e}"))?;
+        out.push(info.state.last_sequence);
+    }
+    Ok(out)
 }
 
 /// How many injected messages have at least one dead letter pointing at their origin.

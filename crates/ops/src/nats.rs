@@ -98,6 +98,65 @@ pub async fn stats(client: &Client, service: &str) -> Option<Value> {
     serde_json::from_slice(&reply.payload).ok()
 }
 
+/// How long [`stats_all`] waits for one more instance once the replies stop coming,
+/// when it cannot know how many instances there are.
+const GATHER_QUIET: Duration = Duration::from_millis(500);
+
+/// Every instance's `$SRV.STATS` reply for `service` (a service scaled out has several,
+/// and a plain request hears only the fastest). Replies are gathered until `expected`
+/// distinct instances answered, or, without a count, until none came for a moment;
+/// never for longer than [`REQUEST_TIMEOUT`]. Empty when nobody answers.
+pub async fn stats_all(client: &Client, service: &str, expected: Option<usize>) -> Vec<Value> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
+        return Vec::new();
+    };
+    let subject = format!("$SRV.STATS.{service}");
+    if client
+        .publish_with_reply(subject, inbox, "".into())
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let give_up = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut seen = std::collections::BTreeMap::new();
+    loop {
+        if expected.is_some_and(|n| seen.len() >= n) {
+            break;
+        }
+        let wait_until = match (expected, seen.is_empty()) {
+            (None, false) => (tokio::time::Instant::now() + GATHER_QUIET).min(give_up),
+            _ => give_up,
+        };
+        match tokio::time::timeout_at(wait_until, replies.next()).await {
+            Ok(Some(message)) => {
+                if let Ok(value) = serde_json::from_slice::<Value>(&message.payload) {
+                    let id = value["id"].as_str().unwrap_or_default().to_owned();
+                    seen.insert(id, value);
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    seen.into_values().collect()
+}
+
+/// A service's outbox backlog over all its instances (`None`: none answered STATS).
+/// `expected` is how many instances should answer (the group's live members).
+pub async fn service_outbox_backlog(
+    client: &Client,
+    service: &str,
+    expected: Option<usize>,
+) -> Option<u64> {
+    let replies = stats_all(client, service, expected).await;
+    if replies.is_empty() {
+        return None;
+    }
+    Some(replies.iter().filter_map(outbox_backlog).sum())
+}
+
 /// The largest `outbox_backlog` any endpoint of a STATS reply reports; every endpoint
 /// of a service carries the same snapshot, so the largest is the service's backlog.
 pub fn outbox_backlog(stats: &Value) -> Option<u64> {

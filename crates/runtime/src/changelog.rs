@@ -763,8 +763,39 @@ impl StateBucket {
 
     /// The partition as the changelog holds it: every entity's latest record, the last
     /// cut's versions where the cut is newer, and the cut's messages.
-    pub async fn read_partition(&self, partition: u32) -> Result<Restored, RuntimeError> {
-        let mut records = self.read_records(partition, None).await?;
+    ///
+    /// `epoch_seq` is the sequence of the reader's own epoch record (0: none). The
+    /// records are read through a consumer, which a clustered bucket may serve from a
+    /// replica a few writes behind its leader; a read that does not reach the epoch
+    /// record may lack the last owner's final records (written before it, since the
+    /// server refuses the old owner's writes after it), so it is made again.
+    pub async fn read_partition(
+        &self,
+        partition: u32,
+        epoch_seq: u64,
+    ) -> Result<Restored, RuntimeError> {
+        let mut pause = Duration::from_millis(20);
+        let mut records = loop {
+            let (records, epoch_read) = self.read_records(partition, None).await?;
+            if epoch_read >= epoch_seq {
+                break records;
+            }
+            if pause > Duration::from_secs(1) {
+                return Err(RuntimeError::StaleRead {
+                    partition,
+                    read: epoch_read,
+                    expected: epoch_seq,
+                });
+            }
+            tracing::debug!(
+                partition,
+                epoch_read,
+                epoch_seq,
+                "the changelog read was behind; reading again"
+            );
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        };
         let mut messages = Vec::new();
         let mut only_in_cut = Vec::new();
         if let Some((cut_seq, cut_records, cut_messages)) = self.last_cut(partition).await? {
@@ -793,7 +824,7 @@ impl StateBucket {
         partition: u32,
         token: Option<&str>,
     ) -> Result<BTreeMap<String, Record>, RuntimeError> {
-        let mut records = self.read_records(partition, token).await?;
+        let (mut records, _) = self.read_records(partition, token).await?;
         if let Some((cut_seq, cut_records, _)) = self.last_cut(partition).await? {
             let wanted = |entity: &str| match token {
                 Some(token) => entity
@@ -813,12 +844,13 @@ impl StateBucket {
         Ok(records.into_iter().map(|(k, (_, r))| (k, r)).collect())
     }
 
-    /// Every entity's own latest record (with its sequence) in `partition`.
+    /// Every entity's own latest record (with its sequence) in `partition`, and the
+    /// sequence of the epoch record the read saw (0: none, or not in `token`'s keys).
     async fn read_records(
         &self,
         partition: u32,
         token: Option<&str>,
-    ) -> Result<BTreeMap<String, (u64, Record)>, RuntimeError> {
+    ) -> Result<(BTreeMap<String, (u64, Record)>, u64), RuntimeError> {
         let stream = self
             .js
             .get_stream(self.stream())
@@ -842,8 +874,9 @@ impl StateBucket {
         // The count at creation: what the server held for the partition then.
         let pending = reader.cached_info().num_pending;
         let mut records: BTreeMap<String, (u64, Record)> = BTreeMap::new();
+        let mut epoch_read = 0;
         if pending == 0 {
-            return Ok(records);
+            return Ok((records, epoch_read));
         }
         let mut messages = reader
             .messages()
@@ -874,7 +907,9 @@ impl StateBucket {
             let key = message.subject.as_str().strip_prefix(&prefix).unwrap_or("");
             // `_epoch` and the cut's keys are not entities; a delete or purge marker has
             // an empty body and restores nothing.
-            if !key.is_empty() && !key.starts_with('_') {
+            if key == EPOCH {
+                epoch_read = sequence;
+            } else if !key.is_empty() && !key.starts_with('_') {
                 if let Ok(record) = serde_json::from_slice::<Record>(&message.payload) {
                     records.insert(key.to_owned(), (sequence, record));
                 }
@@ -883,7 +918,7 @@ impl StateBucket {
                 break;
             }
         }
-        Ok(records)
+        Ok((records, epoch_read))
     }
 }
 

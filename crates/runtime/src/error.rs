@@ -101,6 +101,15 @@ pub enum RuntimeError {
     /// landed twice. The relay looks again before it gives up.
     #[error("the epoch record of partition {partition} is not the one this owner wrote last")]
     EpochMismatch { partition: u32 },
+    /// A read of a partition's changelog did not reach the epoch record the reader
+    /// wrote before it: the server (a replica of a clustered bucket) that served it was
+    /// behind, and the read may miss the last owner's final writes. Read again.
+    #[error("the changelog of partition {partition} was read up to epoch record {read}, before ours at {expected}")]
+    StaleRead {
+        partition: u32,
+        read: u64,
+        expected: u64,
+    },
     /// Something the broker should have delivered did not arrive in time.
     #[error("timed out {0}")]
     Timeout(String),
@@ -143,7 +152,8 @@ impl RuntimeError {
             | RuntimeError::NoReplyWithin { .. }
             | RuntimeError::Timeout(_)
             | RuntimeError::Fenced(_)
-            | RuntimeError::EpochMismatch { .. } => true,
+            | RuntimeError::EpochMismatch { .. }
+            | RuntimeError::StaleRead { .. } => true,
             // I/O may pass (a full disk gets space); sled's corruption, unsupported
             // operations and reported bugs stay what they are.
             RuntimeError::Storage(e) => matches!(e, sled::Error::Io(_)),

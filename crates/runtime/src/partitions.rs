@@ -284,7 +284,7 @@ impl Manager {
             return Ok(held);
         }
         let started = std::time::Instant::now();
-        let changelog = Arc::new(self.bucket.read_partition(partition).await?);
+        let changelog = Arc::new(self.bucket.read_partition(partition, epoch_seq).await?);
         let (store, entities, read) =
             (self.store.clone(), self.entities.clone(), changelog.clone());
         let restored = tokio::task::spawn_blocking(move || {

@@ -103,7 +103,7 @@ async fn a_cut_cut_short_by_its_successor_still_restores_whole() -> anyhow::Resu
         )
         .await?;
 
-    let restored = bucket.read_partition(PARTITION).await?;
+    let restored = bucket.read_partition(PARTITION, 0).await?;
     assert_eq!(
         state_of(restored.records.get(&order)).as_deref(),
         Some("captured")
@@ -122,7 +122,7 @@ async fn a_cut_cut_short_by_its_successor_still_restores_whole() -> anyhow::Resu
         .publish_records(PARTITION, &held, &[(order.clone(), record("captured"))])
         .await?;
     assert!(bucket
-        .read_partition(PARTITION)
+        .read_partition(PARTITION, 0)
         .await?
         .only_in_cut
         .is_empty());
@@ -132,7 +132,7 @@ async fn a_cut_cut_short_by_its_successor_still_restores_whole() -> anyhow::Resu
         bucket
             .store_cut(PARTITION, &held, &[(order.clone(), record(state))], &[])
             .await?;
-        let restored = bucket.read_partition(PARTITION).await?;
+        let restored = bucket.read_partition(PARTITION, 0).await?;
         assert_eq!(
             state_of(restored.records.get(&order)).as_deref(),
             Some(state)
@@ -162,7 +162,7 @@ async fn a_new_owner_writes_its_first_cut_beside_the_last_owners() -> anyhow::Re
     bucket
         .write_cut_chunks(PARTITION, &second, &[(order.clone(), record("other"))], &[])
         .await?;
-    let restored = bucket.read_partition(PARTITION).await?;
+    let restored = bucket.read_partition(PARTITION, 0).await?;
     assert_eq!(
         state_of(restored.records.get(&order)).as_deref(),
         Some("captured")
@@ -204,7 +204,7 @@ async fn a_new_run_of_the_same_store_fences_out_the_old_runs_writes() -> anyhow:
             &[("order-3".to_owned(), record("captured"))],
         )
         .await?;
-    let restored = bucket.read_partition(PARTITION).await?;
+    let restored = bucket.read_partition(PARTITION, 0).await?;
     assert_eq!(
         state_of(restored.records.get("order-3")).as_deref(),
         Some("captured")
@@ -276,7 +276,7 @@ async fn cuts_in_their_record_and_cuts_in_chunks_restore_alike() -> anyhow::Resu
         bucket
             .store_cut(PARTITION, &held, &records, &[message(message_id)])
             .await?;
-        let restored = bucket.read_partition(PARTITION).await?;
+        let restored = bucket.read_partition(PARTITION, 0).await?;
         for (entity, record) in &records {
             assert_eq!(restored.records.get(entity), Some(record), "{entity}");
         }
@@ -311,9 +311,48 @@ async fn fenced_writes_in_flight_together_are_all_refused_after_a_takeover() -> 
         ),
         "{refused:?}"
     );
-    let restored = bucket.read_partition(PARTITION).await?;
+    let restored = bucket.read_partition(PARTITION, 0).await?;
     assert!(writes
         .iter()
         .all(|(e, _)| !restored.records.contains_key(e)));
+    Ok(())
+}
+
+/// A restore counts only if its read reached the reader's own epoch record: a read that
+/// stops before it (a replica behind its leader serves it) may lack the last owner's
+/// final records, and is refused rather than restored from.
+#[tokio::test]
+async fn a_restore_read_that_does_not_reach_the_readers_epoch_record_is_refused(
+) -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let held = take(&bucket, &fence, "store-a").await?;
+    let order = "order-1".to_owned();
+    bucket
+        .publish_records(PARTITION, &held, &[(order.clone(), record("captured"))])
+        .await?;
+
+    // Reaching it: the records written before it are there.
+    let restored = bucket.read_partition(PARTITION, held.epoch_seq()).await?;
+    assert_eq!(
+        state_of(restored.records.get(&order)).as_deref(),
+        Some("captured")
+    );
+
+    // An epoch record the server has not got to (as a lagging replica would read it).
+    let ahead = held.epoch_seq() + 1_000;
+    match bucket.read_partition(PARTITION, ahead).await {
+        Err(RuntimeError::StaleRead {
+            partition,
+            read,
+            expected,
+        }) => {
+            assert_eq!(
+                (partition, read, expected),
+                (PARTITION, held.epoch_seq(), ahead)
+            );
+        }
+        other => panic!("expected a stale read, got {other:?}"),
+    }
     Ok(())
 }

@@ -13,9 +13,10 @@ use serde_json::Value;
 use shop_events::api::{Empty, OrderRef};
 use time::OffsetDateTime;
 
-use crate::nats::{self, answers_ping, outbox_backlog, request_found, SERVICES};
+use crate::nats::{self, answers_ping, request_found, SERVICES};
 use crate::reader::{read_event_stream, StoredEvent, EVENT_STREAMS};
 use crate::OpsError;
+use shop_events::partition::GROUPS_BUCKET;
 
 /// How many per-order requests are in flight at once: enough to read tens of thousands
 /// of orders in seconds, few enough not to crowd out the shop's own work.
@@ -83,11 +84,17 @@ pub async fn gather(client: &Client) -> Result<Books, OpsError> {
     } else {
         None
     };
+    // Every instance's outbox: a scaled-out service answers STATS once per instance, and
+    // any of them may hold what was not published. The group's live members say how
+    // many answers to wait for.
     let mut outboxes = BTreeMap::new();
     for service in SERVICES {
-        let backlog = nats::stats(client, service)
+        let members = shop_runtime::group::view(&js, GROUPS_BUCKET, service)
             .await
-            .and_then(|s| outbox_backlog(&s));
+            .ok()
+            .map(|group| group.members.len())
+            .filter(|n| *n > 0);
+        let backlog = nats::service_outbox_backlog(client, service, members).await;
         outboxes.insert(service.to_owned(), backlog);
     }
     Ok(Books {
