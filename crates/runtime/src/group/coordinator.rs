@@ -95,6 +95,17 @@ const JOIN_PATIENCE: Duration = Duration::from_secs(60);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// How long a heartbeat may go unseen by our own watch before the watch counts as stalled
+/// (at least this long, and two renewal intervals).
+///
+/// The watch is an ordered consumer: when it loses its server-side consumer it creates a
+/// new one, retrying for as long as that fails, and meanwhile delivers nothing and
+/// reports nothing. A member whose watch has stalled keeps a view in which a released
+/// lease is still held, so it never takes a partition assigned to it (a cluster chaos run
+/// left a partition unowned that way). Our own heartbeat is written every renewal; the
+/// watch delivering it is the proof that the view is live.
+const WATCH_ECHO_WITHIN: Duration = Duration::from_secs(5);
+
 /// Runs one step of joining until it succeeds, retrying transient faults with backoff
 /// for [`JOIN_PATIENCE`] and saying what it waits for. A fresh three-node cluster made
 /// a service exit at start-up: its first KV create got "503 no responders".
@@ -178,6 +189,7 @@ impl Group {
             heartbeat: Some(heartbeat),
             faults: Faults::default(),
             synced: false,
+            echo: Echo::default(),
             leaving: false,
             leave_error: None,
         };
@@ -267,6 +279,8 @@ struct Coordinator {
     /// Whether the watch has delivered the bucket's current state; until then the view
     /// is partial and deciding from it could take a held partition for a free one.
     synced: bool,
+    /// Whether the watch shows our heartbeats: see [`WATCH_ECHO_WITHIN`].
+    echo: Echo,
     leaving: bool,
     /// The first fault while leaving, reported by [`Group::leave`].
     leave_error: Option<GroupError>,
@@ -299,6 +313,30 @@ impl Faults {
             self.retry_at = Some(tokio::time::Instant::now() + self.pause);
             self.pause = (self.pause * 2).min(RETRY_MAX);
         }
+    }
+}
+
+/// The oldest heartbeat written since the watch last delivered one (its revision, and
+/// when it was written).
+#[derive(Debug, Default)]
+struct Echo(Option<(u64, tokio::time::Instant)>);
+
+impl Echo {
+    fn written(&mut self, revision: u64) {
+        self.0
+            .get_or_insert((revision, tokio::time::Instant::now()));
+    }
+
+    /// The watch delivered an entry at `revision`. It delivers in stream order, so
+    /// anything at or past the heartbeat's revision means the heartbeat has gone by.
+    fn seen(&mut self, revision: u64) {
+        if self.0.is_some_and(|(written, _)| revision >= written) {
+            self.0 = None;
+        }
+    }
+
+    fn stalled(&self, within: Duration) -> bool {
+        self.0.is_some_and(|(_, at)| at.elapsed() > within)
     }
 }
 
@@ -368,10 +406,20 @@ impl Coordinator {
     /// new watch if the last one ended, then the assignment brought up to date.
     async fn renew_and_reconcile(&mut self, which: Renew, watch: &mut Option<kv::Watch>) {
         self.renew(which).await;
+        if watch.is_some() && self.watch_stalled() {
+            tracing::warn!(instance = %self.holder.instance, "the group watch has not shown our heartbeat; watching again");
+            *watch = None;
+        }
         if watch.is_none() {
             *watch = self.rewatch().await;
         }
         self.reconcile().await;
+    }
+
+    /// Whether a heartbeat written long enough ago has still not come back through the watch.
+    fn watch_stalled(&self) -> bool {
+        self.echo
+            .stalled(WATCH_ECHO_WITHIN.max(self.renew_every * 2))
     }
 
     async fn rewatch(&mut self) -> Option<kv::Watch> {
@@ -380,6 +428,8 @@ impl Coordinator {
                 self.members.clear();
                 self.leases.clear();
                 self.synced = false;
+                // The new watch is judged by the heartbeats written from now on.
+                self.echo = Echo::default();
                 Some(watch)
             }
             Err(error) => {
@@ -397,6 +447,7 @@ impl Coordinator {
                 Ok(revision) => {
                     self.heartbeat = Some(revision);
                     self.faults.heartbeat = false;
+                    self.echo.written(revision);
                 }
                 Err(error) => {
                     // Logged once per outage, not at every retry.
@@ -452,6 +503,7 @@ impl Coordinator {
         if entry.seen_current {
             self.synced = true;
         }
+        self.echo.seen(entry.revision);
         match self.bucket.keys.parse(&entry.key) {
             Some(Key::Member(name)) => {
                 if is_live(entry) {
@@ -652,8 +704,9 @@ impl Coordinator {
     /// without us now and stand ready to take each partition as it is released.
     async fn depart(&mut self) {
         self.leaving = true;
-        // No more heartbeats, so none to retry.
+        // No more heartbeats, so none to retry or to wait for.
         self.faults.heartbeat = false;
+        self.echo = Echo::default();
         if let Some(revision) = self.heartbeat.take() {
             if let Err(error) = self.holder.depart(&self.bucket, revision).await {
                 tracing::warn!(instance = %self.holder.instance, %error, "cannot delete the member key; it expires after its TTL");
@@ -689,6 +742,34 @@ async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, k
 mod tests {
     use super::*;
     use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_does_not_show_our_heartbeat_in_time_counts_as_stalled() {
+        let within = Duration::from_secs(5);
+        let mut echo = Echo::default();
+        assert!(
+            !echo.stalled(within),
+            "nothing written, nothing to wait for"
+        );
+
+        echo.written(10);
+        echo.written(14);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        echo.seen(9);
+        assert!(!echo.stalled(within), "not yet due");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(echo.stalled(within), "the first heartbeat never came back");
+
+        // Anything past the oldest heartbeat shows the watch has gone by it.
+        echo.seen(11);
+        assert!(!echo.stalled(within));
+        echo.written(20);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            echo.stalled(within),
+            "judged from the oldest unseen heartbeat"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_write_is_retried_within_a_second_and_the_backoff_resets_once_it_lands() {
