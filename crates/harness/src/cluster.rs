@@ -715,6 +715,14 @@ impl Drop for NatsCluster {
         for url in self.known_urls() {
             crate::client::forget_credentials(&url);
         }
+        if std::env::var_os(crate::server::KEEP_STORE_ENV).is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "{}: the cluster's stores are kept in {}",
+                crate::server::KEEP_STORE_ENV,
+                self.dir.path().display()
+            );
+        }
         let mut children: Vec<Child> = self.nodes.iter_mut().filter_map(Node::take_child).collect();
         // SIGKILL ends frozen processes too.
         for child in &mut children {
