@@ -99,7 +99,23 @@ async fn assert_all_confirmed(
     orders: &[String],
 ) -> anyhow::Result<()> {
     for id in orders {
-        let view = wait_settled(client, id, SETTLE).await?;
+        let view = match wait_settled(client, id, SETTLE).await {
+            Ok(view) => view,
+            Err(e) => {
+                // Where the order's events wait, for the post-mortem (a rare failure
+                // here, docs/RELIABILITY.md "Full disk and stalls", is not understood yet).
+                let js = jetstream::new(client.clone());
+                for stream in ["ORDERS", "INVENTORY", "PAYMENTS"] {
+                    if let Ok(s) = js.get_stream(stream).await {
+                        let mut consumers = s.consumers();
+                        while let Some(Ok(info)) = futures::StreamExt::next(&mut consumers).await {
+                            eprintln!("{stream}/{}: pending {} ack_pending {} redelivered {} waiting {} delivered {:?} ack_floor {:?}", info.name, info.num_pending, info.num_ack_pending, info.num_redelivered, info.num_waiting, info.delivered, info.ack_floor);
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         assert_eq!(view.status, OrderStatus::Confirmed, "{id}: {view:?}");
     }
     Ok(())
@@ -109,6 +125,10 @@ async fn assert_all_confirmed(
 async fn a_service_whose_disk_fills_up_stops_acking_reports_it_and_resumes_once_there_is_room(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    // The services run in this process: SHOP_TEST_LOG=1 (with RUST_LOG) shows their logs.
+    if std::env::var_os("SHOP_TEST_LOG").is_some() {
+        shop_runtime::telemetry::init_subscriber(shop_runtime::telemetry::LogFormat::Pretty);
+    }
     let data = tempfile::tempdir()?;
     // Inventory keeps its database in `<data dir>/inventory`: that directory is the disk.
     let disk = Tmpfs::mount(&data.path().join(Service::Inventory.name()), 16)?;
