@@ -384,6 +384,9 @@ fn take_cut(
     entities: &dyn crate::changelog::Entities,
     ready: &BTreeMap<u32, ReadyPartition>,
 ) -> Result<(Vec<(sled::IVec, Vec<OutboxMessage>)>, Vec<PartitionCut>), RuntimeError> {
+    // Looked at under the cut's lock: a transaction that failed on the disk records the
+    // fault before it lets a cut in, and what it may have left in memory is never cut.
+    store.check_fault()?;
     let mut plain = Vec::new();
     let mut by_partition: BTreeMap<u32, PartitionCut> = BTreeMap::new();
     for (key, entry) in store.outbox_all()? {

@@ -767,10 +767,27 @@ impl Store {
                 let entry = tx.write_outbox(self.partition_of.get())?;
                 Ok((outcomes, entry))
             });
-            if let Ok((outcomes, entry)) = result {
-                self.committed
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                return outcomes.into_iter().map(|o| Ok((o, entry))).collect();
+            match result {
+                Ok((outcomes, entry)) => {
+                    self.committed
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    return outcomes.into_iter().map(|o| Ok((o, entry))).collect();
+                }
+                // The disk failed: recorded now, before the gate opens, so no cut reads
+                // what the failed transaction may have left in memory. Applying the items
+                // one by one (the way a refusal is handled) would open the gate first.
+                Err(TransactionError::Storage(e @ sled::Error::Io(_))) => {
+                    let first = self.storage_error(e);
+                    return std::iter::once(Err(ApplyError::Failed(first)))
+                        .chain(
+                            items
+                                .iter()
+                                .skip(1)
+                                .map(|_| Err(ApplyError::Failed(self.faulted_error()))),
+                        )
+                        .collect();
+                }
+                Err(_) => {}
             }
         }
         items
@@ -1132,7 +1149,7 @@ impl Store {
     }
 
     /// `Err` while the store is faulted: nothing it would do now could be made durable.
-    fn check_fault(&self) -> Result<(), RuntimeError> {
+    pub fn check_fault(&self) -> Result<(), RuntimeError> {
         match self.fault() {
             None => Ok(()),
             Some(_) => Err(self.faulted_error()),
