@@ -105,7 +105,7 @@ async fn assert_all_confirmed(
                 // Where the order's events wait, for the post-mortem (a rare failure
                 // here, docs/RELIABILITY.md "Full disk and stalls", is not understood yet).
                 let js = jetstream::new(client.clone());
-                for stream in ["ORDERS", "INVENTORY", "PAYMENTS"] {
+                for stream in shop_harness::EVENT_STREAMS {
                     if let Ok(s) = js.get_stream(stream).await {
                         let mut consumers = s.consumers();
                         while let Some(Ok(info)) = futures::StreamExt::next(&mut consumers).await {
