@@ -580,8 +580,9 @@ async fn stream_and_ack_floor(
     stream: &str,
     durable: &str,
 ) -> Option<(u64, u64)> {
-    let mut stream = js.get_stream(stream).await.ok()?;
-    let last = stream.info().await.ok()?.state.last_sequence;
+    // `get_stream` already asked for the stream's info: one request, not two.
+    let stream = js.get_stream(stream).await.ok()?;
+    let last = stream.cached_info().state.last_sequence;
     let mut consumer = stream
         .get_consumer::<jetstream::consumer::pull::Config>(durable)
         .await
