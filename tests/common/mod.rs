@@ -191,15 +191,6 @@ async fn outbox_backlog(client: &async_nats::Client) -> Option<u64> {
     Some(total)
 }
 
-async fn last_sequences(js: &jetstream::Context) -> Option<Vec<u64>> {
-    let mut out = Vec::new();
-    for name in shop_harness::EVENT_STREAMS {
-        let stream = js.get_stream(name).await.ok()?;
-        out.push(stream.get_info().await.ok()?.state.last_sequence);
-    }
-    Some(out)
-}
-
 async fn consumers_caught_up(js: &jetstream::Context) -> Option<bool> {
     for name in shop_harness::EVENT_STREAMS {
         let stream = js.get_stream(name).await.ok()?;
@@ -219,11 +210,11 @@ async fn consumers_caught_up(js: &jetstream::Context) -> Option<bool> {
 /// (an event committed while we looked would show up in one of those).
 pub async fn wait_idle(client: &async_nats::Client, js: &jetstream::Context) -> anyhow::Result<()> {
     Ok(eventually(SETTLE, "the shop to be idle", || async {
-        let before = last_sequences(js).await?;
+        let before = shop_harness::last_sequences(js).await.ok()?;
         (outbox_backlog(client).await? == 0).then_some(())?;
         consumers_caught_up(js).await?.then_some(())?;
         (outbox_backlog(client).await? == 0).then_some(())?;
-        (last_sequences(js).await? == before).then_some(())
+        (shop_harness::last_sequences(js).await.ok()? == before).then_some(())
     })
     .await?)
 }

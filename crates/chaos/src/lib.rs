@@ -805,9 +805,9 @@ async fn quiescence_blocker(
     client: &async_nats::Client,
     js: &jetstream::Context,
 ) -> Option<String> {
-    let before = match last_sequences(js).await {
+    let before = match shop_harness::last_sequences(js).await {
         Ok(sequences) => sequences,
-        Err(e) => return Some(e),
+        Err(e) => return Some(e.to_string()),
     };
     for service in Service::ALL {
         let members = match shop_runtime::group::view(js, GROUPS_BUCKET, service.name()).await {
@@ -845,28 +845,11 @@ async fn quiescence_blocker(
             }
         }
     }
-    match last_sequences(js).await {
+    match shop_harness::last_sequences(js).await {
         Ok(after) if after == before => None,
         Ok(_) => Some("events were stored while the shop was looked at".to_owned()),
-        Err(e) => Some(e),
+        Err(e) => Some(e.to_string()),
     }
-}
-
-/// Each event stream's last sequence.
-async fn last_sequences(js: &jetstream::Context) -> Result<Vec<u64>, String> {
-    let mut out = Vec::new();
-    for name in EVENT_STREAMS {
-        let mut stream = js
-            .get_stream(name)
-            .await
-            .map_err(|e| format!("stream {name}: {e}"))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| format!("stream {name}: {e}"))?;
-        out.push(info.state.last_sequence);
-    }
-    Ok(out)
 }
 
 /// How many injected messages have at least one dead letter pointing at their origin.

@@ -198,6 +198,23 @@ pub async fn stream_message_count(js: &Context, stream: &str) -> Result<u64, Har
     Ok(info.state.messages)
 }
 
+/// Each event stream's last sequence, in the order of [`EVENT_STREAMS`]: two equal reads
+/// around a look at the shop say nothing was stored meanwhile (quiescence checks).
+pub async fn last_sequences(js: &Context) -> Result<Vec<u64>, HarnessError> {
+    let mut out = Vec::with_capacity(EVENT_STREAMS.len());
+    for name in EVENT_STREAMS {
+        let info = js
+            .get_stream(name)
+            .await
+            .map_err(|e| HarnessError::JetStream(format!("stream info of {name}: {e}")))?
+            .get_info()
+            .await
+            .map_err(|e| HarnessError::JetStream(format!("stream info of {name}: {e}")))?;
+        out.push(info.state.last_sequence);
+    }
+    Ok(out)
+}
+
 /// Every event stored about one order (or sku) across ORDERS, INVENTORY and PAYMENTS,
 /// oldest first by the time the server stored it; the operators' reader
 /// (`shop_ops::reader::events_about`), so a scenario sees what `shop trace` sees.

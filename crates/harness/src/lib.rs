@@ -59,8 +59,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::{
-    connect, connect_as, connect_with, credentials_for, declare_streams, events_about, nats_config,
-    publish_event, publish_raw, stream_message_count, StoredEvent, EVENT_STREAMS,
+    connect, connect_as, connect_with, credentials_for, declare_streams, events_about,
+    last_sequences, nats_config, publish_event, publish_raw, stream_message_count, StoredEvent,
+    EVENT_STREAMS,
 };
 pub use cluster::{NatsCluster, NodeId, CLUSTER_SIZE};
 pub use server::{NatsServer, ServerOptions};

@@ -433,6 +433,12 @@ pub async fn run_consumer<H: EventHandler>(
                 }
             }
         }
+        // Stop listening before waiting out a fault: a live pull subscription that is
+        // not read keeps its pull request open, and what the server delivers to it (a
+        // nak'ed message coming back, say) sits unread in the client until its ack wait
+        // (30 s) runs out, and again on every later delivery. Dropped, the request has no
+        // interest left and the messages wait in the stream for the next pull.
+        drop(chunks);
         if store_faulted && !wait_for_store(&ctx, &spec, &mut shutdown).await {
             break 'consume;
         }
@@ -714,6 +720,7 @@ async fn commit_batch(
         durable = false;
     }
     let acked = done.len();
+    tracing::debug!(consumer = %spec.durable, durable, committed, ?entry, generation, reopens = ctx.store.reopens(), done = done.len(), "batch settled");
     for delivery in done {
         let outcome = if durable {
             Outcome::Applied
@@ -761,6 +768,13 @@ async fn group_commit(
 async fn carry_out(ctx: &ConsumerCtx, spec: &ConsumerSpec, delivery: Delivery, action: AckAction) {
     let Delivery { message, delivered } = delivery;
     let mut action = action;
+    tracing::debug!(
+        consumer = %spec.durable,
+        stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0),
+        delivered,
+        ?action,
+        "ack decision carried out"
+    );
     // Runs twice at most: a failed dead letter is decided again, and that answer is a nak.
     loop {
         match action {
