@@ -2,23 +2,31 @@
 //! a JetStream KV bucket with one compacted record per entity (an order, say).
 //!
 //! The relay works in cuts: every outbox entry of a partition and its entities' records,
-//! read while no transaction commits. It stores the cut first (its records and its
-//! messages: in the cut record itself when they fit in one chunk, else in chunk records
-//! and a cut record naming them), then publishes the messages and each entity's own
-//! record side by side; the consumer acks its input only after that. Every write is fenced by the owner's epoch record (renewed after a write whose
-//! outcome is unknown), and a cut's chunks go into the slot its predecessor does not
-//! occupy, so the named cut is always whole. A new owner of a partition
-//! writes its epoch record, then (unless the last owner was this very store) replaces
-//! what it holds with the entities' records, the last cut on top, and publishes the
-//! cut's messages again (their ids make repeats harmless). docs/architecture.md, "State that moves with its
-//! partition", gives the protocol and why it is safe.
+//! read while no transaction commits. It stores the cut into the next slot of the
+//! partition's cut log (a ring of [`LOG_SLOTS`] keys, `_log.<slot>`: the cut itself when
+//! it fits in one chunk, else chunks and a cut record naming them), then publishes the
+//! messages; the consumer acks its input only after that. So a commit costs one write of
+//! the changelog on the ack path. Each entity's own record is written later, in the
+//! background, once per [`COMPACT_AFTER`] or half a ring at most, coalesced per entity
+//! (Kafka Streams' record cache): compaction. A slot is written again only after a
+//! compaction covered the cut in it, and a record carries the sequence of the cut its
+//! version comes from, so the newest version of an entity is always in the log or on its
+//! key, and a reader tells which is newer.
+//!
+//! Every write is fenced by the owner's epoch record (renewed after a write whose outcome
+//! is unknown). A new owner of a partition writes its epoch record, then (unless the last
+//! owner was this very store) replaces what it holds with the entities' records and the
+//! log's newer versions, writes the versions only the log holds on their keys, and
+//! publishes the newest cut's messages again (their ids make repeats harmless).
+//! docs/architecture.md, "State that moves with its partition", gives the protocol and
+//! why it is safe.
 //!
 //! Domain-free: what a record holds is the service's business ([`Entities`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, kv, stream::StorageType};
 use async_nats::HeaderMap;
@@ -29,10 +37,15 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Store, Tx, TxResult};
 use crate::RuntimeError;
 
-/// The keys of a partition's epoch record and of its last cut (`_cut`, carrying its one
-/// chunk or naming its chunks `_cut.<slot>.<n>`). Entities never start with `_`.
+/// The key of a partition's epoch record, and of its last cut as versions before the cut
+/// log wrote it (`_cut`, carrying its one chunk or naming its chunks `_cut.<slot>.<n>`):
+/// read still, never written. Entities never start with `_`.
 const EPOCH: &str = "_epoch";
 const CUT: &str = "_cut";
+/// The prefix of the cut log's slots (`_log.<slot>`, chunks `_log.<slot>.<n>`).
+const LOG: &str = "_log";
+/// The key of the compaction mark: every cut up to its sequence is on the entities' keys.
+const COMPACTED: &str = "_compacted";
 /// The prefix of the consumers' saved positions (`_positions.<STREAM>.<durable>`): not
 /// under a partition, so no restore reads them as records.
 const POSITIONS: &str = "_positions";
@@ -41,6 +54,13 @@ const POSITIONS: &str = "_positions";
 const INLINE_CUT: u8 = 1;
 /// The most one cut chunk carries; the server's default max_payload is 1 MiB.
 const MAX_CHUNK_BYTES: usize = 512 * 1024;
+/// Slots in a partition's cut log. A remote read of one entity reads them all, and a
+/// takeover writes on their keys the versions only they hold: small enough for both, and
+/// large enough that compaction, at half of it, coalesces many commits.
+pub const LOG_SLOTS: u32 = 32;
+/// The longest an entity's newest version waits in the log before compaction writes it on
+/// its own key.
+pub const COMPACT_AFTER: Duration = Duration::from_secs(1);
 /// How many restored records go into one local transaction.
 const RESTORE_CHUNK: usize = 256;
 
@@ -67,6 +87,11 @@ pub struct Record {
     pub data: Option<serde_json::Value>,
     /// Event ids already applied to the entity (the inbox, folded in).
     pub applied: Vec<String>,
+    /// The stream sequence of the cut this version was stored in, on a record compaction
+    /// wrote from the cut log: a reader compares it with the log's cuts. Absent on a
+    /// record written otherwise (its own sequence then says when it was written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
 }
 
 impl Record {
@@ -76,6 +101,7 @@ impl Record {
             v: 1,
             data: None,
             applied: Vec::new(),
+            at: None,
         }
     }
 }
@@ -91,27 +117,29 @@ pub struct Position {
     pub stream_created: i64,
 }
 
-/// A cut as stored: its id, how many chunks carry it and in which slot. Written after the
-/// chunks, so a cut whose record names it is whole.
+/// A cut in chunks as stored: its id, how many chunks carry it (and, for a cut written
+/// before the log, in which slot). Written after the chunks, so a cut whose record names
+/// it is whole; a slot's chunks carrying another id belong to a successor that was never
+/// named, and the slot is read as holding nothing.
 ///
-/// Two slots of chunk keys take turns (`_cut.<slot>.<n>`): a cut is written into the
-/// slot the record does not name, so the named cut stays whole while its successor is
-/// being written. With one set of keys, a relay that stored a cut, failed to publish it
-/// (a timed-out PubAck) and died while storing the next cut's chunks left a cut record
-/// naming chunks that were no longer there: the restore fell back to the entities' older
-/// records, under events already published from the lost cut (`shop-lab chaos --cluster`
-/// saw a capture announced twice that way).
+/// Before the cut log, one `_cut` record was replaced by each cut, and two slots of chunk
+/// keys took turns (`_cut.<slot>.<n>`), so the named cut stayed whole while its successor
+/// was being written: a relay that stored a cut, failed to publish it and died while
+/// storing the next one's chunks had left a cut naming chunks that were gone
+/// (`shop-lab chaos --cluster` saw a capture announced twice that way). The log keeps
+/// that property: a slot is written again only after compaction covered its cut.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CutRecord {
     v: u32,
     id: String,
     chunks: u32,
-    /// `None`: a cut written before slots, its chunks under `_cut.<n>`.
+    /// A cut under `_cut`: `None` if written before slots, its chunks under `_cut.<n>`.
+    /// Always `None` in the log, whose chunks are under the slot's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slot: Option<u8>,
 }
 
-/// The key of chunk `n` of a cut in `slot`.
+/// The key of chunk `n` of the old `_cut` record in `slot`.
 fn chunk_key(slot: Option<u8>, n: u32) -> String {
     match slot {
         Some(slot) => format!("{CUT}.{slot}.{n}"),
@@ -119,12 +147,22 @@ fn chunk_key(slot: Option<u8>, n: u32) -> String {
     }
 }
 
-/// The slot a new cut is written into, given the one the cut record names.
-fn other_slot(named: Option<u8>) -> u8 {
-    match named {
-        Some(0) => 1,
-        _ => 0,
-    }
+/// The key of a slot of the cut log.
+fn log_key(slot: u32) -> String {
+    format!("{LOG}.{slot}")
+}
+
+/// The key of chunk `n` of the cut in a slot of the log.
+fn log_chunk_key(slot: u32, n: u32) -> String {
+    format!("{LOG}.{slot}.{n}")
+}
+
+/// The compaction mark as stored (JSON, so `nats kv get` reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Compacted {
+    v: u32,
+    /// Every cut stored at or below this stream sequence has its records on their keys.
+    through: u64,
 }
 
 /// One chunk's records (JSON); its messages follow in the outbox entry codec.
@@ -134,16 +172,96 @@ struct ChunkHead {
     records: Vec<(String, Record)>,
 }
 
-/// A partition as the changelog holds it: every entity's latest record (the last cut's
-/// version where the cut is newer), and the last cut's messages, to publish again.
+/// One cut as read back: its stream sequence, records and messages.
+type StoredCut = (
+    u64,
+    Vec<(String, Record)>,
+    Vec<crate::outbox_entry::OutboxMessage>,
+);
+
+/// A partition as the changelog holds it: every entity's latest record (a cut's version
+/// where a cut is newer than the record on the entity's key), and the newest cut's
+/// messages, to publish again.
 #[derive(Debug, Clone, Default)]
 pub struct Restored {
     pub records: BTreeMap<String, Record>,
     pub messages: Vec<crate::outbox_entry::OutboxMessage>,
-    /// Entities whose latest version is only in the last cut (their own record is older
-    /// or missing): the new owner publishes their records, or its own next cut, which
-    /// replaces that one, would leave them nowhere.
+    /// Entities whose latest version is only in a cut (their own record is older or
+    /// missing): the new owner writes their records before it writes a cut, since its
+    /// cuts go into the same slots.
     pub only_in_cut: Vec<String>,
+    /// The sequence of the cut each of `only_in_cut` comes from.
+    pub cut_of: BTreeMap<String, u64>,
+    /// The newest cut's stream sequence (0: none): what the takeover's compaction mark
+    /// covers.
+    pub newest_cut: u64,
+}
+
+impl Restored {
+    /// The versions only a cut holds, as compaction writes them: each with its cut's
+    /// sequence.
+    pub fn from_cuts(&self) -> Vec<(String, Record)> {
+        self.only_in_cut
+            .iter()
+            .filter_map(|entity| {
+                let mut record = self.records.get(entity)?.clone();
+                record.at = self.cut_of.get(entity).copied();
+                Some((entity.clone(), record))
+            })
+            .collect()
+    }
+}
+
+/// Merges the entities' own records (with their stream sequences) and the stored cuts:
+/// each entity's newest version wins. A record's version is the cut it was compacted
+/// from (`at`), else its own sequence; a cut's is its sequence. A tie keeps the record.
+fn merge(mut records: BTreeMap<String, (u64, Record)>, mut cuts: Vec<StoredCut>) -> Restored {
+    let version = |(sequence, record): &(u64, Record)| record.at.unwrap_or(*sequence);
+    cuts.sort_by_key(|(sequence, _, _)| *sequence);
+    let mut cut_of = BTreeMap::new();
+    let mut messages = Vec::new();
+    let mut newest_cut = 0;
+    for (sequence, cut_records, cut_messages) in cuts {
+        for (entity, record) in cut_records {
+            let newer = records
+                .get(&entity)
+                .is_none_or(|held| version(held) < sequence);
+            if newer {
+                cut_of.insert(entity.clone(), sequence);
+                records.insert(entity, (sequence, record));
+            }
+        }
+        newest_cut = sequence;
+        messages = cut_messages;
+    }
+    Restored {
+        only_in_cut: cut_of.keys().cloned().collect(),
+        records: records.into_iter().map(|(k, (_, r))| (k, r)).collect(),
+        messages,
+        cut_of,
+        newest_cut,
+    }
+}
+
+/// What the owner knows of its partition's cut log.
+#[derive(Debug, Default)]
+struct Ring {
+    /// Read (or made clean) since the partition was taken: until then a slot may hold a
+    /// cut no compaction covered.
+    known: bool,
+    /// The slot the next cut goes into.
+    next: u32,
+    /// Slots given out since the last compaction (one may be in flight), and of those the
+    /// ones whose write is over (stored, or failed).
+    reserved: u32,
+    completed: u32,
+    /// The newest cut stored, and the last compaction mark written.
+    newest: u64,
+    marked: u64,
+    /// Each entity's newest version in the log not yet on its key (`at` set).
+    dirty: BTreeMap<String, Record>,
+    /// Since when `dirty` has waited.
+    dirty_since: Option<Instant>,
 }
 
 fn encode_chunk(head: &ChunkHead, messages: &[Vec<u8>]) -> Result<Vec<u8>, serde_json::Error> {
@@ -261,9 +379,9 @@ fn fenced_outcome(
     held: &ReadyPartition,
     subject: &str,
     acked: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-) -> Result<(), RuntimeError> {
+) -> Result<u64, RuntimeError> {
     match acked {
-        Ok(_) => Ok(()),
+        Ok(ack) => Ok(ack.sequence),
         Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
             Err(RuntimeError::EpochMismatch { partition })
         }
@@ -456,21 +574,30 @@ impl StateBucket {
         partition: u32,
         held: &ReadyPartition,
         writes: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<u64, RuntimeError> {
         if held.renew.load(Ordering::Acquire) {
+            let _turn = self.turn(held).await;
             self.renew_epoch(partition, held).await?;
         }
         let epoch_seq = held.epoch_seq();
         let mut in_flight = Vec::new();
         let mut failure = None;
+        let mut newest = 0;
         for (key, payload) in writes {
             let subject = self.subject(partition, &key);
             let message = jetstream::message::PublishMessage::build()
                 .headers(self.fence_headers(partition, epoch_seq))
                 .payload(Bytes::from(payload));
+            // One write at a time on a clustered stream, across the relay's cuts and
+            // compaction's records alike: they share the check subject.
+            let turn = self.turn(held).await;
             match self.js.send_publish(subject.clone(), message).await {
                 Ok(ack) if self.pipelined => in_flight.push((subject, ack)),
-                Ok(ack) => fenced_outcome(partition, held, &subject, ack.await)?,
+                Ok(ack) => {
+                    let outcome = fenced_outcome(partition, held, &subject, ack.await);
+                    drop(turn);
+                    newest = newest.max(outcome?)
+                }
                 Err(e) => {
                     // Not sent as far as the client knows, but it may sit in a buffer.
                     held.renew.store(true, Ordering::Release);
@@ -482,18 +609,33 @@ impl StateBucket {
         // Every PubAck is awaited, even after a failure: each outcome is known, or marked
         // for renewal.
         for (subject, ack) in in_flight {
-            if let Err(e) = fenced_outcome(partition, held, &subject, ack.await) {
-                failure.get_or_insert(e);
+            match fenced_outcome(partition, held, &subject, ack.await) {
+                Ok(sequence) => newest = newest.max(sequence),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
-        failure.map_or(Ok(()), Err)
+        failure.map_or(Ok(newest), Err)
     }
 
-    /// Stores a cut of `partition` whole. A cut that fits in one chunk (nearly every
-    /// one) is a single write: the cut record carries it, and replacing one message is
-    /// atomic, so no slot is needed. A bigger one goes into chunks in the slot the last
-    /// cut record does not name, then the cut record naming them. `messages` are in the
-    /// outbox message codec ([`OutboxMessage::encode`]).
+    /// The partition's turn to write, on a clustered stream ([`StateBucket::pipelined`]
+    /// says why); nothing to wait for on a solo one.
+    async fn turn<'h>(&self, held: &'h ReadyPartition) -> Option<tokio::sync::MutexGuard<'h, ()>> {
+        if self.pipelined {
+            None
+        } else {
+            Some(held.writing.lock().await)
+        }
+    }
+
+    /// Stores a cut of `partition` whole, in the next slot of its cut log: a cut that
+    /// fits in one chunk (nearly every one) is a single write, the slot's record carrying
+    /// it; a bigger one goes into chunks under the slot, then the slot's record naming
+    /// them. `messages` are in the outbox message codec ([`OutboxMessage::encode`]).
+    ///
+    /// Its records become the partition's newest versions, which compaction writes on
+    /// their keys later ([`StateBucket::compact`]).
     ///
     /// [`OutboxMessage::encode`]: crate::outbox_entry::OutboxMessage::encode
     pub async fn store_cut(
@@ -505,24 +647,26 @@ impl StateBucket {
     ) -> Result<(), RuntimeError> {
         let id = format!("{:016x}", rand::random::<u64>());
         let mut chunks = chunks_of(&id, records, messages).map_err(cut_encode_error)?;
+        let mut claim = self.reserve_slot(partition, held).await?;
         if chunks.len() == 1 {
-            // Half the round trips of the two-step form on the relay's path: one hop of an
-            // order waits for every write of its cut.
             let chunk = chunks.pop().unwrap_or_default();
             let mut value = Vec::with_capacity(1 + chunk.len());
             value.push(INLINE_CUT);
             value.extend_from_slice(&chunk);
-            self.publish_fenced(partition, held, vec![(CUT.to_owned(), value)])
-                .await?;
-            held.set_named_slot(None);
-            return Ok(());
+            let stored = self
+                .publish_fenced(partition, held, vec![(log_key(claim.slot), value)])
+                .await;
+            claim.written(stored.as_ref().ok().copied(), records);
+            return stored.map(|_| ());
         }
-        let pending = self.write_chunks(partition, held, id, chunks).await?;
+        let pending = self
+            .write_chunks(partition, held, claim, id, chunks, records)
+            .await?;
         self.name_cut(partition, held, pending).await
     }
 
-    /// The first half of a cut in chunks: the chunks, in the slot the cut record does not
-    /// name, so the last cut stays whole until [`StateBucket::name_cut`]. (Public for the
+    /// The first half of a cut in chunks: the chunks, under the next slot of the log;
+    /// until [`StateBucket::name_cut`] the slot reads as holding nothing. (Public for the
     /// tests of an owner that dies between the two halves.)
     pub async fn write_cut_chunks(
         &self,
@@ -533,63 +677,228 @@ impl StateBucket {
     ) -> Result<PendingCut, RuntimeError> {
         let id = format!("{:016x}", rand::random::<u64>());
         let chunks = chunks_of(&id, records, messages).map_err(cut_encode_error)?;
-        self.write_chunks(partition, held, id, chunks).await
+        let claim = self.reserve_slot(partition, held).await?;
+        self.write_chunks(partition, held, claim, id, chunks, records)
+            .await
     }
 
     async fn write_chunks(
         &self,
         partition: u32,
         held: &ReadyPartition,
+        claim: SlotClaim,
         id: String,
         chunks: Vec<Vec<u8>>,
+        records: &[(String, Record)],
     ) -> Result<PendingCut, RuntimeError> {
-        let named = self.named_slot(partition, held).await?;
-        let slot = other_slot(named);
         let record = CutRecord {
             v: 1,
             id,
             chunks: chunks.len() as u32,
-            slot: Some(slot),
+            slot: None,
         };
         let writes = chunks
             .into_iter()
             .enumerate()
-            .map(|(n, chunk)| (chunk_key(Some(slot), n as u32), chunk))
+            .map(|(n, chunk)| (log_chunk_key(claim.slot, n as u32), chunk))
             .collect();
+        // A failure drops the claim, which spends the slot.
         self.publish_fenced(partition, held, writes).await?;
-        Ok(PendingCut { record })
+        Ok(PendingCut {
+            record,
+            claim,
+            records: records.to_vec(),
+        })
     }
 
-    /// The second half of [`StateBucket::store_cut`]: the cut record naming the chunks.
+    /// The second half of [`StateBucket::store_cut`]: the slot's record naming the chunks.
     pub async fn name_cut(
         &self,
         partition: u32,
         held: &ReadyPartition,
-        pending: PendingCut,
+        mut pending: PendingCut,
     ) -> Result<(), RuntimeError> {
-        let bytes = serde_json::to_vec(&pending.record).map_err(cut_encode_error)?;
-        self.publish_fenced(partition, held, vec![(CUT.to_owned(), bytes)])
-            .await?;
-        held.set_named_slot(pending.record.slot);
-        Ok(())
+        let named = serde_json::to_vec(&pending.record)
+            .map_err(cut_encode_error)
+            .map(|bytes| vec![(log_key(pending.claim.slot), bytes)]);
+        let stored = match named {
+            Ok(writes) => self.publish_fenced(partition, held, writes).await,
+            Err(e) => Err(e),
+        };
+        pending
+            .claim
+            .written(stored.as_ref().ok().copied(), &pending.records);
+        stored.map(|_| ())
     }
 
-    /// The slot the partition's cut record names, read once per owner.
-    async fn named_slot(
+    /// The slot the next cut goes into: once the log is known (read after a takeover),
+    /// and once compaction covered the cut the slot holds.
+    async fn reserve_slot(
         &self,
         partition: u32,
         held: &ReadyPartition,
-    ) -> Result<Option<u8>, RuntimeError> {
-        if let Some(named) = held.named_slot() {
-            return Ok(named);
+    ) -> Result<SlotClaim, RuntimeError> {
+        loop {
+            if !held.ring().known {
+                self.adopt_log(partition, held).await?;
+                continue;
+            }
+            if let Some(slot) = held.ring().reserve() {
+                return Ok(SlotClaim {
+                    ring: held.ring.clone(),
+                    slot,
+                    open: true,
+                });
+            }
+            self.compact(partition, held).await?;
         }
-        let named = self
-            .last(partition, CUT)
+    }
+
+    /// Learns the log of a partition this store took back without a restore (it owned it
+    /// last): the versions in cuts newer than the compaction mark are not on their keys
+    /// yet, so they are compacted before any slot is written again.
+    ///
+    /// Why versions older than a key's cannot come back this way: a record reaches its key
+    /// from a cut that stays in the log until the mark covers it, and the cuts above the
+    /// mark hold that version or newer ones.
+    async fn adopt_log(&self, partition: u32, held: &ReadyPartition) -> Result<(), RuntimeError> {
+        let mark = self.compaction_mark(partition).await?;
+        let cuts = self.cuts_above(partition, mark).await?;
+        let mut ring = held.ring();
+        if ring.known {
+            return Ok(());
+        }
+        let mut cuts = cuts;
+        cuts.sort_by_key(|(sequence, _, _)| *sequence);
+        for (sequence, records, _) in cuts {
+            ring.newest = ring.newest.max(sequence);
+            if sequence <= mark {
+                continue;
+            }
+            for (entity, mut record) in records {
+                record.at = Some(sequence);
+                ring.dirty.insert(entity, record);
+            }
+        }
+        ring.marked = mark;
+        ring.known = true;
+        ring.next = 0;
+        if ring.dirty.is_empty() {
+            ring.reserved = 0;
+            ring.completed = 0;
+        } else {
+            // Every slot counts as written: none is reused before this compaction.
+            ring.reserved = LOG_SLOTS;
+            ring.completed = LOG_SLOTS;
+            ring.dirty_since.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    /// Writes the partition's newest versions from the log on their keys, coalesced per
+    /// entity, then the compaction mark; the slots they came from may then be written
+    /// again. One compaction at a time per partition.
+    pub async fn compact(&self, partition: u32, held: &ReadyPartition) -> Result<(), RuntimeError> {
+        let _one = held.compacting.lock().await;
+        self.compact_held(partition, held).await
+    }
+
+    /// [`StateBucket::compact`], for a caller that holds the partition's compaction lock.
+    pub async fn compact_held(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+    ) -> Result<(), RuntimeError> {
+        let (taken, covered, through) = {
+            let mut ring = held.ring();
+            if !ring.known {
+                return Ok(());
+            }
+            ring.dirty_since = None;
+            (std::mem::take(&mut ring.dirty), ring.completed, ring.newest)
+        };
+        if taken.is_empty() && covered == 0 {
+            return Ok(());
+        }
+        let records: Vec<(String, Record)> =
+            taken.iter().map(|(e, r)| (e.clone(), r.clone())).collect();
+        let written = async {
+            if !records.is_empty() {
+                self.publish_records(partition, held, &records).await?;
+            }
+            if through > held.ring().marked {
+                self.write_mark(partition, held, through).await?;
+            }
+            Ok::<(), RuntimeError>(())
+        }
+        .await;
+        let mut ring = held.ring();
+        match &written {
+            Ok(()) => {
+                ring.reserved -= covered;
+                ring.completed -= covered;
+                ring.marked = ring.marked.max(through);
+            }
+            Err(_) => {
+                // Back for the next try; what came in meanwhile is newer.
+                for (entity, record) in taken {
+                    ring.dirty.entry(entity).or_insert(record);
+                }
+                ring.dirty_since.get_or_insert_with(Instant::now);
+            }
+        }
+        written
+    }
+
+    async fn write_mark(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+        through: u64,
+    ) -> Result<(), RuntimeError> {
+        let bytes = serde_json::to_vec(&Compacted { v: 1, through }).map_err(|source| {
+            RuntimeError::Encode {
+                what: "a compaction mark".to_owned(),
+                source,
+            }
+        })?;
+        self.publish_fenced(partition, held, vec![(COMPACTED.to_owned(), bytes)])
+            .await
+            .map(|_| ())
+    }
+
+    /// After a restore: writes on their keys the versions only a cut held, so this owner
+    /// may write its cuts into any slot, and a compaction mark over every cut read, so a
+    /// later run of this store that takes the partition back without a restore compacts
+    /// only what came after.
+    pub async fn settle_restore(
+        &self,
+        partition: u32,
+        held: &ReadyPartition,
+        restored: &Restored,
+    ) -> Result<usize, RuntimeError> {
+        let from_cuts = restored.from_cuts();
+        if !from_cuts.is_empty() {
+            self.publish_records(partition, held, &from_cuts).await?;
+        }
+        if restored.newest_cut > 0 {
+            self.write_mark(partition, held, restored.newest_cut)
+                .await?;
+        }
+        let mut ring = held.ring();
+        ring.known = true;
+        ring.newest = ring.newest.max(restored.newest_cut);
+        ring.marked = ring.marked.max(restored.newest_cut);
+        Ok(from_cuts.len())
+    }
+
+    /// The partition's compaction mark (0: none).
+    async fn compaction_mark(&self, partition: u32) -> Result<u64, RuntimeError> {
+        Ok(self
+            .last(partition, COMPACTED)
             .await?
-            .and_then(|(_, bytes)| serde_json::from_slice::<CutRecord>(&bytes).ok())
-            .and_then(|cut| cut.slot);
-        held.set_named_slot(named);
-        Ok(named)
+            .and_then(|(_, bytes)| serde_json::from_slice::<Compacted>(&bytes).ok())
+            .map_or(0, |mark| mark.through))
     }
 
     /// Publishes each entity's own record, for compaction and for reads of one entity,
@@ -608,7 +917,9 @@ impl StateBucket {
         records: &[(String, Record)],
     ) -> Result<(), RuntimeError> {
         let writes = encode_records(records)?;
-        self.publish_fenced(partition, held, writes).await
+        self.publish_fenced(partition, held, writes)
+            .await
+            .map(|_| ())
     }
 
     /// The saved position of a durable consumer on `stream`, or `None` if none was saved
@@ -680,9 +991,10 @@ impl StateBucket {
         subject: &str,
         action: impl FnOnce() -> String,
     ) -> Result<Option<(u64, Bytes)>, RuntimeError> {
+        // No stream info needed (nor its round trip): the read goes to the leader anyway.
         let stream = self
             .js
-            .get_stream(self.stream())
+            .get_stream_no_info(self.stream())
             .await
             .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
         match stream.get_last_raw_message_by_subject(subject).await {
@@ -694,19 +1006,9 @@ impl StateBucket {
         }
     }
 
-    /// The partition's last cut whole: its sequence, records and messages.
-    #[allow(clippy::type_complexity)]
-    async fn last_cut(
-        &self,
-        partition: u32,
-    ) -> Result<
-        Option<(
-            u64,
-            Vec<(String, Record)>,
-            Vec<crate::outbox_entry::OutboxMessage>,
-        )>,
-        RuntimeError,
-    > {
+    /// The partition's cut under `_cut` whole, as versions before the cut log wrote it
+    /// (the log never writes it, so after an upgrade it is older than every cut there).
+    async fn last_cut(&self, partition: u32) -> Result<Option<StoredCut>, RuntimeError> {
         let Some((sequence, bytes)) = self.last(partition, CUT).await? else {
             return Ok(None);
         };
@@ -749,36 +1051,64 @@ impl StateBucket {
         Ok(Some((sequence, records, messages)))
     }
 
-    /// Reads one entity's record (for a read of an entity this instance does not own).
+    /// Reads one entity's newest version (for a read of an entity this instance does not
+    /// own): its record, or a cut of the log above the compaction mark where newer.
+    ///
+    /// The mark is read first: a compaction that runs meanwhile writes the record from a
+    /// cut above the mark read, which this read still finds in the log (unless the log
+    /// went round more than half meanwhile, when it answers the version one compaction
+    /// older).
     pub async fn record(
         &self,
         entity: &str,
         partition: u32,
     ) -> Result<Option<Record>, RuntimeError> {
-        Ok(self
+        let mark = self.compaction_mark(partition).await?;
+        let own = self
             .last(partition, entity)
             .await?
-            .and_then(|(_, bytes)| serde_json::from_slice(&bytes).ok()))
+            .and_then(|(sequence, bytes)| {
+                serde_json::from_slice::<Record>(&bytes)
+                    .ok()
+                    .map(|record| (sequence, record))
+            });
+        let mut records = BTreeMap::new();
+        if let Some(own) = own {
+            records.insert(entity.to_owned(), own);
+        }
+        let cuts = self
+            .cuts_above(partition, mark)
+            .await?
+            .into_iter()
+            .map(|(sequence, cut_records, _)| {
+                let mine = cut_records
+                    .into_iter()
+                    .filter(|(e, _)| e == entity)
+                    .collect();
+                (sequence, mine, Vec::new())
+            })
+            .collect();
+        Ok(merge(records, cuts).records.remove(entity))
     }
 
-    /// The partition as the changelog holds it: every entity's latest record, the last
-    /// cut's versions where the cut is newer, and the cut's messages.
+    /// The partition as the changelog holds it: every entity's newest version (its record,
+    /// or a cut where newer), and the newest cut's messages.
     ///
     /// `epoch_seq` is the sequence of the reader's own epoch record (0: none). The
-    /// records are read through a consumer, which a clustered bucket may serve from a
-    /// replica a few writes behind its leader; a read that does not reach the epoch
-    /// record may lack the last owner's final records (written before it, since the
-    /// server refuses the old owner's writes after it), so it is made again.
+    /// records and the log are read through a consumer, which a clustered bucket may serve
+    /// from a replica a few writes behind its leader; a read that does not reach the epoch
+    /// record may lack the last owner's final cuts (written before it, since the server
+    /// refuses the old owner's writes after it), so it is made again.
     pub async fn read_partition(
         &self,
         partition: u32,
         epoch_seq: u64,
     ) -> Result<Restored, RuntimeError> {
         let mut pause = Duration::from_millis(20);
-        let mut records = loop {
-            let (records, epoch_read) = self.read_records(partition, None).await?;
+        let (records, log) = loop {
+            let (records, log, epoch_read) = self.read_subjects(partition, ">").await?;
             if epoch_read >= epoch_seq {
-                break records;
+                break (records, log);
             }
             if pause > Duration::from_secs(1) {
                 return Err(RuntimeError::StaleRead {
@@ -796,61 +1126,158 @@ impl StateBucket {
             tokio::time::sleep(pause).await;
             pause *= 2;
         };
-        let mut messages = Vec::new();
-        let mut only_in_cut = Vec::new();
-        if let Some((cut_seq, cut_records, cut_messages)) = self.last_cut(partition).await? {
-            for (entity, record) in cut_records {
-                let newer = records
-                    .get(&entity)
-                    .is_none_or(|(sequence, _)| *sequence < cut_seq);
-                if newer {
-                    only_in_cut.push(entity.clone());
-                    records.insert(entity, (cut_seq, record));
-                }
-            }
-            messages = cut_messages;
-        }
-        Ok(Restored {
-            records: records.into_iter().map(|(k, (_, r))| (k, r)).collect(),
-            messages,
-            only_in_cut,
-        })
+        let mut cuts = self.cuts_in(partition, log);
+        cuts.extend(self.last_cut(partition).await?);
+        Ok(merge(records, cuts))
     }
 
-    /// The latest records of `partition` whose entity starts with `token.` (every
-    /// entity without a token), the last cut's versions where newer.
+    /// The newest versions of the entities of `partition` whose name starts with `token.`
+    /// (every entity without a token).
     pub async fn read_keys(
         &self,
         partition: u32,
         token: Option<&str>,
     ) -> Result<BTreeMap<String, Record>, RuntimeError> {
-        let (mut records, _) = self.read_records(partition, token).await?;
-        if let Some((cut_seq, cut_records, _)) = self.last_cut(partition).await? {
-            let wanted = |entity: &str| match token {
-                Some(token) => entity
-                    .strip_prefix(token)
-                    .is_some_and(|rest| rest.starts_with('.')),
-                None => true,
-            };
-            for (entity, record) in cut_records.into_iter().filter(|(e, _)| wanted(e)) {
-                let newer = records
-                    .get(&entity)
-                    .is_none_or(|(sequence, _)| *sequence < cut_seq);
-                if newer {
-                    records.insert(entity, (cut_seq, record));
+        let mark = self.compaction_mark(partition).await?;
+        let (records, _) = self.read_records(partition, token).await?;
+        let mut cuts = self.cuts_above(partition, mark).await?;
+        cuts.extend(self.last_cut(partition).await?);
+        let wanted = |entity: &str| match token {
+            Some(token) => entity
+                .strip_prefix(token)
+                .is_some_and(|rest| rest.starts_with('.')),
+            None => true,
+        };
+        let cuts = cuts
+            .into_iter()
+            .map(|(sequence, cut_records, _)| {
+                let kept = cut_records.into_iter().filter(|(e, _)| wanted(e)).collect();
+                (sequence, kept, Vec::new())
+            })
+            .collect();
+        Ok(merge(records, cuts).records)
+    }
+
+    /// The cuts of the partition's log stored after `mark` (the compaction mark), read
+    /// one message at a time from the stream leader, oldest first: a slot keeps only its
+    /// latest cut, so these are the cuts compaction has not covered (usually a second's
+    /// worth), and reading them takes no consumer.
+    async fn cuts_above(&self, partition: u32, mark: u64) -> Result<Vec<StoredCut>, RuntimeError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.stream())
+            .await
+            .map_err(RuntimeError::js(format!("opening bucket {}", self.bucket)))?;
+        let prefix = format!("$KV.{}.{partition}.", self.bucket);
+        let filter = format!("{prefix}{LOG}.>");
+        let mut log = BTreeMap::new();
+        let mut next = mark + 1;
+        loop {
+            match stream.get_first_raw_message_by_subject(&filter, next).await {
+                Ok(message) => {
+                    let key = message.subject.as_str().strip_prefix(&prefix).unwrap_or("");
+                    if !message.payload.is_empty() {
+                        log.insert(key.to_owned(), (message.sequence, message.payload));
+                    }
+                    next = message.sequence + 1;
+                }
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    break
+                }
+                Err(e) => {
+                    return Err(RuntimeError::js(format!(
+                        "reading the cut log of partition {partition}"
+                    ))(e))
                 }
             }
         }
-        Ok(records.into_iter().map(|(k, (_, r))| (k, r)).collect())
+        Ok(self.cuts_in(partition, log))
     }
 
-    /// Every entity's own latest record (with its sequence) in `partition`, and the
-    /// sequence of the epoch record the read saw (0: none, or not in `token`'s keys).
+    /// The cuts whole among the log's keys (`key → (sequence, value)`): each slot's record
+    /// with its chunks when it names some. A slot whose chunks carry another id (a
+    /// successor's, never named) holds nothing whole: compaction covered its cut before
+    /// the successor was started.
+    fn cuts_in(&self, partition: u32, log: BTreeMap<String, (u64, Bytes)>) -> Vec<StoredCut> {
+        let mut cuts = Vec::new();
+        for slot in 0..LOG_SLOTS {
+            let Some((sequence, bytes)) = log.get(&log_key(slot)) else {
+                continue;
+            };
+            if let Some(inline) = bytes.strip_prefix(&[INLINE_CUT]) {
+                match decode_chunk(inline) {
+                    Some((head, messages)) => cuts.push((*sequence, head.records, messages)),
+                    None => tracing::warn!(partition, slot, "a cut in the log does not decode"),
+                }
+                continue;
+            }
+            let Ok(named) = serde_json::from_slice::<CutRecord>(bytes) else {
+                tracing::warn!(partition, slot, "a cut record in the log does not decode");
+                continue;
+            };
+            let mut records = Vec::new();
+            let mut messages = Vec::new();
+            let whole = (0..named.chunks).all(|n| {
+                let chunk = log
+                    .get(&log_chunk_key(slot, n))
+                    .and_then(|(_, bytes)| decode_chunk(bytes))
+                    .filter(|(head, _)| head.id == named.id);
+                match chunk {
+                    Some((head, chunk_messages)) => {
+                        records.extend(head.records);
+                        messages.extend(chunk_messages);
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if whole {
+                cuts.push((*sequence, records, messages));
+            }
+        }
+        cuts
+    }
+
+    /// Every entity's own latest record (with its sequence) in `partition`, and the cut
+    /// log's keys (read in the same pass when the whole partition is read).
+    #[allow(clippy::type_complexity)]
     async fn read_records(
         &self,
         partition: u32,
         token: Option<&str>,
-    ) -> Result<(BTreeMap<String, (u64, Record)>, u64), RuntimeError> {
+    ) -> Result<
+        (
+            BTreeMap<String, (u64, Record)>,
+            BTreeMap<String, (u64, Bytes)>,
+        ),
+        RuntimeError,
+    > {
+        let filter = match token {
+            Some(token) => format!("{token}.>"),
+            None => ">".to_owned(),
+        };
+        let (records, log, _) = self.read_subjects(partition, &filter).await?;
+        Ok((records, log))
+    }
+
+    /// The last message of every key of `partition` under `filter` (relative to the
+    /// partition): entities' records parsed, the log's keys raw, and the sequence of the
+    /// epoch record the read saw (0: none, or not under `filter`); other `_` keys skipped.
+    #[allow(clippy::type_complexity)]
+    async fn read_subjects(
+        &self,
+        partition: u32,
+        filter: &str,
+    ) -> Result<
+        (
+            BTreeMap<String, (u64, Record)>,
+            BTreeMap<String, (u64, Bytes)>,
+            u64,
+        ),
+        RuntimeError,
+    > {
         let stream = self
             .js
             .get_stream(self.stream())
@@ -862,10 +1289,7 @@ impl StateBucket {
             // right on the consumer it names.
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.js.client().new_inbox(),
-                filter_subject: match token {
-                    Some(token) => format!("{prefix}{token}.>"),
-                    None => format!("{prefix}>"),
-                },
+                filter_subject: format!("{prefix}{filter}"),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
                 ..Default::default()
             })
@@ -874,9 +1298,10 @@ impl StateBucket {
         // The count at creation: what the server held for the partition then.
         let pending = reader.cached_info().num_pending;
         let mut records: BTreeMap<String, (u64, Record)> = BTreeMap::new();
+        let mut log: BTreeMap<String, (u64, Bytes)> = BTreeMap::new();
         let mut epoch_read = 0;
         if pending == 0 {
-            return Ok((records, epoch_read));
+            return Ok((records, log, epoch_read));
         }
         let mut messages = reader
             .messages()
@@ -905,10 +1330,14 @@ impl StateBucket {
                 Err(_) => (0, 1),
             };
             let key = message.subject.as_str().strip_prefix(&prefix).unwrap_or("");
-            // `_epoch` and the cut's keys are not entities; a delete or purge marker has
-            // an empty body and restores nothing.
+            // `_epoch`, the mark and the old cut's keys are not entities; a delete or purge
+            // marker has an empty body and restores nothing.
             if key == EPOCH {
                 epoch_read = sequence;
+            } else if key == LOG || key.starts_with(&format!("{LOG}.")) {
+                if !message.payload.is_empty() {
+                    log.insert(key.to_owned(), (sequence, message.payload.clone()));
+                }
             } else if !key.is_empty() && !key.starts_with('_') {
                 if let Ok(record) = serde_json::from_slice::<Record>(&message.payload) {
                     records.insert(key.to_owned(), (sequence, record));
@@ -918,7 +1347,7 @@ impl StateBucket {
                 break;
             }
         }
-        Ok((records, epoch_read))
+        Ok((records, log, epoch_read))
     }
 }
 
@@ -932,6 +1361,7 @@ pub fn local_record(entities: &dyn Entities, tx: &Tx<'_>, entity: &str) -> TxRes
             v: 1,
             data,
             applied: meta.applied,
+            at: None,
         },
         meta.entry,
     ))
@@ -1039,6 +1469,41 @@ fn encode_records(records: &[(String, Record)]) -> Result<Vec<(String, Vec<u8>)>
 #[derive(Debug)]
 pub struct PendingCut {
     record: CutRecord,
+    claim: SlotClaim,
+    records: Vec<(String, Record)>,
+}
+
+/// A slot of the cut log given out for one cut. However the cut's write ends (stored,
+/// failed, or abandoned: a relay's drain cut short by a shutdown's timeout drops it), the
+/// slot counts as written, so compaction covers it and the log never runs out of slots.
+#[derive(Debug)]
+struct SlotClaim {
+    ring: Arc<Mutex<Ring>>,
+    slot: u32,
+    open: bool,
+}
+
+impl SlotClaim {
+    /// The cut's write is over: stored at `sequence` (its records are the newest
+    /// versions), or failed (`None`: the slot is spent, whatever it holds now; the entries
+    /// stay in the outbox and go into the next cut).
+    fn written(&mut self, sequence: Option<u64>, records: &[(String, Record)]) {
+        self.open = false;
+        lock(&self.ring).written(sequence, records);
+    }
+}
+
+impl Drop for SlotClaim {
+    fn drop(&mut self) {
+        if self.open {
+            lock(&self.ring).written(None, &[]);
+        }
+    }
+}
+
+fn lock(ring: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
+    // Nothing panics while holding it; a poisoned lock still guards consistent data.
+    ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn cut_encode_error(source: serde_json::Error) -> RuntimeError {
@@ -1047,11 +1512,6 @@ fn cut_encode_error(source: serde_json::Error) -> RuntimeError {
         source,
     }
 }
-
-/// The slot the cut record names is not known yet (read once per takeover).
-const SLOT_UNKNOWN: u8 = u8::MAX;
-/// The cut record names a cut written before slots.
-const SLOT_LEGACY: u8 = u8::MAX - 1;
 
 /// A partition this instance may work on.
 #[derive(Debug, Clone)]
@@ -1064,12 +1524,45 @@ pub struct ReadyPartition {
     epoch_seq: Arc<AtomicU64>,
     /// A fenced write's outcome is unknown: renew the epoch before the next.
     renew: Arc<AtomicBool>,
-    /// The slot the partition's cut record names, as this owner last wrote or read it.
-    named_slot: Arc<AtomicU8>,
+    /// The partition's cut log as this owner knows it.
+    ring: Arc<Mutex<Ring>>,
+    /// Held while a compaction of the partition runs.
+    compacting: Arc<tokio::sync::Mutex<()>>,
+    /// Held for each fenced write on a clustered stream.
+    writing: Arc<tokio::sync::Mutex<()>>,
     /// The store's reopen count when the partition was taken: after a reopen the local
     /// copy may lack commits the changelog holds, and the relay leaves the partition
     /// alone until it is taken (restored) again.
     pub generation: u64,
+}
+
+impl Ring {
+    /// Gives out the next slot, if compaction covered the cut in it.
+    fn reserve(&mut self) -> Option<u32> {
+        if self.reserved >= LOG_SLOTS {
+            return None;
+        }
+        let slot = self.next;
+        self.next = (self.next + 1) % LOG_SLOTS;
+        self.reserved += 1;
+        Some(slot)
+    }
+
+    /// A cut's write is over ([`SlotClaim::written`]).
+    fn written(&mut self, sequence: Option<u64>, records: &[(String, Record)]) {
+        self.completed += 1;
+        if let Some(sequence) = sequence {
+            self.newest = self.newest.max(sequence);
+            for (entity, record) in records {
+                let mut record = record.clone();
+                record.at = Some(sequence);
+                self.dirty.insert(entity.clone(), record);
+            }
+            if !records.is_empty() {
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
 }
 
 impl ReadyPartition {
@@ -1085,7 +1578,9 @@ impl ReadyPartition {
             owner,
             epoch_seq: Arc::new(AtomicU64::new(epoch_seq)),
             renew: Arc::new(AtomicBool::new(false)),
-            named_slot: Arc::new(AtomicU8::new(SLOT_UNKNOWN)),
+            ring: Arc::new(Mutex::new(Ring::default())),
+            compacting: Arc::new(tokio::sync::Mutex::new(())),
+            writing: Arc::new(tokio::sync::Mutex::new(())),
             generation: 0,
         }
     }
@@ -1099,17 +1594,126 @@ impl ReadyPartition {
         self.epoch_seq.store(sequence, Ordering::Release);
     }
 
-    /// `None` while unknown; `Some(None)` for a cut without a slot.
-    fn named_slot(&self) -> Option<Option<u8>> {
-        match self.named_slot.load(Ordering::Acquire) {
-            SLOT_UNKNOWN => None,
-            SLOT_LEGACY => Some(None),
-            slot => Some(Some(slot)),
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        lock(&self.ring)
+    }
+
+    /// Whether compaction is due: half the log written since the last one, or a version
+    /// waiting for [`COMPACT_AFTER`].
+    pub fn compaction_due(&self) -> bool {
+        let ring = self.ring();
+        ring.known
+            && (ring.completed >= LOG_SLOTS / 2
+                || ring
+                    .dirty_since
+                    .is_some_and(|since| since.elapsed() >= COMPACT_AFTER))
+    }
+
+    /// The compaction lock, if no compaction of the partition runs.
+    pub fn try_compaction(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.compacting.clone().try_lock_owned().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: &str, at: Option<u64>) -> Record {
+        Record {
+            v: 1,
+            data: Some(serde_json::json!({ "state": state })),
+            applied: Vec::new(),
+            at,
         }
     }
 
-    fn set_named_slot(&self, slot: Option<u8>) {
-        self.named_slot
-            .store(slot.unwrap_or(SLOT_LEGACY), Ordering::Release);
+    fn message(id: &str) -> crate::outbox_entry::OutboxMessage {
+        crate::outbox_entry::OutboxMessage {
+            subject: "events.test".to_owned(),
+            msg_id: id.to_owned(),
+            headers: Vec::new(),
+            payload: Vec::new(),
+        }
+    }
+
+    fn state(restored: &Restored, entity: &str) -> Option<String> {
+        restored.records.get(entity)?.data.as_ref()?["state"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn the_newest_version_wins_whether_on_its_key_or_in_a_cut() {
+        let records = BTreeMap::from([
+            // Compacted from the cut at 20: older than the cut at 30.
+            ("a".to_owned(), (40, record("a-compacted", Some(20)))),
+            // Compacted from the cut at 30 itself: a tie keeps the key.
+            ("b".to_owned(), (41, record("b-compacted", Some(30)))),
+            // Written without a cut (before the log): its own sequence counts.
+            ("c".to_owned(), (50, record("c-own", None))),
+        ]);
+        let cuts = vec![
+            (
+                30,
+                vec![
+                    ("a".to_owned(), record("a-cut", None)),
+                    ("b".to_owned(), record("b-cut", None)),
+                    ("c".to_owned(), record("c-cut", None)),
+                ],
+                vec![message("m-30")],
+            ),
+            (
+                10,
+                vec![("d".to_owned(), record("d-cut", None))],
+                vec![message("m-10")],
+            ),
+        ];
+        let restored = merge(records, cuts);
+        assert_eq!(state(&restored, "a").as_deref(), Some("a-cut"));
+        assert_eq!(state(&restored, "b").as_deref(), Some("b-compacted"));
+        assert_eq!(state(&restored, "c").as_deref(), Some("c-own"));
+        assert_eq!(state(&restored, "d").as_deref(), Some("d-cut"));
+        assert_eq!(restored.only_in_cut, ["a", "d"]);
+        assert_eq!(restored.newest_cut, 30);
+        let ids: Vec<&str> = restored
+            .messages
+            .iter()
+            .map(|m| m.msg_id.as_str())
+            .collect();
+        assert_eq!(ids, ["m-30"], "only the newest cut's messages go out again");
+        let from_cuts = restored.from_cuts();
+        assert_eq!(from_cuts[0].1.at, Some(30));
+        assert_eq!(from_cuts[1].1.at, Some(10));
+    }
+
+    #[test]
+    fn a_slot_is_given_out_again_only_after_compaction() {
+        let mut ring = Ring {
+            known: true,
+            ..Ring::default()
+        };
+        let slots: Vec<u32> = (0..LOG_SLOTS).map_while(|_| ring.reserve()).collect();
+        assert_eq!(slots, (0..LOG_SLOTS).collect::<Vec<_>>());
+        assert_eq!(ring.reserve(), None, "every slot holds an uncompacted cut");
+        ring.reserved -= 3;
+        assert_eq!(ring.reserve(), Some(0), "the ring goes round");
+    }
+
+    #[test]
+    fn a_slot_whose_cut_was_abandoned_still_counts_as_written() {
+        let ring = Arc::new(Mutex::new(Ring {
+            known: true,
+            ..Ring::default()
+        }));
+        let slot = lock(&ring).reserve().expect("a free slot");
+        drop(SlotClaim {
+            ring: ring.clone(),
+            slot,
+            open: true,
+        });
+        let ring = lock(&ring);
+        assert_eq!((ring.reserved, ring.completed), (1, 1));
+        assert!(ring.dirty.is_empty());
     }
 }

@@ -231,8 +231,7 @@ struct PartitionCut {
 
 /// A partitioned service: takes a consistent cut (every entry waiting, and the records
 /// of their entities, read while no transaction commits), stores it in the changelog
-/// (records and messages together), publishes the messages, then each entity's record,
-/// then removes the entries.
+/// (records and messages together), publishes the messages, then removes the entries.
 ///
 /// The cut is what makes a restored partition consistent: every record read in it
 /// reflects exactly the transactions whose entries are in it, and it carries their
@@ -245,6 +244,7 @@ async fn drain_partitioned(
     stats: &Stats,
     changelog: &Changelog,
 ) -> Result<usize, RuntimeError> {
+    compact_due(changelog);
     if store.outbox_len() == 0 {
         return Ok(0);
     }
@@ -304,8 +304,9 @@ async fn drain_partitioned(
     }
 }
 
-/// One partition's cut: stores it, then publishes its messages and its entities' records.
-/// Returns the keys of the entries it may remove.
+/// One partition's cut: stores it in the partition's cut log, then publishes its
+/// messages. Its entities' records reach their own keys later, coalesced, when the
+/// partition is compacted ([`compact_due`]). Returns the keys of the entries it may remove.
 async fn store_and_publish(
     js: &jetstream::Context,
     changelog: &Changelog,
@@ -328,21 +329,41 @@ async fn store_and_publish(
         .store_cut(cut.partition, held, &cut.records, &encoded)
         .await;
     resync_on_mismatch(changelog, held, stored).await?;
-    // 2 and 3, side by side: its messages, and each entity's own record (the cut already
-    // holds the same versions). Nothing orders them: until both are done the entries
-    // stay, and a new owner publishes the stored cut's messages and records again.
+    // 2. Its messages. Until they are all acknowledged the entries stay, and a new owner
+    // publishes the stored cut's messages again.
     if held.fence.check().is_err() {
         return Ok(Vec::new());
     }
     let mut acked = Vec::with_capacity(cut.entries.len());
-    let (sent, recorded) = futures::future::join(
-        publish_entries(js, cut.entries, &mut acked, published),
-        bucket.publish_records(cut.partition, held, &cut.records),
-    )
-    .await;
-    resync_on_mismatch(changelog, held, recorded).await?;
-    sent?;
+    publish_entries(js, cut.entries, &mut acked, published).await?;
     Ok(acked)
+}
+
+/// Starts a compaction of every held partition that is due one and has none running,
+/// in the background: it writes records on their keys, which nothing waits for unless
+/// the partition's cut log is full.
+fn compact_due(changelog: &Changelog) {
+    let due: Vec<ReadyPartition> = changelog
+        .ready
+        .borrow()
+        .values()
+        .filter(|held| held.fence.check().is_ok() && held.compaction_due())
+        .cloned()
+        .collect();
+    for held in due {
+        let Some(lock) = held.try_compaction() else {
+            continue;
+        };
+        let changelog = changelog.clone();
+        tokio::spawn(async move {
+            let partition = held.fence.partition();
+            let compacted = changelog.bucket.compact_held(partition, &held).await;
+            drop(lock);
+            if let Err(e) = resync_on_mismatch(&changelog, &held, compacted).await {
+                tracing::debug!(partition, error = %e, "compaction failed; the next one retries");
+            }
+        });
+    }
 }
 
 /// Passes `result` on, first following our own epoch record if a fenced write was

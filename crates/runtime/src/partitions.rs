@@ -14,9 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::changelog::{
-    replace_partition, Entities, EpochRecord, ReadyPartition, Record, StateBucket,
-};
+use crate::changelog::{replace_partition, Entities, EpochRecord, ReadyPartition, StateBucket};
 use crate::group::{Fence, Group, Handovers};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
@@ -291,28 +289,22 @@ impl Manager {
             replace_partition(&store, entities.as_ref(), partition, &read)
         })
         .await??;
-        // Records only the last cut holds: published now, under our epoch, because our
-        // first cut replaces that one. The last owner stored the cut but died (or lost
-        // the partition) before it published the records; the entries that would have
-        // redone them were dropped with the partition. The cluster chaos run lost an
-        // order that way.
-        let from_cut: Vec<(String, Record)> = changelog
-            .only_in_cut
-            .iter()
-            .filter_map(|e| changelog.records.get(e).map(|r| (e.clone(), r.clone())))
-            .collect();
-        if !from_cut.is_empty() {
-            self.bucket
-                .publish_records(partition, &held, &from_cut)
-                .await?;
-        }
+        // Versions only a cut holds: written on their keys now, under our epoch, with a
+        // compaction mark over every cut read, because our own cuts go into the same
+        // slots. The last owner stored them but died (or lost the partition) before
+        // compacting them; the entries that would have redone them were dropped with the
+        // partition. The cluster chaos run lost an order that way.
+        let from_cut = self
+            .bucket
+            .settle_restore(partition, &held, &changelog)
+            .await?;
         self.store.set_partition_marker(partition, epoch_seq)?;
         tracing::info!(
             partition,
             instance = %self.instance,
             restored,
             previous_owner = last.as_ref().map(|e| e.instance.as_str()).unwrap_or("none"),
-            from_cut = from_cut.len(),
+            from_cut,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "partition taken; restored from the changelog"
         );
@@ -388,7 +380,10 @@ impl Manager {
         let deadline = tokio::time::Instant::now() + self.grace;
         loop {
             match self.store.outbox_entries_of(partition) {
-                Ok(0) => return,
+                Ok(0) => {
+                    self.compact(partition, deadline).await;
+                    return;
+                }
                 Ok(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -401,6 +396,25 @@ impl Manager {
                     return;
                 }
             }
+        }
+    }
+
+    /// Writes the partition's newest versions on their keys before it is handed over (within
+    /// the grace), so its next owner restores them from the keys instead of writing them
+    /// itself. Not needed for safety: the restore reads the cut log too.
+    async fn compact(&self, partition: u32, deadline: tokio::time::Instant) {
+        let Some(held) = self.ready.borrow().get(&partition).cloned() else {
+            return;
+        };
+        if held.fence.check().is_err() {
+            return;
+        }
+        match tokio::time::timeout_at(deadline, self.bucket.compact(partition, &held)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(partition, error = %e, "compaction before the handover failed; the next owner writes the log's versions")
+            }
+            Err(_) => tracing::debug!(partition, "compaction before the handover ran out of grace"),
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use shop_harness::{connect, eventually, NatsServer};
-use shop_runtime::changelog::{EpochRecord, ReadyPartition, Record, StateBucket};
+use shop_runtime::changelog::{EpochRecord, ReadyPartition, Record, StateBucket, LOG_SLOTS};
 use shop_runtime::group::{Fence, Group, GroupConfig};
 use shop_runtime::outbox_entry::OutboxMessage;
 use shop_runtime::RuntimeError;
@@ -50,6 +50,7 @@ fn record(state: &str) -> Record {
         v: 1,
         data: Some(serde_json::json!({ "state": state })),
         applied: vec![format!("event-{state}")],
+        at: None,
     }
 }
 
@@ -318,9 +319,221 @@ async fn fenced_writes_in_flight_together_are_all_refused_after_a_takeover() -> 
     Ok(())
 }
 
+/// How many writes the bucket's stream has taken so far.
+async fn writes(js: &Context) -> anyhow::Result<u64> {
+    let mut stream = js.get_stream("KV_state_test").await?;
+    Ok(stream.info().await?.state.last_sequence)
+}
+
+/// A commit costs one write on the ack path: its cut. The entity's own record follows in
+/// compaction, once for all the cuts that changed it; until then a read of the entity
+/// finds its newest version in the log.
+#[tokio::test]
+async fn each_cut_is_one_write_and_compaction_writes_each_entity_once() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let held = take(&bucket, &fence, "store-a").await?;
+    let order = "order-6".to_owned();
+    // The first cut also reads the (empty) log once, which writes nothing.
+    let before = writes(&js).await?;
+    for state in ["placed", "reserved", "captured"] {
+        bucket
+            .store_cut(
+                PARTITION,
+                &held,
+                &[(order.clone(), record(state))],
+                &[message(state)],
+            )
+            .await?;
+    }
+    assert_eq!(writes(&js).await? - before, 3, "one write per cut");
+    assert_eq!(
+        state_of(bucket.record(&order, PARTITION).await?.as_ref()).as_deref(),
+        Some("captured"),
+        "a read finds the newest version in the log"
+    );
+
+    let before = writes(&js).await?;
+    bucket.compact(PARTITION, &held).await?;
+    assert_eq!(
+        writes(&js).await? - before,
+        2,
+        "one record for three cuts, and the compaction mark"
+    );
+    let kv = js.get_key_value("state_test").await?;
+    let own: Record = serde_json::from_slice(
+        &kv.get(format!("{PARTITION}.{order}"))
+            .await?
+            .expect("the order's own record"),
+    )?;
+    assert_eq!(state_of(Some(&own)).as_deref(), Some("captured"));
+    assert!(own.at.is_some(), "a compacted record names its cut");
+    // Nothing new: nothing to write.
+    let before = writes(&js).await?;
+    bucket.compact(PARTITION, &held).await?;
+    assert_eq!(writes(&js).await?, before);
+
+    // A cut above the compaction mark is newer than the key; reads of it (an API's, one
+    // per request) leave no consumer behind.
+    bucket
+        .store_cut(
+            PARTITION,
+            &held,
+            &[(order.clone(), record("refunded"))],
+            &[],
+        )
+        .await?;
+    for _ in 0..50 {
+        assert_eq!(
+            state_of(bucket.record(&order, PARTITION).await?.as_ref()).as_deref(),
+            Some("refunded")
+        );
+    }
+    let mut stream = js.get_stream("KV_state_test").await?;
+    assert_eq!(stream.info().await?.state.consumer_count, 0);
+    Ok(())
+}
+
+/// More cuts than the log has slots, and no compaction asked for: the log is compacted
+/// before a slot is written again, so every entity restores at its newest version.
+#[tokio::test]
+async fn a_full_log_is_compacted_before_a_slot_is_written_again() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let held = take(&bucket, &fence, "store-a").await?;
+    let cuts = LOG_SLOTS + 5;
+    for n in 0..cuts {
+        bucket
+            .store_cut(
+                PARTITION,
+                &held,
+                &[(format!("order-ring-{n}"), record(&format!("state-{n}")))],
+                &[message(&format!("m-{n}"))],
+            )
+            .await?;
+    }
+    let restored = bucket.read_partition(PARTITION, 0).await?;
+    for n in 0..cuts {
+        let entity = format!("order-ring-{n}");
+        assert_eq!(
+            state_of(restored.records.get(&entity)),
+            Some(format!("state-{n}")),
+            "{entity}"
+        );
+    }
+    let ids: Vec<&str> = restored
+        .messages
+        .iter()
+        .map(|m| m.msg_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [format!("m-{}", cuts - 1)],
+        "the newest cut's messages"
+    );
+    Ok(())
+}
+
+/// A store that takes its partition back without a restore (it owned it last: a restart)
+/// does not know which cuts in the log are compacted. It compacts the ones above the mark
+/// before it writes a slot again, so versions only the log held are not lost.
+#[tokio::test]
+async fn a_store_taking_its_partition_back_compacts_the_log_before_reusing_it() -> anyhow::Result<()>
+{
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let first_run = take(&bucket, &fence, "store-a").await?;
+    for n in 0..5 {
+        bucket
+            .store_cut(
+                PARTITION,
+                &first_run,
+                &[(format!("order-early-{n}"), record("captured"))],
+                &[],
+            )
+            .await?;
+    }
+    // Killed before any compaction; the next run fills the whole log.
+    let second_run = take(&bucket, &fence, "store-a").await?;
+    for n in 0..LOG_SLOTS {
+        bucket
+            .store_cut(
+                PARTITION,
+                &second_run,
+                &[(format!("order-late-{n}"), record("placed"))],
+                &[],
+            )
+            .await?;
+    }
+    let restored = bucket.read_partition(PARTITION, 0).await?;
+    for n in 0..5 {
+        assert_eq!(
+            state_of(restored.records.get(&format!("order-early-{n}"))).as_deref(),
+            Some("captured")
+        );
+    }
+    assert_eq!(restored.records.len(), 5 + LOG_SLOTS as usize);
+    Ok(())
+}
+
+/// A new owner writes what only the log held on its keys, with a compaction mark over
+/// the log, before it writes its own cuts into the same slots.
+#[tokio::test]
+async fn a_new_owner_settles_the_log_before_writing_into_it() -> anyhow::Result<()> {
+    let (_server, js, bucket) = server().await?;
+    let (_group, fence) = lease(&js).await?;
+    let first = take(&bucket, &fence, "store-a").await?;
+    let order = "order-7".to_owned();
+    for state in ["placed", "captured"] {
+        bucket
+            .store_cut(PARTITION, &first, &[(order.clone(), record(state))], &[])
+            .await?;
+    }
+    let second = take(&bucket, &fence, "store-b").await?;
+    let restored = bucket.read_partition(PARTITION, 0).await?;
+    assert_eq!(restored.only_in_cut, std::slice::from_ref(&order));
+    assert_eq!(
+        bucket.settle_restore(PARTITION, &second, &restored).await?,
+        1
+    );
+    // The new owner's cuts overwrite the first owner's slots.
+    for n in 0..LOG_SLOTS {
+        bucket
+            .store_cut(
+                PARTITION,
+                &second,
+                &[(format!("order-other-{n}"), record("placed"))],
+                &[],
+            )
+            .await?;
+    }
+    let restored = bucket.read_partition(PARTITION, 0).await?;
+    assert_eq!(
+        state_of(restored.records.get(&order)).as_deref(),
+        Some("captured")
+    );
+    // A later run of the second store that takes the partition back without a restore
+    // reads the mark, not the first owner's older cuts.
+    let third = take(&bucket, &fence, "store-b").await?;
+    bucket
+        .store_cut(
+            PARTITION,
+            &third,
+            &[("order-8".to_owned(), record("placed"))],
+            &[],
+        )
+        .await?;
+    bucket.compact(PARTITION, &third).await?;
+    assert_eq!(
+        state_of(bucket.record(&order, PARTITION).await?.as_ref()).as_deref(),
+        Some("captured")
+    );
+    Ok(())
+}
+
 /// A restore counts only if its read reached the reader's own epoch record: a read that
 /// stops before it (a replica behind its leader serves it) may lack the last owner's
-/// final records, and is refused rather than restored from.
+/// final cuts, and is refused rather than restored from.
 #[tokio::test]
 async fn a_restore_read_that_does_not_reach_the_readers_epoch_record_is_refused(
 ) -> anyhow::Result<()> {
@@ -329,10 +542,15 @@ async fn a_restore_read_that_does_not_reach_the_readers_epoch_record_is_refused(
     let held = take(&bucket, &fence, "store-a").await?;
     let order = "order-1".to_owned();
     bucket
-        .publish_records(PARTITION, &held, &[(order.clone(), record("captured"))])
+        .store_cut(
+            PARTITION,
+            &held,
+            &[(order.clone(), record("captured"))],
+            &[],
+        )
         .await?;
 
-    // Reaching it: the records written before it are there.
+    // Reaching it: the cut written after it is there.
     let restored = bucket.read_partition(PARTITION, held.epoch_seq()).await?;
     assert_eq!(
         state_of(restored.records.get(&order)).as_deref(),
