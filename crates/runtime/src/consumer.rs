@@ -26,13 +26,16 @@ use futures::{FutureExt, StreamExt};
 
 use crate::ack::{ack_decision, AckAction, Outcome, NOT_DURABLE_DELAY};
 use crate::changelog::{Position, StateBucket};
+use crate::commit::Committer;
 use crate::crashpoint;
 use crate::deadletter::{self, DeadLetter, DeadLetterTarget};
 use crate::group::Fence;
 use crate::outbox::RelayWaker;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::store::{Applied as Applied_, ApplyError, CopyGeneration, Store, Tx, TxResult};
+use crate::store::{
+    Applied as Applied_, ApplyError, BatchWork, CopyGeneration, Store, Tx, TxResult,
+};
 use crate::RuntimeError;
 
 /// A message as a handler sees it.
@@ -121,6 +124,29 @@ pub struct ConsumerCtx {
     /// Where the consumers' positions are saved (the service's changelog bucket), if the
     /// service has one.
     pub positions: Option<StateBucket>,
+    /// Where the consumers' batches are committed together.
+    pub committer: Committer,
+}
+
+/// A consumer's decoded batch, as the committer applies it ([`crate::commit`]).
+struct HandlerWork<H: EventHandler> {
+    handler: Arc<H>,
+    items: Vec<(H::Event, tracing::Span)>,
+}
+
+impl<H: EventHandler> BatchWork for HandlerWork<H> {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn key(&self, i: usize) -> Option<&str> {
+        Some(self.handler.event_id(&self.items[i].0))
+    }
+
+    fn apply(&self, tx: &Tx<'_>, i: usize) -> TxResult<()> {
+        let (event, span) = &self.items[i];
+        span.in_scope(|| self.handler.apply(event, tx))
+    }
 }
 
 /// How often a running consumer's position is saved (when it moved): what a consumer
@@ -395,10 +421,10 @@ pub async fn run_consumer<H: EventHandler>(
                             _ => apply_batch(
                                 &ctx,
                                 &spec,
-                                handler.as_ref(),
+                                &handler,
                                 batch,
                                 fence.as_ref().map(Fence::partition),
-                            ),
+                            ).await,
                         };
                         drop(current);
                         applied.generation = generation;
@@ -571,10 +597,10 @@ fn hand_back(batch: Vec<jetstream::Message>, delay: Duration) -> Applied {
 /// Decodes every message of a batch and applies the decodable ones in one transaction
 /// ([`Store::apply_batch`]); no I/O but sled's in-memory commit, so the next batch can be
 /// applied while this one flushes.
-fn apply_batch<H: EventHandler>(
+async fn apply_batch<H: EventHandler>(
     ctx: &ConsumerCtx,
     spec: &ConsumerSpec,
-    handler: &H,
+    handler: &Arc<H>,
     batch: Vec<jetstream::Message>,
     partition: Option<u32>,
 ) -> Applied {
@@ -621,12 +647,31 @@ fn apply_batch<H: EventHandler>(
             }
         }
     }
-    let outcomes = ctx.store.apply_batch_entries(
-        &decoded,
-        |(_, event, _)| Some(handler.event_id(event)),
-        |tx, (_, event, span)| span.in_scope(|| handler.apply(event, tx)),
-    );
-    for ((delivery, _, span), outcome) in decoded.into_iter().zip(outcomes) {
+    // Committed with the other consumers' batches of the moment (`commit`): the events
+    // go to the committer, the deliveries and spans stay here for the acks and the logs.
+    let mut deliveries = Vec::with_capacity(decoded.len());
+    let mut items = Vec::with_capacity(decoded.len());
+    for (delivery, event, span) in decoded {
+        deliveries.push((delivery, span.clone()));
+        items.push((event, span));
+    }
+    let work = Box::new(HandlerWork {
+        handler: handler.clone(),
+        items,
+    });
+    let outcomes = match ctx.committer.apply(work).await {
+        Some((_, outcomes)) => outcomes,
+        // The committer is gone (shutting down): nothing was applied; hand it all back.
+        None => {
+            for (delivery, _) in deliveries {
+                applied
+                    .decided
+                    .push((delivery, AckAction::Nak(NOT_DURABLE_DELAY)));
+            }
+            return applied;
+        }
+    };
+    for ((delivery, span), outcome) in deliveries.into_iter().zip(outcomes) {
         if let Ok((_, Some(entry))) = &outcome {
             applied.entry = applied.entry.max(Some(*entry));
         }

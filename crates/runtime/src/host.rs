@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use tokio::sync::watch;
 
 use crate::changelog::{Changelog, Entities, ReadyPartition, StateBucket};
+use crate::commit::Committer;
 use crate::connect::connect_reporting;
 use crate::consumer::{run_consumer, ConsumerCtx, ConsumerSpec, EventHandler};
 use crate::group::{Group, GroupConfig, Handovers};
@@ -127,6 +128,8 @@ pub struct Host {
     pub trees: Vec<TreeId>,
     pub stats: Arc<Stats>,
     pub waker: RelayWaker,
+    /// Commits the consumers' batches together ([`crate::commit`]).
+    committer: Committer,
     /// The extensions' endpoints, served by [`Host::serve_api`].
     extension_endpoints: Vec<BoxedEndpoint>,
     shutdown: Shutdown,
@@ -199,6 +202,7 @@ impl Host {
             service: config.service,
             client,
             js,
+            committer: Committer::start(store.clone()),
             store,
             trees,
             stats,
@@ -237,6 +241,7 @@ impl Host {
             waker: self.waker.clone(),
             service: self.service.clone(),
             positions: self.state_bucket(),
+            committer: self.committer.clone(),
         }
     }
 

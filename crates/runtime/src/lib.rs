@@ -14,6 +14,7 @@
 pub mod ack;
 pub mod changelog;
 pub mod cli;
+pub mod commit;
 pub mod connect;
 pub mod consumer;
 pub mod crashpoint;

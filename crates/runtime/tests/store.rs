@@ -298,3 +298,128 @@ fn only_a_store_closed_in_order_keeps_its_takeover_markers() {
     assert!(!store.opened_clean());
     assert_eq!(store.partition_marker(3).expect("read"), None);
 }
+
+/// A batch of one partition's entity for [`Store::apply_grouped`]: each item touches the
+/// entity, adds to its counter (0 is refused) and publishes a message.
+struct Counting {
+    entity: &'static str,
+    tree: TreeId,
+    items: Vec<(&'static str, u8)>,
+}
+
+impl shop_runtime::store::BatchWork for Counting {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn key(&self, i: usize) -> Option<&str> {
+        Some(self.items[i].0)
+    }
+
+    fn apply(&self, tx: &Tx<'_>, i: usize) -> TxResult<()> {
+        let by = self.items[i].1;
+        tx.touch(self.entity);
+        if by == 0 {
+            return reject("zero is not an amount");
+        }
+        tx.publish(&message(by))?;
+        let key = self.entity.as_bytes();
+        let now = tx.get(self.tree, key)?.map(|v| v[0]).unwrap_or(0);
+        tx.insert(self.tree, key, &[now + by])
+    }
+}
+
+fn partitioned_store(dir: &std::path::Path) -> (Store, TreeId) {
+    let (store, trees) = Store::open(dir, &["state"]).expect("open");
+    // "p1-…" is in partition 1, "p2-…" in partition 2.
+    store.set_partitioning(std::sync::Arc::new(|entity: &str| {
+        entity[1..2].parse().unwrap_or(0)
+    }));
+    (store, trees[0])
+}
+
+/// Batches of two partitions committed together: one transaction, but an outbox entry per
+/// batch, each naming its own partition, and every item deduplicated on its own.
+#[test]
+fn batches_of_two_partitions_commit_together_each_with_its_own_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, tree) = partitioned_store(dir.path());
+    let works: Vec<Box<dyn shop_runtime::store::BatchWork>> = vec![
+        Box::new(Counting {
+            entity: "p1-order",
+            tree,
+            items: vec![("evt-1", 1), ("evt-2", 2)],
+        }),
+        Box::new(Counting {
+            entity: "p2-order",
+            tree,
+            // evt-3 twice: a redelivery inside the batch is applied once.
+            items: vec![("evt-3", 4), ("evt-3", 4)],
+        }),
+    ];
+    let outcomes = store.apply_grouped(&works);
+    let done = |o: &Result<(Applied<()>, Option<u64>), ApplyError>| match o {
+        Ok((Applied::Done(()), entry)) => ("done", *entry),
+        Ok((Applied::Duplicate, entry)) => ("duplicate", *entry),
+        Err(e) => panic!("{e:?}"),
+    };
+    let first: Vec<_> = outcomes[0].iter().map(done).collect();
+    let second: Vec<_> = outcomes[1].iter().map(done).collect();
+    assert_eq!(first[0].0, "done");
+    assert_eq!(first[1].0, "done");
+    assert_eq!(second[0].0, "done");
+    assert_eq!(second[1].0, "duplicate");
+    // Two entries, one per batch and partition.
+    assert!(first[0].1.is_some() && second[0].1.is_some());
+    assert_ne!(first[0].1, second[0].1);
+    assert_eq!(store.outbox_entries_of(1).expect("entries"), 1);
+    assert_eq!(store.outbox_entries_of(2).expect("entries"), 1);
+    assert_eq!(
+        store.tree(tree).get(b"p1-order").expect("get").as_deref(),
+        Some(&[3u8][..])
+    );
+    assert_eq!(
+        store.tree(tree).get(b"p2-order").expect("get").as_deref(),
+        Some(&[4u8][..])
+    );
+    // The same batches again are duplicates through and through.
+    let again = store.apply_grouped(&works);
+    assert!(again
+        .iter()
+        .flatten()
+        .all(|o| matches!(o, Ok((Applied::Duplicate, _)))));
+}
+
+/// A refused item in a group costs only its own outcome: the group falls back to each
+/// batch on its own, and the other batch and the refused one's neighbours are applied.
+#[test]
+fn a_refused_item_in_a_group_costs_only_its_own_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, tree) = partitioned_store(dir.path());
+    let works: Vec<Box<dyn shop_runtime::store::BatchWork>> = vec![
+        Box::new(Counting {
+            entity: "p1-order",
+            tree,
+            items: vec![("evt-1", 1)],
+        }),
+        Box::new(Counting {
+            entity: "p2-order",
+            tree,
+            items: vec![("evt-2", 2), ("evt-bad", 0), ("evt-4", 4)],
+        }),
+    ];
+    let outcomes = store.apply_grouped(&works);
+    assert!(matches!(outcomes[0][0], Ok((Applied::Done(()), Some(_)))));
+    assert!(matches!(outcomes[1][0], Ok((Applied::Done(()), Some(_)))));
+    assert!(matches!(&outcomes[1][1], Err(ApplyError::Rejected(_))));
+    assert!(matches!(outcomes[1][2], Ok((Applied::Done(()), Some(_)))));
+    assert_eq!(
+        store.tree(tree).get(b"p2-order").expect("get").as_deref(),
+        Some(&[6u8][..])
+    );
+    assert!(!store.inbox_contains("evt-bad").expect("inbox"));
+    assert_eq!(
+        outbox_messages(&store),
+        vec![message(1), message(2), message(4)]
+    );
+}

@@ -1,0 +1,81 @@
+//! Group commit across consumers: the batches that the service's consumers (one per
+//! partition and stream) hand in while a transaction runs are applied together in the
+//! next one ([`Store::apply_grouped`]).
+//!
+//! Why a task of its own: the consumers' applies were synchronous on the runtime's
+//! worker threads, so at most as many batches as there are workers could ever meet. Here
+//! a consumer hands its batch over and awaits the outcome; while one group commits, the
+//! others keep pulling and decoding, and everything they hand in meanwhile is the next
+//! group. A consumer still awaits its batch before it applies the next one, so each
+//! partition's events are applied in stream order, as before.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{Applied, ApplyError, BatchWork, Store};
+
+/// One batch's outcomes, as [`Store::apply_batch_entries`] reports them.
+pub type Outcomes = Vec<Result<(Applied<()>, Option<u64>), ApplyError>>;
+
+/// Most items one group commits: a bound on how long one transaction holds the commit
+/// gate (the relay's cut waits for it).
+const GROUP_ITEMS: usize = 1024;
+
+struct Submission {
+    work: Box<dyn BatchWork>,
+    reply: oneshot::Sender<(Box<dyn BatchWork>, Outcomes)>,
+}
+
+/// The handle consumers submit their batches to; cheap to clone. The task behind it ends
+/// once every handle is dropped.
+#[derive(Clone)]
+pub struct Committer {
+    submit: mpsc::UnboundedSender<Submission>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").finish_non_exhaustive()
+    }
+}
+
+impl Committer {
+    /// Starts the committing task for `store` (on the current tokio runtime).
+    pub fn start(store: Arc<Store>) -> Committer {
+        let (submit, receive) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, receive));
+        Committer { submit }
+    }
+
+    /// Applies `work` in the next group; returns it with one outcome per item, or `None`
+    /// if the committing task is gone (the runtime is shutting down) and the batch was
+    /// not applied.
+    pub async fn apply(&self, work: Box<dyn BatchWork>) -> Option<(Box<dyn BatchWork>, Outcomes)> {
+        let (reply, answer) = oneshot::channel();
+        self.submit.send(Submission { work, reply }).ok()?;
+        answer.await.ok()
+    }
+}
+
+async fn run(store: Arc<Store>, mut receive: mpsc::UnboundedReceiver<Submission>) {
+    while let Some(first) = receive.recv().await {
+        let mut items = first.work.len();
+        let mut group = vec![first];
+        while items < GROUP_ITEMS {
+            match receive.try_recv() {
+                Ok(next) => {
+                    items += next.work.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let (works, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|s| (s.work, s.reply)).unzip();
+        let outcomes = store.apply_grouped(&works);
+        for ((work, reply), outcomes) in works.into_iter().zip(replies).zip(outcomes) {
+            let _ = reply.send((work, outcomes));
+        }
+    }
+}
