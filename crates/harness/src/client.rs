@@ -188,6 +188,14 @@ async fn await_ack(
 
 /// How many messages a stream holds right now, from a fresh stream info.
 pub async fn stream_message_count(js: &Context, stream: &str) -> Result<u64, HarnessError> {
+    Ok(stream_state(js, stream).await?.messages)
+}
+
+/// A stream's current state (message count, sequences) from its info.
+async fn stream_state(
+    js: &Context,
+    stream: &str,
+) -> Result<async_nats::jetstream::stream::State, HarnessError> {
     let info = js
         .get_stream(stream)
         .await
@@ -195,7 +203,7 @@ pub async fn stream_message_count(js: &Context, stream: &str) -> Result<u64, Har
         .get_info()
         .await
         .map_err(|e| HarnessError::JetStream(format!("stream info of {stream}: {e}")))?;
-    Ok(info.state.messages)
+    Ok(info.state)
 }
 
 /// Each event stream's last sequence, in the order of [`EVENT_STREAMS`]: two equal reads
@@ -203,14 +211,7 @@ pub async fn stream_message_count(js: &Context, stream: &str) -> Result<u64, Har
 pub async fn last_sequences(js: &Context) -> Result<Vec<u64>, HarnessError> {
     let mut out = Vec::with_capacity(EVENT_STREAMS.len());
     for name in EVENT_STREAMS {
-        let info = js
-            .get_stream(name)
-            .await
-            .map_err(|e| HarnessError::JetStream(format!("stream info of {name}: {e}")))?
-            .get_info()
-            .await
-            .map_err(|e| HarnessError::JetStream(format!("stream info of {name}: {e}")))?;
-        out.push(info.state.last_sequence);
+        out.push(stream_state(js, name).await?.last_sequence);
     }
     Ok(out)
 }

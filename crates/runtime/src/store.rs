@@ -370,6 +370,29 @@ impl<'a> Tx<'a> {
 
 /// Records `key` in the inbox unless it is there already; `false` means a duplicate.
 /// Without a key there is nothing to deduplicate on, so the work always runs.
+/// Applies `items` in order inside `tx`, each deduplicated by its inbox key: the item
+/// loop of a batch, shared by [`Store::apply_batch_entries`] and [`Store::apply_grouped`].
+fn apply_items<I, T>(
+    tx: &Tx<'_>,
+    stamp: &[u8],
+    items: &[I],
+    dedupe_key: &impl Fn(&I) -> Option<&str>,
+    work: &impl Fn(&Tx<'_>, &I) -> TxResult<T>,
+) -> TxResult<Vec<Applied<T>>> {
+    let mut outcomes = Vec::with_capacity(items.len());
+    for item in items {
+        let key = dedupe_key(item);
+        if !first_time(&tx.view[0], key, stamp)? {
+            outcomes.push(Applied::Duplicate);
+            continue;
+        }
+        tx.begin_item();
+        outcomes.push(Applied::Done(work(tx, item)?));
+        tx.end_item(key);
+    }
+    Ok(outcomes)
+}
+
 fn first_time(inbox: &TransactionalTree, key: Option<&str>, stamp: &[u8]) -> TxResult<bool> {
     let Some(key) = key else { return Ok(true) };
     if inbox.get(key.as_bytes())?.is_some() {
@@ -777,19 +800,8 @@ impl Store {
             let stamp = now_ms().to_be_bytes();
             let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
             let result = self.opened().trees.as_slice().transaction(|view| {
-                let inbox = &view[0];
                 let tx = Tx::new(view);
-                let mut outcomes = Vec::with_capacity(items.len());
-                for item in items {
-                    let key = dedupe_key(item);
-                    if !first_time(inbox, key, &stamp)? {
-                        outcomes.push(Applied::Duplicate);
-                        continue;
-                    }
-                    tx.begin_item();
-                    outcomes.push(Applied::Done(work(&tx, item)?));
-                    tx.end_item(key);
-                }
+                let outcomes = apply_items(&tx, &stamp, items, &dedupe_key, &work)?;
                 let entry = tx.write_outbox(self.partition_of.get())?;
                 Ok((outcomes, entry))
             });
@@ -844,25 +856,23 @@ impl Store {
             return works.iter().map(|w| self.apply_work(w.as_ref())).collect();
         }
         let stamp = now_ms().to_be_bytes();
+        let keyed: Vec<Vec<(usize, Option<&str>)>> = works
+            .iter()
+            .map(|w| (0..w.len()).map(|i| (i, w.key(i))).collect())
+            .collect();
         let _gate = self.commit_gate.read().unwrap_or_else(|p| p.into_inner());
         let result = self.opened().trees.as_slice().transaction(|view| {
-            let inbox = &view[0];
             let tx = Tx::new(view);
             let mut all = Vec::with_capacity(works.len());
-            for work in works {
+            for (work, items) in works.iter().zip(&keyed) {
                 tx.next_entry();
-                let mut outcomes = Vec::with_capacity(work.len());
-                for i in 0..work.len() {
-                    let key = work.key(i);
-                    if !first_time(inbox, key, &stamp)? {
-                        outcomes.push(Applied::Duplicate);
-                        continue;
-                    }
-                    tx.begin_item();
-                    work.apply(&tx, i)?;
-                    outcomes.push(Applied::Done(()));
-                    tx.end_item(key);
-                }
+                let outcomes = apply_items(
+                    &tx,
+                    &stamp,
+                    items,
+                    &|(_, key): &(usize, Option<&str>)| *key,
+                    &|tx: &Tx<'_>, (i, _): &(usize, Option<&str>)| work.apply(tx, *i),
+                )?;
                 let entry = tx.write_outbox(self.partition_of.get())?;
                 all.push((outcomes, entry));
             }
