@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::stats::Stats;
 use crate::store::{Applied, ApplyError, BatchWork, Store};
 
 /// One batch's outcomes, as [`Store::apply_batch_entries`] reports them.
@@ -41,10 +42,12 @@ impl std::fmt::Debug for Committer {
 }
 
 impl Committer {
-    /// Starts the committing task for `store` (on the current tokio runtime).
-    pub fn start(store: Arc<Store>) -> Committer {
+    /// Starts the committing task for `store` (on the current tokio runtime); each group
+    /// it commits counts once in STATS' `group_commits`, so `events_processed ÷
+    /// group_commits` is the events per sled transaction of the consumers.
+    pub fn start(store: Arc<Store>, stats: Arc<Stats>) -> Committer {
         let (submit, receive) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, receive));
+        tokio::spawn(run(store, stats, receive));
         Committer { submit }
     }
 
@@ -58,7 +61,11 @@ impl Committer {
     }
 }
 
-async fn run(store: Arc<Store>, mut receive: mpsc::UnboundedReceiver<Submission>) {
+async fn run(
+    store: Arc<Store>,
+    stats: Arc<Stats>,
+    mut receive: mpsc::UnboundedReceiver<Submission>,
+) {
     while let Some(first) = receive.recv().await {
         let mut items = first.work.len();
         let mut group = vec![first];
@@ -74,6 +81,7 @@ async fn run(store: Arc<Store>, mut receive: mpsc::UnboundedReceiver<Submission>
         let (works, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|s| (s.work, s.reply)).unzip();
         let outcomes = store.apply_grouped(&works);
+        stats.add_group_commit();
         for ((work, reply), outcomes) in works.into_iter().zip(replies).zip(outcomes) {
             let _ = reply.send((work, outcomes));
         }

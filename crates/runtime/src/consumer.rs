@@ -801,7 +801,6 @@ async fn group_commit(
         tracing::error!(error = %e, "group commit flush failed; nak batch");
         return false;
     }
-    ctx.stats.add_group_commit();
     crashpoint::hit(crashpoint::AFTER_COMMIT_BEFORE_ACK);
     ctx.waker.wake();
     after_commit();

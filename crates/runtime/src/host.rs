@@ -202,7 +202,7 @@ impl Host {
             service: config.service,
             client,
             js,
-            committer: Committer::start(store.clone()),
+            committer: Committer::start(store.clone(), stats.clone()),
             store,
             trees,
             stats,

@@ -92,6 +92,8 @@ pub struct StatsSnapshot {
     pub events_dead_lettered: u64,
     pub events_nacked: u64,
     pub events_published: u64,
+    /// Transactions the consumers' batches were committed in: one per group of batches
+    /// (`runtime::commit`), so `events_processed ÷ group_commits` is events per commit.
     pub group_commits: u64,
     pub outbox_backlog: u64,
     pub inbox_size: u64,
