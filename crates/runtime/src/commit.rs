@@ -25,7 +25,7 @@ const GROUP_ITEMS: usize = 1024;
 
 struct Submission {
     work: Box<dyn BatchWork>,
-    reply: oneshot::Sender<(Box<dyn BatchWork>, Outcomes)>,
+    reply: oneshot::Sender<Outcomes>,
 }
 
 /// The handle consumers submit their batches to; cheap to clone. The task behind it ends
@@ -51,10 +51,10 @@ impl Committer {
         Committer { submit }
     }
 
-    /// Applies `work` in the next group; returns it with one outcome per item, or `None`
-    /// if the committing task is gone (the runtime is shutting down) and the batch was
-    /// not applied.
-    pub async fn apply(&self, work: Box<dyn BatchWork>) -> Option<(Box<dyn BatchWork>, Outcomes)> {
+    /// Applies `work` in the next group; returns one outcome per item, or `None` if the
+    /// committing task is gone (the runtime is shutting down) and the batch was not
+    /// applied.
+    pub async fn apply(&self, work: Box<dyn BatchWork>) -> Option<Outcomes> {
         let (reply, answer) = oneshot::channel();
         self.submit.send(Submission { work, reply }).ok()?;
         answer.await.ok()
@@ -82,8 +82,8 @@ async fn run(
             group.into_iter().map(|s| (s.work, s.reply)).unzip();
         let outcomes = store.apply_grouped(&works);
         stats.add_group_commit();
-        for ((work, reply), outcomes) in works.into_iter().zip(replies).zip(outcomes) {
-            let _ = reply.send((work, outcomes));
+        for (reply, outcomes) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcomes);
         }
     }
 }

@@ -594,9 +594,10 @@ fn hand_back(batch: Vec<jetstream::Message>, delay: Duration) -> Applied {
     }
 }
 
-/// Decodes every message of a batch and applies the decodable ones in one transaction
-/// ([`Store::apply_batch`]); no I/O but sled's in-memory commit, so the next batch can be
-/// applied while this one flushes.
+/// Decodes every message of a batch and has the store's committer apply the decodable
+/// ones, with the other consumers' batches of the moment, in one transaction
+/// ([`crate::commit`], [`Store::apply_grouped`]); no I/O but sled's in-memory commit, so
+/// the next batch can be applied while this one settles.
 async fn apply_batch<H: EventHandler>(
     ctx: &ConsumerCtx,
     spec: &ConsumerSpec,
@@ -660,7 +661,7 @@ async fn apply_batch<H: EventHandler>(
         items,
     });
     let outcomes = match ctx.committer.apply(work).await {
-        Some((_, outcomes)) => outcomes,
+        Some(outcomes) => outcomes,
         // The committer is gone (shutting down): nothing was applied; hand it all back.
         None => {
             for (delivery, _) in deliveries {
