@@ -445,7 +445,16 @@ pub async fn run(
     let malformed_subjects = inject_hostile(&js, &opts, &mut rng).await?;
 
     // Force every crash point to fire at least once, so a short run still covers each window.
-    force_every_crashpoint(&mut shop, &js, &retries, &base_points, opts.seed, out).await?;
+    force_every_crashpoint(
+        &mut shop,
+        &client,
+        &js,
+        &retries,
+        &base_points,
+        opts.seed,
+        out,
+    )
+    .await?;
     // The storm is over: restart every service without crash points and let it settle.
     shop.set_crashpoints(None);
     for service in Service::ALL {
@@ -656,6 +665,7 @@ async fn inject_hostile(
 /// Restarts payment with one crash point certain to fire, places an order, waits for the abort.
 async fn force_every_crashpoint(
     shop: &mut Shop,
+    client: &async_nats::Client,
     js: &jetstream::Context,
     retries: &AtomicU64,
     base: &str,
@@ -675,16 +685,25 @@ async fn force_every_crashpoint(
                 "chaos: forcing crash point {point} (try {})",
                 attempt + 1
             );
-            force_once(
-                shop,
-                js,
-                retries,
-                point,
-                &format!("chaos-{seed}-forced-{i}-{attempt}"),
-            )
-            .await?;
+            let id = format!("chaos-{seed}-forced-{i}-{attempt}");
+            force_once(shop, client, js, retries, point, &id).await?;
             if shop.crashpoint_hits().get(*point).copied().unwrap_or(0) == 0 {
-                let _ = writeln!(out, "chaos: crash point {point} did not fire");
+                // Say what became of the order, so a run that misses a point tells why.
+                let status = match order_status(client, &id).await {
+                    Ok(Some(view)) => format!(
+                        "{}{}",
+                        view.status.as_str(),
+                        view.reason
+                            .map(|r| format!(":{}", r.as_str()))
+                            .unwrap_or_default()
+                    ),
+                    Ok(None) => "unknown to checkout".to_owned(),
+                    Err(e) => format!("not readable ({e})"),
+                };
+                let _ = writeln!(
+                    out,
+                    "chaos: crash point {point} did not fire; order {id} is {status}"
+                );
             }
             shop.reap(Service::Payment);
             shop.set_crashpoints(Some(base.to_owned()));
@@ -701,6 +720,7 @@ const FORCE_ATTEMPTS: usize = 3;
 /// order that must reach it.
 async fn force_once(
     shop: &mut Shop,
+    client: &async_nats::Client,
     js: &jetstream::Context,
     retries: &AtomicU64,
     point: &str,
@@ -717,6 +737,11 @@ async fn force_once(
     {
         shop.kill_instance(Service::Payment, &name).await?;
     }
+    // The order needs checkout and inventory too. A crash point may have aborted one of
+    // them since the load stopped reviving them: started again here, unarmed, or the
+    // order waits on a dead service, passes its deadline and never reaches payment.
+    shop.set_crashpoints(None);
+    revive_all_but_payment(shop).await?;
     shop.set_crashpoints(Some(format!("{point}:1")));
     if shop.has_exited(Service::Payment) {
         shop.reap(Service::Payment);
@@ -726,17 +751,15 @@ async fn force_once(
     if shop.start_service(Service::Payment).await.is_err() {
         return Ok(());
     }
-    // The order goes out only once the armed instance holds every partition: the
-    // killed instances' leases take up to a lease TTL to expire, close to the order
-    // deadline, and an order waiting on an unowned partition times out uncharged.
+    // The order goes out only once the armed instance holds every partition and has
+    // restored each (its STATS list only those it serves), and every checkout partition
+    // has an owner: the killed instances' leases take up to a lease TTL to expire, close
+    // to the order deadline, and an order waiting on an unowned partition times out
+    // uncharged.
     let owner = Service::Payment.name();
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until && !shop.has_exited(Service::Payment) {
-        let group = shop_runtime::group::view(js, GROUPS_BUCKET, owner).await;
-        let all_held = matches!(&group, Ok(g) if g.partitions.is_some()
-            && g.unowned().is_empty()
-            && g.leases.values().all(|l| l.owner == owner));
-        if all_held {
+        if payment_serves_everything(client, js, owner).await && checkout_fully_owned(js).await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -757,6 +780,64 @@ async fn force_once(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Starts again whichever of checkout, inventory and checkout's named instances exited.
+async fn revive_all_but_payment(shop: &mut Shop) -> Result<(), ChaosError> {
+    for service in [Service::Checkout, Service::Inventory] {
+        if shop.has_exited(service) {
+            shop.reap(service);
+            shop.start_service(service).await?;
+        }
+    }
+    for name in shop
+        .named_instances()
+        .remove(&Service::Checkout)
+        .unwrap_or_default()
+    {
+        if shop.instance_exited(Service::Checkout, &name) {
+            shop.start_instance(Service::Checkout, &name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `owner`, the one payment instance running, holds every partition's lease
+/// and serves every partition (its STATS list the partitions it has restored).
+async fn payment_serves_everything(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    owner: &str,
+) -> bool {
+    let Ok(group) = shop_runtime::group::view(js, GROUPS_BUCKET, owner).await else {
+        return false;
+    };
+    let Some(partitions) = group.partitions else {
+        return false;
+    };
+    if !group.unowned().is_empty() || !group.leases.values().all(|l| l.owner == owner) {
+        return false;
+    }
+    shop_ops::nats::stats_all(client, owner, Some(1))
+        .await
+        .iter()
+        .any(|stats| {
+            stats["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| {
+                    e["data"]["partitions"].as_array().map(Vec::len) == Some(partitions as usize)
+                })
+        })
+}
+
+/// Whether every checkout partition has a live lease.
+async fn checkout_fully_owned(js: &jetstream::Context) -> bool {
+    matches!(
+        shop_runtime::group::view(js, GROUPS_BUCKET, Service::Checkout.name()).await,
+        Ok(g) if g.partitions.is_some() && g.unowned().is_empty()
+    )
 }
 
 /// Waits until every order is settled and every outbox is empty; returns outcomes by status.

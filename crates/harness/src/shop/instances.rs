@@ -66,7 +66,12 @@ impl Shop {
     ) -> Result<(), HarnessError> {
         let key = (service, instance.to_owned());
         if self.instances.contains_key(&key) {
-            return Ok(());
+            if !self.instance_exited(service, instance) {
+                return Ok(());
+            }
+            // It exited on its own (a crash point, say): forget it and start it again.
+            // Kept, it would make "start it again" a silent no-op.
+            self.instances.remove(&key);
         }
         let Mode::Processes { bin_dir } = self.config.mode.clone() else {
             return Err(HarnessError::ServiceFailed {
