@@ -61,6 +61,12 @@ impl Committer {
     }
 }
 
+/// How many times the committer lets the runtime run other ready tasks before it closes
+/// a group. A consumer whose pull was just answered is one of them: given its turn, it
+/// decodes and hands in its batch, and the group is larger. With nothing else ready a
+/// yield returns at once, so at low load this costs no latency (a timed linger would).
+const GATHER_YIELDS: usize = 3;
+
 async fn run(
     store: Arc<Store>,
     stats: Arc<Stats>,
@@ -69,18 +75,35 @@ async fn run(
     while let Some(first) = receive.recv().await {
         let mut items = first.work.len();
         let mut group = vec![first];
-        while items < GROUP_ITEMS {
-            match receive.try_recv() {
-                Ok(next) => {
-                    items += next.work.len();
-                    group.push(next);
+        for round in 0..=GATHER_YIELDS {
+            while items < GROUP_ITEMS {
+                match receive.try_recv() {
+                    Ok(next) => {
+                        items += next.work.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            if round == GATHER_YIELDS || items >= GROUP_ITEMS {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         let (works, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|s| (s.work, s.reply)).unzip();
-        let outcomes = store.apply_grouped(&works);
+        // The transaction runs on a blocking thread: on a worker it took one of the
+        // runtime's two threads for its whole length, and the consumers that would have
+        // filled the next group waited for it.
+        let store = store.clone();
+        let outcomes = match tokio::task::spawn_blocking(move || store.apply_grouped(&works)).await
+        {
+            Ok(outcomes) => outcomes,
+            // A panic in the transaction ends the committer as it did on a worker;
+            // the consumers then see it gone.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return,
+        };
         stats.add_group_commit();
         for (reply, outcomes) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcomes);
