@@ -8,7 +8,8 @@
 //! captured once, and the audit is clean. A rolling upgrade replaces each payment instance
 //! in turn with a new build while orders flow. Two regressions of the partition manager
 //! after a lease is lost (b79d6a9): a lease lost and taken again in one step, and the
-//! entries a crashed instance left for a partition another instance now owns.
+//! entries a crashed instance left for a partition another instance now owns. And the
+//! harness itself: an instance that died on its own is started again.
 
 mod common;
 
@@ -227,6 +228,46 @@ async fn killing_the_busiest_payment_instance_moves_its_partitions_and_loses_not
         assert_eq!(status, OrderStatus::Confirmed, "{id}");
         common::exactly_once(&w.js, &id, "PaymentCaptured", SETTLE).await?;
     }
+    common::assert_audit_clean(&w.client, SETTLE).await
+}
+
+/// An instance that died on its own (SIGKILL from outside the harness, as a crash point
+/// or the OOM killer would) is started again by `start_instance` and takes its share
+/// back. The harness once answered "already running" for it, so the chaos run's "a crash
+/// point aborted it: start it again" did nothing (docs/RELIABILITY.md, "Bugs the suite
+/// found", item 9).
+#[tokio::test]
+async fn an_instance_that_died_on_its_own_is_started_again_and_takes_its_share_back(
+) -> anyhow::Result<()> {
+    let (_bin, config) = processes(Duration::from_millis(20))?;
+    let mut w = world(config).await?;
+    w.shop.start_instance(Service::Payment, "payment-2").await?;
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+
+    w.shop.crash_instance(Service::Payment, "payment-2").await?;
+    let deadline = Instant::now() + SETTLE;
+    while !w.shop.instance_exited(Service::Payment, "payment-2") {
+        anyhow::ensure!(Instant::now() < deadline, "payment-2 did not die");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its leases lapse and the survivor takes every partition.
+    wait_balanced(
+        &w.js,
+        Service::Payment,
+        &["payment"],
+        LEASE_TTL + Duration::from_secs(4),
+    )
+    .await?;
+
+    w.shop.start_instance(Service::Payment, "payment-2").await?;
+    assert!(
+        !w.shop.instance_exited(Service::Payment, "payment-2"),
+        "payment-2 runs again"
+    );
+    wait_balanced(&w.js, Service::Payment, &["payment", "payment-2"], SETTLE).await?;
+    replenish(&w.js, "sku-revive", 100).await?;
+    wait_for_stock(&w.client, "sku-revive", 100, 0, SETTLE).await?;
+    confirm_in_every_partition(&w, "o-rv", "sku-revive").await?;
     common::assert_audit_clean(&w.client, SETTLE).await
 }
 

@@ -161,6 +161,18 @@ impl Shop {
         self.signal_instance(service, instance, "STOP").await
     }
 
+    /// SIGKILLs an instance's process and leaves it known to the harness, as a crash
+    /// would (a crash point, the OOM killer): unlike [`Shop::kill_instance`], the harness
+    /// learns of it only by looking ([`Shop::instance_exited`]), and
+    /// [`Shop::start_instance`] then starts it again.
+    pub async fn crash_instance(
+        &mut self,
+        service: Service,
+        instance: &str,
+    ) -> Result<(), HarnessError> {
+        self.signal_instance(service, instance, "KILL").await
+    }
+
     /// Resumes a frozen instance with SIGCONT.
     pub async fn thaw_instance(
         &mut self,
