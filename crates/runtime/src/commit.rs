@@ -14,10 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::stats::Stats;
-use crate::store::{Applied, ApplyError, BatchWork, Store};
-
-/// One batch's outcomes, as [`Store::apply_batch_entries`] reports them.
-pub type Outcomes = Vec<Result<(Applied<()>, Option<u64>), ApplyError>>;
+use crate::store::{BatchOutcomes, BatchWork, Store};
 
 /// Most items one group commits: a bound on how long one transaction holds the commit
 /// gate (the relay's cut waits for it).
@@ -25,7 +22,7 @@ const GROUP_ITEMS: usize = 1024;
 
 struct Submission {
     work: Box<dyn BatchWork>,
-    reply: oneshot::Sender<Outcomes>,
+    reply: oneshot::Sender<BatchOutcomes>,
 }
 
 /// The handle consumers submit their batches to; cheap to clone. The task behind it ends
@@ -54,7 +51,7 @@ impl Committer {
     /// Applies `work` in the next group; returns one outcome per item, or `None` if the
     /// committing task is gone (the runtime is shutting down) and the batch was not
     /// applied.
-    pub async fn apply(&self, work: Box<dyn BatchWork>) -> Option<Outcomes> {
+    pub async fn apply(&self, work: Box<dyn BatchWork>) -> Option<BatchOutcomes> {
         let (reply, answer) = oneshot::channel();
         self.submit.send(Submission { work, reply }).ok()?;
         answer.await.ok()

@@ -43,6 +43,13 @@ const OUTBOX: &str = "outbox";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TreeId(usize);
 
+/// One item's outcome, with the outbox entry that holds its messages and changes (shared
+/// by the items of one transaction).
+pub type EntryOutcome<T> = Result<(Applied<T>, Option<u64>), ApplyError>;
+
+/// One batch's outcomes, in item order, as [`Store::apply_grouped`] reports them.
+pub type BatchOutcomes = Vec<EntryOutcome<()>>;
+
 /// A batch of items to apply in a transaction, type-erased so that batches of different
 /// consumers can be committed together ([`Store::apply_grouped`]). `apply` may run more
 /// than once when sled retries a conflicting transaction, so it must be pure.
@@ -368,8 +375,6 @@ impl<'a> Tx<'a> {
     }
 }
 
-/// Records `key` in the inbox unless it is there already; `false` means a duplicate.
-/// Without a key there is nothing to deduplicate on, so the work always runs.
 /// Applies `items` in order inside `tx`, each deduplicated by its inbox key: the item
 /// loop of a batch, shared by [`Store::apply_batch_entries`] and [`Store::apply_grouped`].
 fn apply_items<I, T>(
@@ -393,6 +398,8 @@ fn apply_items<I, T>(
     Ok(outcomes)
 }
 
+/// Records `key` in the inbox unless it is there already; `false` means a duplicate.
+/// Without a key there is nothing to deduplicate on, so the work always runs.
 fn first_time(inbox: &TransactionalTree, key: Option<&str>, stamp: &[u8]) -> TxResult<bool> {
     let Some(key) = key else { return Ok(true) };
     if inbox.get(key.as_bytes())?.is_some() {
@@ -783,13 +790,12 @@ impl Store {
 
     /// [`Store::apply_batch`], reporting with each outcome the outbox entry that holds
     /// its messages and changes (shared by the items of one transaction).
-    #[allow(clippy::type_complexity)]
     pub fn apply_batch_entries<I, T>(
         &self,
         items: &[I],
         dedupe_key: impl Fn(&I) -> Option<&str>,
         work: impl Fn(&Tx<'_>, &I) -> TxResult<T>,
-    ) -> Vec<Result<(Applied<T>, Option<u64>), ApplyError>> {
+    ) -> Vec<EntryOutcome<T>> {
         if self.fault().is_some() {
             return items
                 .iter()
@@ -838,20 +844,18 @@ impl Store {
     /// entry (so each stays within its partition), each item deduplicated by its own key;
     /// returns one list of outcomes per batch, in order.
     ///
-    /// Why: sled 0.34 pays per transaction, not per key — two IO-buffer rolls, each a write
-    /// on its IO threads and a wake-up of one (about 60 % of the services' CPU at 256 in
-    /// flight, docs/BENCHMARKS.md "Group commit across partitions"). The consumers of
-    /// different partitions each pull a few events at a time; committing what they hold
-    /// together makes that cost per group, not per consumer's batch.
+    /// Why: besides its cost per key, sled 0.34 pays per transaction — two IO-buffer rolls,
+    /// each a write on its IO threads and a wake-up of one (docs/BENCHMARKS.md "Group
+    /// commit across partitions"). The consumers of different partitions each pull a few
+    /// events at a time; committing what they hold together makes that part of the cost
+    /// per group, not per consumer's batch. (With groups of 30+ events the IO threads'
+    /// share fell by a fifth, the transactions' own hardly: "Groups gathered before they
+    /// commit".)
     ///
     /// If the group is refused (an item aborted, or a conflict sled gave up on), each batch
     /// is applied on its own ([`Store::apply_batch_entries`], which in turn falls back to
     /// item by item), so one bad event still only costs its own outcome.
-    #[allow(clippy::type_complexity)]
-    pub fn apply_grouped(
-        &self,
-        works: &[Box<dyn BatchWork>],
-    ) -> Vec<Vec<Result<(Applied<()>, Option<u64>), ApplyError>>> {
+    pub fn apply_grouped(&self, works: &[Box<dyn BatchWork>]) -> Vec<BatchOutcomes> {
         if works.len() == 1 || self.fault().is_some() {
             return works.iter().map(|w| self.apply_work(w.as_ref())).collect();
         }
@@ -911,11 +915,7 @@ impl Store {
     }
 
     /// One batch of [`Store::apply_grouped`] on its own.
-    #[allow(clippy::type_complexity)]
-    fn apply_work(
-        &self,
-        work: &dyn BatchWork,
-    ) -> Vec<Result<(Applied<()>, Option<u64>), ApplyError>> {
+    fn apply_work(&self, work: &dyn BatchWork) -> BatchOutcomes {
         let items: Vec<(usize, Option<&str>)> = (0..work.len()).map(|i| (i, work.key(i))).collect();
         self.apply_batch_entries(&items, |(_, key)| *key, |tx, (i, _)| work.apply(tx, *i))
     }

@@ -2,7 +2,9 @@
 //! the outbox keeps messages in order until removed.
 
 use shop_runtime::outbox_entry::{encode_entry, OutboxMessage};
-use shop_runtime::store::{reject, Applied, ApplyError, Store, TreeId, Tx, TxResult};
+use shop_runtime::store::{
+    reject, Applied, ApplyError, BatchWork, EntryOutcome, Store, TreeId, Tx, TxResult,
+};
 use shop_runtime::RuntimeError;
 
 fn message(n: u8) -> OutboxMessage {
@@ -307,7 +309,7 @@ struct Counting {
     items: Vec<(&'static str, u8)>,
 }
 
-impl shop_runtime::store::BatchWork for Counting {
+impl BatchWork for Counting {
     fn len(&self) -> usize {
         self.items.len()
     }
@@ -329,6 +331,19 @@ impl shop_runtime::store::BatchWork for Counting {
     }
 }
 
+/// A batch of `items` (event id, amount) adding to `entity`'s counter in `tree`.
+fn counting(
+    entity: &'static str,
+    tree: TreeId,
+    items: &[(&'static str, u8)],
+) -> Box<dyn BatchWork> {
+    Box::new(Counting {
+        entity,
+        tree,
+        items: items.to_vec(),
+    })
+}
+
 fn partitioned_store(dir: &std::path::Path) -> (Store, TreeId) {
     let (store, trees) = Store::open(dir, &["state"]).expect("open");
     // "p1-…" is in partition 1, "p2-…" in partition 2.
@@ -344,21 +359,13 @@ fn partitioned_store(dir: &std::path::Path) -> (Store, TreeId) {
 fn batches_of_two_partitions_commit_together_each_with_its_own_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, tree) = partitioned_store(dir.path());
-    let works: Vec<Box<dyn shop_runtime::store::BatchWork>> = vec![
-        Box::new(Counting {
-            entity: "p1-order",
-            tree,
-            items: vec![("evt-1", 1), ("evt-2", 2)],
-        }),
-        Box::new(Counting {
-            entity: "p2-order",
-            tree,
-            // evt-3 twice: a redelivery inside the batch is applied once.
-            items: vec![("evt-3", 4), ("evt-3", 4)],
-        }),
+    let works = vec![
+        counting("p1-order", tree, &[("evt-1", 1), ("evt-2", 2)]),
+        // evt-3 twice: a redelivery inside the batch is applied once.
+        counting("p2-order", tree, &[("evt-3", 4), ("evt-3", 4)]),
     ];
     let outcomes = store.apply_grouped(&works);
-    let done = |o: &Result<(Applied<()>, Option<u64>), ApplyError>| match o {
+    let done = |o: &EntryOutcome<()>| match o {
         Ok((Applied::Done(()), entry)) => ("done", *entry),
         Ok((Applied::Duplicate, entry)) => ("duplicate", *entry),
         Err(e) => panic!("{e:?}"),
@@ -396,17 +403,13 @@ fn batches_of_two_partitions_commit_together_each_with_its_own_entry() {
 fn a_refused_item_in_a_group_costs_only_its_own_outcome() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, tree) = partitioned_store(dir.path());
-    let works: Vec<Box<dyn shop_runtime::store::BatchWork>> = vec![
-        Box::new(Counting {
-            entity: "p1-order",
+    let works = vec![
+        counting("p1-order", tree, &[("evt-1", 1)]),
+        counting(
+            "p2-order",
             tree,
-            items: vec![("evt-1", 1)],
-        }),
-        Box::new(Counting {
-            entity: "p2-order",
-            tree,
-            items: vec![("evt-2", 2), ("evt-bad", 0), ("evt-4", 4)],
-        }),
+            &[("evt-2", 2), ("evt-bad", 0), ("evt-4", 4)],
+        ),
     ];
     let outcomes = store.apply_grouped(&works);
     assert!(matches!(outcomes[0][0], Ok((Applied::Done(()), Some(_)))));

@@ -21,7 +21,8 @@ pub struct InstanceInfo {
 
 impl Shop {
     /// Starts another instance of `service` named `instance`, as a process, and waits
-    /// until it answers INFO under that name.
+    /// until it answers INFO under that name. One already running is left as it is; one
+    /// that exited on its own is started again.
     pub async fn start_instance(
         &mut self,
         service: Service,
