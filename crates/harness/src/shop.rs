@@ -94,7 +94,7 @@ pub struct ShopConfig {
     pub lease_ttl: Duration,
     /// How long a start waits for the service to answer INFO. On a cluster a service
     /// that starts while a node is frozen waits out the election before it can join its
-    /// group (up to a minute, `JOIN_PATIENCE`): a chaos run on a cluster once gave up on
+    /// group (up to a minute, `STARTUP_PATIENCE`): a chaos run on a cluster once gave up on
     /// a restarted checkout after 30 s that way.
     pub ready_within: Duration,
 }

@@ -401,6 +401,19 @@ impl StateBucket {
         bucket: &str,
         replicas: usize,
     ) -> Result<StateBucket, RuntimeError> {
+        // A cluster still electing, or with a peer offline, refuses an R3 create for a few
+        // seconds ("no suitable peers for placement"): a CI run saw payment exit on it.
+        crate::patience::patiently("the changelog bucket", RuntimeError::is_transient, || {
+            Self::open_once(js, bucket, replicas)
+        })
+        .await
+    }
+
+    async fn open_once(
+        js: &jetstream::Context,
+        bucket: &str,
+        replicas: usize,
+    ) -> Result<StateBucket, RuntimeError> {
         if js.get_key_value(bucket).await.is_err() {
             let created = js
                 .create_key_value(kv::Config {

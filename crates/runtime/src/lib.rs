@@ -26,6 +26,7 @@ pub mod micro;
 pub mod outbox;
 pub mod outbox_entry;
 pub mod partitions;
+mod patience;
 pub mod shutdown;
 pub mod stats;
 pub mod store;

@@ -26,6 +26,7 @@ use super::fence::Fence;
 use super::keys::Key;
 use super::lease::{Acquire, Holder, Renewal, SeenLease, Written};
 use super::GroupConfig;
+use crate::patience::patiently;
 
 /// A member of a group. Dropping it stops the member on the spot, as a crash would:
 /// its leases stay until their TTL. [`Group::leave`] is the orderly way out.
@@ -79,10 +80,6 @@ impl Handovers {
     }
 }
 
-/// How long joining waits out transient broker faults (a bucket just created on a cluster
-/// answers "no responders" until its stream has a leader) before it gives up.
-const JOIN_PATIENCE: Duration = Duration::from_secs(60);
-
 /// How soon a renewal, heartbeat or acquisition that failed on a broker fault is tried
 /// again; the pause doubles up to [`RETRY_MAX`] while the faults go on.
 ///
@@ -106,29 +103,6 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 /// watch delivering it is the proof that the view is live.
 const WATCH_ECHO_WITHIN: Duration = Duration::from_secs(5);
 
-/// Runs one step of joining until it succeeds, retrying transient faults with backoff
-/// for [`JOIN_PATIENCE`] and saying what it waits for. A fresh three-node cluster made
-/// a service exit at start-up: its first KV create got "503 no responders".
-async fn patiently<T, F, Fut>(what: &str, mut step: F) -> Result<T, GroupError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, GroupError>>,
-{
-    let give_up = tokio::time::Instant::now() + JOIN_PATIENCE;
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match step().await {
-            Ok(value) => return Ok(value),
-            Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
-                tracing::warn!(error = %e, "joining the group: waiting for {what}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 impl Group {
     /// Joins the group: opens (or creates) the bucket, records the partition count if
     /// none is recorded, writes this member's heartbeat and starts the member's task.
@@ -140,7 +114,7 @@ impl Group {
         config: GroupConfig,
     ) -> Result<(Group, Handovers), GroupError> {
         config.validate()?;
-        let bucket = patiently("the group bucket", || {
+        let bucket = patiently("the group bucket", GroupError::is_transient, || {
             GroupBucket::open(
                 js,
                 &config.bucket,
@@ -150,9 +124,11 @@ impl Group {
             )
         })
         .await?;
-        let partitions = patiently("the group's partition count", || {
-            bucket.record_partitions(config.partitions)
-        })
+        let partitions = patiently(
+            "the group's partition count",
+            GroupError::is_transient,
+            || bucket.record_partitions(config.partitions),
+        )
         .await?;
         if partitions != config.partitions {
             tracing::warn!(
@@ -167,8 +143,14 @@ impl Group {
             incarnation: config.incarnation.unwrap_or_else(rand::random),
             ttl: config.lease_ttl,
         };
-        let heartbeat = patiently("the first heartbeat", || holder.heartbeat(&bucket)).await?;
-        let watch = patiently("a watch on the group", || bucket.watch()).await?;
+        let heartbeat = patiently("the first heartbeat", GroupError::is_transient, || {
+            holder.heartbeat(&bucket)
+        })
+        .await?;
+        let watch = patiently("a watch on the group", GroupError::is_transient, || {
+            bucket.watch()
+        })
+        .await?;
         let (owned_tx, owned) = watch::channel(BTreeMap::new());
         let (handovers_tx, handovers) = mpsc::unbounded_channel();
         let (leave_tx, leave_rx) = oneshot::channel();
